@@ -1,0 +1,202 @@
+//! `ESR_ELx` decoding (Arm ARM D24.2.40), shared by el2's trap handler, the
+//! host's exit handling and both sides' register dumps.
+
+/// An exception syndrome register value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Esr(pub u64);
+
+/// Exception classes (`ESR_ELx.EC`) that Ferrovisor names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExceptionClass {
+    Unknown,
+    WfxTrap,
+    FpAccess,
+    IllegalState,
+    Svc64,
+    Hvc64,
+    Smc64,
+    SysRegTrap,
+    SveAccess,
+    PacFail,
+    InstAbortLowerEl,
+    InstAbortSameEl,
+    PcAlignment,
+    DataAbortLowerEl,
+    DataAbortSameEl,
+    SpAlignment,
+    SError,
+    BreakpointLowerEl,
+    SoftwareStepLowerEl,
+    WatchpointLowerEl,
+    Brk64,
+    /// Any class not listed, with its raw value.
+    Other(u8),
+}
+
+impl ExceptionClass {
+    pub fn from_ec(ec: u8) -> Self {
+        match ec {
+            0x00 => Self::Unknown,
+            0x01 => Self::WfxTrap,
+            0x07 => Self::FpAccess,
+            0x0e => Self::IllegalState,
+            0x15 => Self::Svc64,
+            0x16 => Self::Hvc64,
+            0x17 => Self::Smc64,
+            0x18 => Self::SysRegTrap,
+            0x19 => Self::SveAccess,
+            0x1c => Self::PacFail,
+            0x20 => Self::InstAbortLowerEl,
+            0x21 => Self::InstAbortSameEl,
+            0x22 => Self::PcAlignment,
+            0x24 => Self::DataAbortLowerEl,
+            0x25 => Self::DataAbortSameEl,
+            0x26 => Self::SpAlignment,
+            0x2f => Self::SError,
+            0x30 => Self::BreakpointLowerEl,
+            0x32 => Self::SoftwareStepLowerEl,
+            0x34 => Self::WatchpointLowerEl,
+            0x3c => Self::Brk64,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The short name the Arm ARM's tables use, for dumps.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown reason",
+            Self::WfxTrap => "WFI/WFE trap",
+            Self::FpAccess => "FP/SIMD access trap",
+            Self::IllegalState => "illegal execution state",
+            Self::Svc64 => "SVC",
+            Self::Hvc64 => "HVC",
+            Self::Smc64 => "SMC",
+            Self::SysRegTrap => "MSR/MRS trap",
+            Self::SveAccess => "SVE access trap",
+            Self::PacFail => "pointer authentication failure",
+            Self::InstAbortLowerEl => "instruction abort from a lower EL",
+            Self::InstAbortSameEl => "instruction abort from the same EL",
+            Self::PcAlignment => "PC alignment fault",
+            Self::DataAbortLowerEl => "data abort from a lower EL",
+            Self::DataAbortSameEl => "data abort from the same EL",
+            Self::SpAlignment => "SP alignment fault",
+            Self::SError => "SError",
+            Self::BreakpointLowerEl => "breakpoint from a lower EL",
+            Self::SoftwareStepLowerEl => "software step from a lower EL",
+            Self::WatchpointLowerEl => "watchpoint from a lower EL",
+            Self::Brk64 => "BRK",
+            Self::Other(_) => "unlisted class",
+        }
+    }
+}
+
+/// Data/instruction abort status codes (DFSC/IFSC) grouped the way a reader of
+/// a dump wants them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultStatus {
+    AddressSize(u8),
+    Translation(u8),
+    AccessFlag(u8),
+    Permission(u8),
+    SyncExternal,
+    Alignment,
+    Other(u8),
+}
+
+impl Esr {
+    pub fn ec(self) -> u8 {
+        ((self.0 >> 26) & 0x3f) as u8
+    }
+
+    pub fn class(self) -> ExceptionClass {
+        ExceptionClass::from_ec(self.ec())
+    }
+
+    /// Instruction length: true for a 32-bit instruction.
+    pub fn il(self) -> bool {
+        self.0 & (1 << 25) != 0
+    }
+
+    pub fn iss(self) -> u32 {
+        (self.0 & 0x1ff_ffff) as u32
+    }
+
+    /// The 16-bit immediate of `HVC`/`SMC`/`SVC`/`BRK`.
+    pub fn imm16(self) -> u16 {
+        (self.0 & 0xffff) as u16
+    }
+
+    /// For aborts: the fault status code.
+    pub fn fault_status(self) -> FaultStatus {
+        let fsc = (self.0 & 0x3f) as u8;
+        let level = fsc & 3;
+        match fsc >> 2 {
+            0 => FaultStatus::AddressSize(level),
+            1 => FaultStatus::Translation(level),
+            2 => FaultStatus::AccessFlag(level),
+            3 => FaultStatus::Permission(level),
+            _ if fsc == 0x10 => FaultStatus::SyncExternal,
+            _ if fsc == 0x21 => FaultStatus::Alignment,
+            _ => FaultStatus::Other(fsc),
+        }
+    }
+
+    /// For data aborts: `ISS.WnR`, the access was a write.
+    pub fn is_write(self) -> bool {
+        self.0 & (1 << 6) != 0
+    }
+}
+
+impl core::fmt::Display for Esr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let class = self.class();
+        write!(f, "{:#x} (EC={:#04x} {}, IL={}, ISS={:#x}", self.0, self.ec(), class.name(), self.il() as u8, self.iss())?;
+        match class {
+            ExceptionClass::DataAbortLowerEl
+            | ExceptionClass::DataAbortSameEl
+            | ExceptionClass::InstAbortLowerEl
+            | ExceptionClass::InstAbortSameEl => {
+                write!(f, ", {:?}", self.fault_status())?;
+                if matches!(class, ExceptionClass::DataAbortLowerEl | ExceptionClass::DataAbortSameEl) {
+                    write!(f, ", {}", if self.is_write() { "write" } else { "read" })?;
+                }
+            }
+            ExceptionClass::Hvc64 | ExceptionClass::Smc64 | ExceptionClass::Svc64 | ExceptionClass::Brk64 => {
+                write!(f, ", imm16={:#x}", self.imm16())?;
+            }
+            _ => {}
+        }
+        write!(f, ")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_hvc() {
+        let esr = Esr(0x5a00_0000 | 0x12);
+        assert_eq!(esr.class(), ExceptionClass::Hvc64);
+        assert!(esr.il());
+        assert_eq!(esr.imm16(), 0x12);
+        assert_eq!(format!("{esr}"), "0x5a000012 (EC=0x16 HVC, IL=1, ISS=0x12, imm16=0x12)");
+    }
+
+    #[test]
+    fn decodes_data_abort() {
+        // EC=0x25, IL, WnR, level-3 translation fault.
+        let esr = Esr((0x25 << 26) | (1 << 25) | (1 << 6) | 0x07);
+        assert_eq!(esr.class(), ExceptionClass::DataAbortSameEl);
+        assert!(esr.is_write());
+        assert_eq!(esr.fault_status(), FaultStatus::Translation(3));
+        assert!(format!("{esr}").contains("Translation(3), write"));
+    }
+
+    #[test]
+    fn unknown_classes_keep_their_value() {
+        assert_eq!(Esr(0x3f << 26).class(), ExceptionClass::Other(0x3f));
+        assert_eq!(Esr(0).class(), ExceptionClass::Unknown);
+        assert_eq!(Esr(0x10).fault_status(), FaultStatus::SyncExternal);
+    }
+}
