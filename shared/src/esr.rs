@@ -150,7 +150,15 @@ impl Esr {
 impl core::fmt::Display for Esr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let class = self.class();
-        write!(f, "{:#x} (EC={:#04x} {}, IL={}, ISS={:#x}", self.0, self.ec(), class.name(), self.il() as u8, self.iss())?;
+        write!(
+            f,
+            "{:#x} (EC={:#04x} {}, IL={}, ISS={:#x}",
+            self.0,
+            self.ec(),
+            class.name(),
+            self.il() as u8,
+            self.iss()
+        )?;
         match class {
             ExceptionClass::DataAbortLowerEl
             | ExceptionClass::DataAbortSameEl

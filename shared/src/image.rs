@@ -55,9 +55,8 @@ impl PackageHeader {
     /// A short buffer, a missing arm64 or package magic, or sizes that do not
     /// fit together, named in the message.
     pub fn parse(image: &[u8]) -> Result<Self, &'static str> {
-        let word = |off: usize| -> Option<u64> {
-            image.get(off..off + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-        };
+        let word =
+            |off: usize| -> Option<u64> { image.get(off..off + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) };
         let magic = image
             .get(ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
@@ -88,7 +87,7 @@ impl PackageHeader {
         if self.magic != PACKAGE_MAGIC {
             return Err("package header magic is not FRVPACK1 (image not packed by `cargo xtask build`?)");
         }
-        if self.host_offset % HOST_ALIGN != 0 || self.host_offset < self.el2_mem_size {
+        if !self.host_offset.is_multiple_of(HOST_ALIGN) || self.host_offset < self.el2_mem_size {
             return Err("host binary overlaps el2 or is misaligned");
         }
         if self.host_file_size > self.host_mem_size {

@@ -7,7 +7,10 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod boot;
+pub mod dt;
 pub mod esr;
 pub mod hypercall;
 pub mod image;
+pub mod paging;
 pub mod trap;
+pub mod uart;

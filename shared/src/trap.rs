@@ -33,7 +33,13 @@ impl fmt::Display for ExceptionReport<'_> {
         writeln!(f, "  ESR_{el}  = {}", Esr(self.esr))?;
         writeln!(f, "  FAR_{el}  = {:#018x}", self.far)?;
         writeln!(f, "  ELR_{el}  = {:#018x}", self.elr)?;
-        writeln!(f, "  SPSR_{el} = {:#018x} (from EL{}{})", self.spsr, (self.spsr >> 2) & 3, if self.spsr & 1 != 0 { "h" } else { "t" })?;
+        writeln!(
+            f,
+            "  SPSR_{el} = {:#018x} (from EL{}{})",
+            self.spsr,
+            (self.spsr >> 2) & 3,
+            if self.spsr & 1 != 0 { "h" } else { "t" }
+        )?;
         for row in 0..8 {
             write!(f, " ")?;
             for col in 0..4 {
@@ -61,7 +67,15 @@ mod tests {
         regs.sp = 0xbeef;
         let text = format!(
             "{}",
-            ExceptionReport { kind: "synchronous", el: "EL2", esr: 0x9600_0046, far: 0x10, elr: 0x4008_1000, spsr: 0x3c9, regs: &regs }
+            ExceptionReport {
+                kind: "synchronous",
+                el: "EL2",
+                esr: 0x9600_0046,
+                far: 0x10,
+                elr: 0x4008_1000,
+                spsr: 0x3c9,
+                regs: &regs
+            }
         );
         assert!(text.contains("ESR_EL2  = 0x96000046 (EC=0x25 data abort from the same EL"));
         assert!(text.contains("FAR_EL2  = 0x0000000000000010"));
