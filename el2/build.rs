@@ -1,6 +1,6 @@
 fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
-    if target == "aarch64-unknown-none" {
+    if target.starts_with("aarch64-unknown-none") {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
         println!("cargo:rustc-link-arg-bins=-T{dir}/../linker/el2.ld");
         println!("cargo:rerun-if-changed={dir}/../linker/el2.ld");

@@ -1,0 +1,274 @@
+//! The image header, el2's entry points and its exception vectors.
+//!
+//! The image is position independent: the primary entry applies el2's own
+//! `R_AARCH64_RELATIVE` relocations before any Rust code runs, then clears the
+//! BSS and takes CPU 0's stack. Secondary CPUs enter with the MMU off, find
+//! their slot by MPIDR in [`SECONDARY_BOOT`] (cleaned to the point of
+//! coherency by the boot CPU), turn the MMU on with the boot CPU's tables and
+//! call Rust.
+
+use core::arch::global_asm;
+use core::sync::atomic::AtomicU64;
+use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::image;
+
+/// Bytes of stack each CPU has at EL2.
+pub const STACK_SIZE: usize = 16 * 1024;
+
+/// `SCTLR_EL2` with the MMU and caches off: only the RES1 bits.
+pub const SCTLR_EL2_RES1: u64 = 0x30c5_0830;
+
+/// What a secondary CPU needs before it can run Rust, read with the MMU off.
+#[repr(C)]
+pub struct SecondaryBoot {
+    pub mair: AtomicU64,
+    pub tcr: AtomicU64,
+    pub ttbr: AtomicU64,
+    pub sctlr: AtomicU64,
+}
+
+#[unsafe(no_mangle)]
+pub static SECONDARY_BOOT: SecondaryBoot = SecondaryBoot {
+    mair: AtomicU64::new(0),
+    tcr: AtomicU64::new(0),
+    ttbr: AtomicU64::new(0),
+    sctlr: AtomicU64::new(0),
+};
+
+const _: () = assert!(core::mem::offset_of!(SecondaryBoot, mair) == 0);
+const _: () = assert!(core::mem::offset_of!(SecondaryBoot, tcr) == 8);
+const _: () = assert!(core::mem::offset_of!(SecondaryBoot, ttbr) == 16);
+const _: () = assert!(core::mem::offset_of!(SecondaryBoot, sctlr) == 24);
+const _: () = assert!(core::mem::size_of::<ferrovisor_shared::trap::GeneralRegs>() == 256);
+
+unsafe extern "C" {
+    static el2_stacks: u8;
+    static __image_start: u8;
+    static __el2_end: u8;
+    pub fn el2_secondary_entry();
+    pub fn el2_vectors();
+    /// Enters the host at EL1h: `ELR_EL2 = entry`, `x0..x2` as given, the
+    /// stack pointer reset to `stack_top` for the next trap.
+    pub fn el2_enter_host(entry: u64, x0: u64, x1: u64, x2: u64, stack_top: u64) -> !;
+}
+
+/// Physical address of el2's first byte (the image start).
+pub fn image_start() -> u64 {
+    &raw const __image_start as u64
+}
+
+/// Physical address just past el2's memory (its BSS end).
+pub fn el2_end() -> u64 {
+    &raw const __el2_end as u64
+}
+
+/// The top of CPU `index`'s EL2 stack.
+pub fn stack_top(index: usize) -> u64 {
+    &raw const el2_stacks as u64 + ((index + 1) * STACK_SIZE) as u64
+}
+
+global_asm!(
+    r#"
+.section .text.head, "ax"
+.global _start
+_start:
+    b       el2_primary_entry           // code0
+    .word   0                           // code1
+    .quad   {text_offset}               // text_offset
+    .quad   0                           // image_size: written by the packer
+    .quad   {flags}                     // flags
+    .quad   0, 0, 0                     // res2..res4
+    .word   {magic}                     // "ARM\x64"
+    .word   0                           // res5
+    .fill   64, 1, 0                    // Ferrovisor package header: written by the packer
+
+el2_primary_entry:
+    msr     daifset, #0xf
+    mov     x19, x0                     // the device tree
+    mrs     x20, CurrentEL
+    ubfx    x20, x20, #2, #2
+    cmp     x20, #2
+    b.ne    1f
+    movz    x9, #({sctlr} & 0xffff)
+    movk    x9, #({sctlr} >> 16), lsl #16
+    msr     sctlr_el2, x9
+    isb
+1:
+    // Apply our R_AARCH64_RELATIVE relocations: *(base + offset) = base + addend.
+    adrp    x9, __image_start
+    add     x9, x9, :lo12:__image_start
+    adrp    x10, __rela_start
+    add     x10, x10, :lo12:__rela_start
+    adrp    x11, __rela_end
+    add     x11, x11, :lo12:__rela_end
+2:  cmp     x10, x11
+    b.hs    3f
+    ldp     x12, x13, [x10], #16
+    ldr     x14, [x10], #8
+    add     x14, x14, x9
+    str     x14, [x9, x12]
+    b       2b
+3:  adrp    x9, __bss_start
+    add     x9, x9, :lo12:__bss_start
+    adrp    x10, __bss_end
+    add     x10, x10, :lo12:__bss_end
+4:  cmp     x9, x10
+    b.hs    5f
+    stp     xzr, xzr, [x9], #16
+    b       4b
+5:  adrp    x9, el2_stacks
+    add     x9, x9, :lo12:el2_stacks
+    add     sp, x9, #{stack_size}
+    mov     x0, x19
+    mov     x1, x20
+    bl      el2_primary_main
+6:  wfe
+    b       6b
+
+.text
+.global el2_secondary_entry
+el2_secondary_entry:
+    msr     daifset, #0xf
+    movz    x9, #({sctlr} & 0xffff)
+    movk    x9, #({sctlr} >> 16), lsl #16
+    msr     sctlr_el2, x9
+    isb
+    mrs     x10, mpidr_el1
+    movz    x11, #0xffff
+    movk    x11, #0xff, lsl #16
+    movk    x11, #0xff, lsl #32
+    and     x10, x10, x11
+    adrp    x13, {cpus}
+    add     x13, x13, :lo12:{cpus}
+    mov     x12, #0
+1:  cmp     x12, #{max_cpus}
+    b.hs    9f
+    ldr     x14, [x13, x12, lsl #3]
+    cmp     x14, x10
+    b.eq    2f
+    add     x12, x12, #1
+    b       1b
+2:  adrp    x9, SECONDARY_BOOT
+    add     x9, x9, :lo12:SECONDARY_BOOT
+    ldr     x10, [x9, #0]
+    msr     mair_el2, x10
+    ldr     x10, [x9, #8]
+    msr     tcr_el2, x10
+    ldr     x10, [x9, #16]
+    msr     ttbr0_el2, x10
+    isb
+    tlbi    alle2
+    dsb     nsh
+    isb
+    ldr     x10, [x9, #24]
+    msr     sctlr_el2, x10
+    isb
+    adrp    x10, el2_stacks
+    add     x10, x10, :lo12:el2_stacks
+    mov     x11, #{stack_size}
+    madd    x10, x11, x12, x10
+    add     sp, x10, x11
+    mov     x0, x12
+    bl      el2_secondary_main
+9:  wfe
+    b       9b
+
+.global el2_enter_host
+el2_enter_host:
+    msr     elr_el2, x0
+    mov     x9, #0x3c5                  // EL1h, D, A, I and F masked
+    msr     spsr_el2, x9
+    mov     sp, x4
+    mov     x0, x1
+    mov     x1, x2
+    mov     x2, x3
+    mov     x3, xzr
+    mov     x4, xzr
+    eret
+
+// Vectors: each entry saves x0/x1, loads its number into x0 and joins the
+// common path, which saves the rest as a `GeneralRegs` on the EL2 stack.
+.macro el2_vector kind
+    .balign 0x80
+    sub     sp, sp, #256
+    stp     x0, x1, [sp, #0]
+    mov     x0, #\kind
+    b       el2_trap_common
+.endm
+
+.balign 0x800
+.global el2_vectors
+el2_vectors:
+    el2_vector 0
+    el2_vector 1
+    el2_vector 2
+    el2_vector 3
+    el2_vector 4
+    el2_vector 5
+    el2_vector 6
+    el2_vector 7
+    el2_vector 8
+    el2_vector 9
+    el2_vector 10
+    el2_vector 11
+    el2_vector 12
+    el2_vector 13
+    el2_vector 14
+    el2_vector 15
+
+el2_trap_common:
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    cmp     x0, #8
+    b.hs    1f
+    add     x2, sp, #256
+    b       2f
+1:  mrs     x2, sp_el1
+2:  stp     x30, x2, [sp, #240]
+    mov     x1, sp
+    bl      el2_trap
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldr     x30, [sp, #240]
+    add     sp, sp, #256
+    eret
+
+.section .bss.stacks, "aw", @nobits
+.balign 16
+.global el2_stacks
+el2_stacks:
+    .space  {stack_size} * {max_cpus}
+"#,
+    text_offset = const image::TEXT_OFFSET,
+    flags = const image::IMAGE_FLAGS,
+    magic = const image::ARM64_IMAGE_MAGIC,
+    sctlr = const SCTLR_EL2_RES1,
+    stack_size = const STACK_SIZE,
+    max_cpus = const MAX_CPUS,
+    cpus = sym crate::hyp::CPUS,
+);
