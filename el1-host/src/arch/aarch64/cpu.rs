@@ -1,0 +1,37 @@
+//! CPU primitives: which CPU this is, interrupt masking, waiting.
+
+use aarch64_cpu::registers::{ReadWriteable, Readable, Writeable, DAIF, TPIDR_EL1};
+
+/// The host's index of the running CPU (its slot in `BootInfo::cpus`).
+pub fn current() -> usize {
+    TPIDR_EL1.get() as usize
+}
+
+pub fn set_current(index: usize) {
+    TPIDR_EL1.set(index as u64);
+}
+
+/// Unmasks IRQs at EL1.
+pub fn irq_enable() {
+    DAIF.modify(DAIF::I::Unmasked);
+}
+
+/// Masks IRQs at EL1.
+pub fn irq_disable() {
+    DAIF.modify(DAIF::I::Masked);
+}
+
+pub fn irqs_enabled() -> bool {
+    !DAIF.is_set(DAIF::I)
+}
+
+pub fn wait_for_interrupt() {
+    aarch64_cpu::asm::wfi();
+}
+
+pub fn halt() -> ! {
+    irq_disable();
+    loop {
+        aarch64_cpu::asm::wfi();
+    }
+}

@@ -1,0 +1,3 @@
+//! Architecture code; only aarch64 exists.
+
+pub mod aarch64;

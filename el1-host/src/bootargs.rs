@@ -1,0 +1,40 @@
+//! The host's own options in `/chosen/bootargs`.
+
+use log::LevelFilter;
+
+/// `loglevel=off|error|warn|info|debug|trace`; `info` when absent or unknown.
+pub fn log_level(bootargs: &str) -> LevelFilter {
+    bootargs
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix("loglevel="))
+        .next_back()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LevelFilter::Info)
+}
+
+/// `semihosting-exit`: end the run through Arm semihosting with the exit
+/// status (for QEMU started with `-semihosting-config enable=on`).
+pub fn semihosting_exit(bootargs: &str) -> bool {
+    bootargs.split_ascii_whitespace().any(|w| w == "semihosting-exit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_log_level() {
+        assert_eq!(log_level(""), LevelFilter::Info);
+        assert_eq!(log_level("loglevel=debug"), LevelFilter::Debug);
+        assert_eq!(log_level("a loglevel=warn b loglevel=error"), LevelFilter::Error);
+        assert_eq!(log_level("loglevel=loud"), LevelFilter::Info);
+        assert_eq!(log_level("LOGLEVEL=trace"), LevelFilter::Info);
+    }
+
+    #[test]
+    fn finds_semihosting_exit() {
+        assert!(semihosting_exit("loglevel=info semihosting-exit"));
+        assert!(!semihosting_exit("semihosting-exit=1"));
+        assert!(!semihosting_exit(""));
+    }
+}

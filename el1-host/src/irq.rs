@@ -1,0 +1,45 @@
+//! Interrupt dispatch on the host: acknowledge, handle, end, until nothing is
+//! pending.
+
+use crate::arch::aarch64::timer;
+use crate::{gic, smp};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// SGI the self-check (and later the kick protocol) sends between CPUs.
+pub const SGI_PING: u32 = 1;
+/// The host's tick.
+pub const TICK_US: u64 = 10_000;
+/// INTIDs at or above this are special (spurious and friends).
+const SPECIAL_INTID: u32 = 1020;
+
+/// The non-secure EL1 physical timer's INTID (PPI 14 unless the device tree
+/// says otherwise).
+static TIMER_INTID: AtomicU32 = AtomicU32::new(30);
+
+pub fn set_timer_intid(intid: u32) {
+    TIMER_INTID.store(intid, Ordering::Relaxed);
+}
+
+pub fn timer_intid() -> u32 {
+    TIMER_INTID.load(Ordering::Relaxed)
+}
+
+/// Called from the IRQ vector with IRQs masked.
+pub fn handle() {
+    while let Some(ack) = gic::acknowledge() {
+        let intid = ack.intid;
+        if intid >= SPECIAL_INTID {
+            break;
+        }
+        let me = smp::this_cpu();
+        if intid == SGI_PING {
+            me.sgis.fetch_add(1, Ordering::Relaxed);
+        } else if intid == timer_intid() {
+            me.ticks.fetch_add(1, Ordering::Relaxed);
+            timer::arm_in_us(TICK_US);
+        } else {
+            log::warn!("unexpected interrupt {intid}");
+        }
+        gic::end_of_interrupt(ack);
+    }
+}

@@ -1,0 +1,45 @@
+//! The boot self-check: every online CPU must receive an SGI from the boot CPU
+//! and take its own timer tick. Prints one line per CPU and the verdict.
+
+use crate::arch::aarch64::timer;
+use crate::smp::CPUS;
+use crate::{gic, irq, println};
+use core::sync::atomic::Ordering;
+use ferrovisor_shared::boot::BootInfo;
+
+const TIMEOUT_US: u64 = 2_000_000;
+
+/// Returns whether every CPU passed.
+pub fn run(info: &BootInfo) -> bool {
+    let count = info.cpu_count as usize;
+    let start_sgis: [u64; ferrovisor_shared::boot::MAX_CPUS] =
+        core::array::from_fn(|i| CPUS[i].sgis.load(Ordering::Relaxed));
+    let start_ticks: [u64; ferrovisor_shared::boot::MAX_CPUS] =
+        core::array::from_fn(|i| CPUS[i].ticks.load(Ordering::Relaxed));
+    for (cpu, c) in CPUS.iter().enumerate().take(count) {
+        if c.online.load(Ordering::Acquire) {
+            gic::send_sgi(irq::SGI_PING, cpu);
+        }
+    }
+    let sgi_ok = |i: usize| CPUS[i].sgis.load(Ordering::Relaxed) > start_sgis[i];
+    let tick_ok = |i: usize| CPUS[i].ticks.load(Ordering::Relaxed) > start_ticks[i];
+    let deadline = timer::now() + timer::ticks_from_us(TIMEOUT_US);
+    while timer::now() < deadline && !(0..count).all(|i| sgi_ok(i) && tick_ok(i)) {
+        // Polls rather than WFI: a wedged GIC must end in FAIL, not a hang.
+        core::hint::spin_loop();
+    }
+    let mut passed = 0;
+    for (i, c) in CPUS.iter().enumerate().take(count) {
+        let word = |ok: bool| if ok { "ok" } else { "FAILED" };
+        let online = c.online.load(Ordering::Acquire);
+        if online {
+            println!("self-check: cpu{i} sgi {} timer {}", word(sgi_ok(i)), word(tick_ok(i)));
+        } else {
+            println!("self-check: cpu{i} offline");
+        }
+        passed += usize::from(online && sgi_ok(i) && tick_ok(i));
+    }
+    let verdict = if passed == count { "PASS" } else { "FAIL" };
+    println!("self-check: {verdict} ({passed}/{count} CPUs)");
+    passed == count
+}
