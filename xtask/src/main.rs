@@ -1,1 +1,504 @@
-fn main(){}
+//! `cargo xtask`: builds and packs Ferrovisor's image, boots it under QEMU, and
+//! runs the QEMU boot tests. See `cargo xtask --help`.
+
+mod boottest;
+mod check;
+mod dtb;
+mod pack;
+mod qemu;
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use qemu::{Board, Machine, Watch};
+
+/// The bare-metal target both binaries are built for.
+const TARGET: &str = "aarch64-unknown-none-softfloat";
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build [--debug]   build el2 and the host and pack them into target/ferrovisor.img
+  run [options]     build, then boot the image under QEMU (see `cargo xtask run --help`)
+  test [options]    build, then run the QEMU boot tests (see `cargo xtask test --help`)
+  pack EL2 HOST OUT pack two ELF files into an image (what `build` does after building)
+  help              print this";
+
+const RUN_USAGE: &str = "\
+usage: scripts/run [options]          (the same as: cargo xtask run [options])
+
+Builds the image, boots it under QEMU with the serial console on this terminal,
+and exits with the status the hypervisor powers off with.
+
+options:
+  --board virt|raspi4b  machine to emulate (default: virt)
+  --gic 2|3|4           GIC version on virt (default: 3; 4 means GICv4.1)
+  --smp N               CPUs (default: 4; raspi4b always has 4)
+  --mem MiB             RAM on virt (default: 1024; raspi4b has a fixed 2 GiB)
+  --append ARGS         hypervisor command line (default: \"loglevel=info semihosting-exit\")
+  --gdb                 wait for gdb on localhost:1234 before the first instruction
+  --timeout SECS        stop QEMU after SECS seconds and exit 124 (default: none)
+  --debug               use the debug build
+  --image FILE          boot FILE as it is instead of building
+  --help                print this
+
+exit status: the hypervisor's power-off status N (from `ferrovisor: power off,
+status N`); 2 if it ended without that line or the options are wrong; 124 on timeout.";
+
+const TEST_USAGE: &str = "\
+usage: cargo xtask test [--filter SUBSTR] [--verbose] [--debug] [--no-build] [--list]
+
+Builds the image and boots it under QEMU in each test's way, one test at a time.
+  --filter SUBSTR  run only the tests whose name contains SUBSTR
+  --verbose        show QEMU's output as it comes
+  --debug          test the debug build
+  --no-build       test target/ferrovisor.img as it is
+  --list           list the tests and exit";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+fn image_path(root: &Path) -> PathBuf {
+    target_dir(root).join("ferrovisor.img")
+}
+
+/// Packs the ELF files `el2` and `host` into `out` and prints one line about it.
+fn pack_files(root: &Path, el2: &Path, host: &Path, out: &Path) -> Result<(), String> {
+    let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let packed = pack::pack(&read(el2)?, &read(host)?)?;
+    let tmp = out.with_extension("img.tmp");
+    fs::write(&tmp, &packed.image).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let h = packed.header;
+    println!(
+        "{}: {} bytes, {} in memory (el2 {} bytes, {} in memory; host {} bytes, {} in memory, at {:#x}; \
+         {} + {} relocations)",
+        out.strip_prefix(root).unwrap_or(out).display(),
+        packed.image.len(),
+        packed.image_size(),
+        packed.el2_file_size,
+        h.el2_mem_size,
+        h.host_file_size,
+        h.host_mem_size,
+        h.host_offset,
+        packed.relocations.0,
+        packed.relocations.1
+    );
+    Ok(())
+}
+
+/// Builds both binaries and packs them into the image; returns its path.
+fn build(root: &Path, debug: bool) -> Result<PathBuf, String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args(["build", "-p", "ferrovisor-el2", "-p", "ferrovisor-host", "--target", TARGET]);
+    if !debug {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build failed ({status})"));
+    }
+    let dir = target_dir(root).join(TARGET).join(if debug { "debug" } else { "release" });
+    let image = image_path(root);
+    pack_files(root, &dir.join("ferrovisor-el2"), &dir.join("ferrovisor-host"), &image)?;
+    Ok(image)
+}
+
+/// Splits `--opt=value` and takes the value of `--opt value`.
+struct Args {
+    items: std::vec::IntoIter<String>,
+    pending_value: Option<String>,
+}
+
+impl Args {
+    fn new(args: Vec<String>) -> Self {
+        Self { items: args.into_iter(), pending_value: None }
+    }
+
+    /// The next option name (without any `=value`).
+    fn next_opt(&mut self) -> Result<Option<String>, String> {
+        if let Some(v) = self.pending_value.take() {
+            return Err(format!("unexpected value `{v}`"));
+        }
+        let Some(arg) = self.items.next() else {
+            return Ok(None);
+        };
+        if let Some((name, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
+            self.pending_value = Some(value.to_string());
+            return Ok(Some(name.to_string()));
+        }
+        Ok(Some(arg))
+    }
+
+    fn value(&mut self, opt: &str) -> Result<String, String> {
+        self.pending_value.take().or_else(|| self.items.next()).ok_or_else(|| format!("{opt} needs a value"))
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, opt: &str) -> Result<T, String> {
+        let v = self.value(opt)?;
+        v.parse().map_err(|_| format!("{opt} takes a number, not `{v}`"))
+    }
+
+    fn flag(&mut self, opt: &str) -> Result<(), String> {
+        match self.pending_value.take() {
+            Some(v) => Err(format!("{opt} takes no value (got `{v}`)")),
+            None => Ok(()),
+        }
+    }
+}
+
+enum Parsed<T> {
+    Go(T),
+    Help,
+}
+
+#[derive(Debug, PartialEq)]
+struct RunOpts {
+    machine: Machine,
+    timeout: Option<u64>,
+    debug: bool,
+    /// Boot this file as it is instead of building.
+    image: Option<PathBuf>,
+    notes: Vec<String>,
+}
+
+fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
+    let mut m = Machine::default();
+    let (mut timeout, mut debug, mut image) = (None, false, None);
+    let (mut gic, mut smp, mut mem) = (None, None, None);
+    let mut a = Args::new(args);
+    while let Some(opt) = a.next_opt()? {
+        match opt.as_str() {
+            "--help" | "-h" => return Ok(Parsed::Help),
+            "--board" => {
+                let v = a.value(&opt)?;
+                m.board = Board::parse(&v).ok_or_else(|| format!("unknown board `{v}` (virt or raspi4b)"))?;
+            }
+            "--gic" => gic = Some(a.number::<u8>(&opt)?),
+            "--smp" => smp = Some(a.number::<u32>(&opt)?),
+            "--mem" => mem = Some(a.number::<u32>(&opt)?),
+            "--append" => m.append = a.value(&opt)?,
+            "--timeout" => timeout = Some(a.number::<u64>(&opt)?),
+            "--gdb" => {
+                a.flag(&opt)?;
+                m.gdb = true;
+            }
+            "--debug" => {
+                a.flag(&opt)?;
+                debug = true;
+            }
+            "--image" => image = Some(PathBuf::from(a.value(&opt)?)),
+            _ => return Err(format!("unknown option `{opt}`")),
+        }
+    }
+    let mut notes = Vec::new();
+    match m.board {
+        Board::Virt => {
+            m.gic = gic.unwrap_or(3);
+            if !(2..=4).contains(&m.gic) {
+                return Err(format!("--gic must be 2, 3 or 4, not {}", m.gic));
+            }
+            m.smp = smp.unwrap_or(4);
+            let max = if m.gic == 2 { 8 } else { 512 };
+            if !(1..=max).contains(&m.smp) {
+                return Err(format!("--smp must be 1 to {max} on virt with GICv{}", m.gic));
+            }
+            m.mem_mib = mem.unwrap_or(1024);
+            if m.mem_mib < 64 {
+                return Err(format!("--mem {} MiB is too small (64 at least)", m.mem_mib));
+            }
+        }
+        Board::Raspi4b => {
+            if gic.is_some_and(|g| g != 2) {
+                return Err("--gic: the Raspberry Pi 4 has a GIC-400 (GICv2); --gic applies to virt".into());
+            }
+            if smp.is_some_and(|n| n != qemu::RASPI_CPUS) {
+                return Err(format!("--smp: the Raspberry Pi 4 has {} CPUs, always", qemu::RASPI_CPUS));
+            }
+            m.gic = 2;
+            m.smp = qemu::RASPI_CPUS;
+            if mem.is_some() {
+                notes.push("note: raspi4b has a fixed 2 GiB of RAM; ignoring --mem".into());
+            }
+        }
+    }
+    if timeout == Some(0) {
+        return Err("--timeout must be at least 1".into());
+    }
+    Ok(Parsed::Go(RunOpts { machine: m, timeout, debug, image, notes }))
+}
+
+fn gdb_hint(root: &Path, debug: bool, board: Board, image: &Path) {
+    let dir = target_dir(root).join(TARGET).join(if debug { "debug" } else { "release" });
+    let base = board.load_addr();
+    let mut cmd = vec!["gdb-multiarch".to_string(), "-ex 'target remote localhost:1234'".to_string()];
+    cmd.push(format!("-ex 'add-symbol-file {} -o {base:#x}'", dir.join("ferrovisor-el2").display()));
+    let header = fs::read(image).ok().and_then(|img| ferrovisor_shared::image::PackageHeader::parse(&img).ok());
+    if let Some(h) = header {
+        let host = base + h.host_offset;
+        cmd.push(format!("-ex 'add-symbol-file {} -o {host:#x}'", dir.join("ferrovisor-host").display()));
+    }
+    eprintln!("xtask: QEMU waits for gdb on localhost:1234; attach with (apt-get install gdb-multiarch):");
+    eprintln!("  {}", cmd.join(" \\\n    "));
+    eprintln!("  (the offsets are physical load addresses: right while the code runs where it was loaded, 1:1)");
+}
+
+fn cmd_run(args: Vec<String>) -> ExitCode {
+    let opts = match parse_run(args) {
+        Ok(Parsed::Go(o)) => o,
+        Ok(Parsed::Help) => {
+            println!("{RUN_USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("scripts/run: {e}\n\n{RUN_USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    for note in &opts.notes {
+        eprintln!("{note}");
+    }
+    let root = root();
+    let built = match &opts.image {
+        Some(path) if path.is_file() => Ok(path.clone()),
+        Some(path) => Err(format!("--image: {} is not a file", path.display())),
+        None => build(&root, opts.debug),
+    };
+    let image = match built {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dtb = if opts.machine.board == Board::Raspi4b {
+        match boottest::pi_dtb(&root) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let args = opts.machine.args(&image, dtb.as_deref());
+    if opts.machine.gdb {
+        gdb_hint(&root, opts.debug, opts.machine.board, &image);
+    }
+    let watch = Watch {
+        echo: true,
+        interactive: true,
+        timeout: opts.timeout.map(Duration::from_secs),
+        // QEMU keeps running after a power-off on raspi4b without semihosting.
+        stop_on: |l| check::power_off_line(l).map(|_| Duration::from_secs(2)),
+    };
+    let outcome = match qemu::run(&args, &watch) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (code, message) = qemu::run_status(outcome.end, check::power_off_status(&outcome.output), opts.timeout);
+    if let Some(m) = message {
+        eprintln!("{m}");
+    }
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn cmd_build(args: Vec<String>) -> ExitCode {
+    let mut debug = false;
+    for arg in args {
+        match arg.as_str() {
+            "--debug" => debug = true,
+            "--help" | "-h" => {
+                println!("usage: cargo xtask build [--debug]\n\nBuilds el2 and the host for {TARGET} and packs them into target/ferrovisor.img.");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("xtask build: unknown option `{arg}`\nusage: cargo xtask build [--debug]");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match build(&root(), debug) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_test(args: Vec<String>) -> ExitCode {
+    let (mut filter, mut verbose, mut debug, mut list) = (None, false, false, false);
+    let mut no_build = false;
+    let mut a = Args::new(args);
+    let parsed: Result<(), String> = (|| {
+        while let Some(opt) = a.next_opt()? {
+            match opt.as_str() {
+                "--filter" => filter = Some(a.value(&opt)?),
+                "--verbose" | "-v" => verbose = true,
+                "--debug" => debug = true,
+                "--no-build" => no_build = true,
+                "--list" => list = true,
+                "--help" | "-h" => return Err(String::new()),
+                _ => return Err(format!("unknown option `{opt}`")),
+            }
+            a.flag(&opt).ok();
+        }
+        Ok(())
+    })();
+    match parsed {
+        Ok(()) => {}
+        Err(e) if e.is_empty() => {
+            println!("{TEST_USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("xtask test: {e}\n\n{TEST_USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let tests: Vec<_> =
+        boottest::all().into_iter().filter(|t| filter.as_deref().is_none_or(|f| t.name.contains(f))).collect();
+    if list {
+        for t in &tests {
+            println!("{}", t.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    if tests.is_empty() {
+        eprintln!("xtask test: no test matches the filter");
+        return ExitCode::from(2);
+    }
+    let root = root();
+    let work = target_dir(&root).join("xtask-test");
+    let xtask = env::current_exe().unwrap_or_else(|_| PathBuf::from("xtask"));
+    let mut ctx = boottest::Ctx::new(root.clone(), image_path(&root), work.clone(), xtask, verbose);
+    if let Err(e) = fs::create_dir_all(&work) {
+        eprintln!("xtask test: {}: {e}", work.display());
+        return ExitCode::FAILURE;
+    }
+    if no_build {
+        if !ctx.image.exists() {
+            ctx.build_error = Some(format!("--no-build: {} does not exist", ctx.image.display()));
+        }
+    } else if tests.iter().any(|t| t.boots) {
+        if let Err(e) = build(&root, debug) {
+            eprintln!("xtask: {e}");
+            ctx.build_error = Some(e);
+        }
+    }
+    let (passed, failed) = boottest::run_all(&ctx, &tests);
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = env::args().skip(1).collect();
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let cmd = args.remove(0);
+    match cmd.as_str() {
+        "build" => cmd_build(args),
+        "run" => cmd_run(args),
+        "test" => cmd_test(args),
+        "pack" => match &args[..] {
+            [el2, host, out] => match pack_files(&root(), Path::new(el2), Path::new(host), Path::new(out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xtask: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            _ => {
+                eprintln!("usage: cargo xtask pack EL2.elf HOST.elf OUT.img");
+                ExitCode::from(2)
+            }
+        },
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("xtask: unknown command `{cmd}`\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunOpts, String> {
+        match parse_run(args.iter().map(|s| s.to_string()).collect())? {
+            Parsed::Go(o) => Ok(o),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn run_defaults() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.machine, Machine::default());
+        assert_eq!((o.machine.gic, o.machine.smp, o.machine.mem_mib), (3, 4, 1024));
+        assert_eq!(o.machine.append, "loglevel=info semihosting-exit");
+        assert_eq!((o.timeout, o.debug), (None, false));
+    }
+
+    #[test]
+    fn run_options() {
+        let o = parse(&["--gic=2", "--smp", "2", "--mem", "512", "--append", "a b", "--gdb", "--timeout=9", "--debug"])
+            .unwrap();
+        assert_eq!((o.machine.gic, o.machine.smp, o.machine.mem_mib), (2, 2, 512));
+        assert_eq!(o.machine.append, "a b");
+        assert!(o.machine.gdb && o.debug);
+        assert_eq!(o.timeout, Some(9));
+        let o = parse(&["--board", "raspi4b", "--mem", "512", "--smp", "4"]).unwrap();
+        assert_eq!((o.machine.board, o.machine.gic, o.machine.smp), (Board::Raspi4b, 2, 4));
+        assert_eq!(o.notes.len(), 1);
+        assert_eq!(parse(&["--help"]).unwrap_err(), "help");
+    }
+
+    #[test]
+    fn run_rejects() {
+        for (args, msg) in [
+            (&["--board", "nope"][..], "unknown board `nope`"),
+            (&["--board"], "--board needs a value"),
+            (&["--gic", "5"], "--gic must be 2, 3 or 4"),
+            (&["--gic", "2", "--smp", "9"], "--smp must be 1 to 8"),
+            (&["--smp", "0"], "--smp must be 1"),
+            (&["--smp", "x"], "--smp takes a number"),
+            (&["--board=raspi4b", "--smp=2"], "4 CPUs"),
+            (&["--board=raspi4b", "--gic=3"], "GICv2"),
+            (&["--gdb=1"], "takes no value"),
+            (&["--timeout", "0"], "at least 1"),
+            (&["extra"], "unknown option `extra`"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(msg), "{args:?}: {e}");
+        }
+    }
+}
