@@ -36,7 +36,7 @@ and exits with the status the hypervisor powers off with.
 
 options:
   --board virt|raspi4b  machine to emulate (default: virt)
-  --gic 2|3|4           GIC version on virt (default: 3; 4 means GICv4.1)
+  --gic 2|3|4           GIC version on virt (default: 3; QEMU 10 emulates 4 as GICv4.0)
   --smp N               CPUs (default: 4; raspi4b always has 4)
   --mem MiB             RAM on virt (default: 1024; raspi4b has a fixed 2 GiB)
   --append ARGS         hypervisor command line (default: \"loglevel=info semihosting-exit\")
