@@ -1,43 +1,28 @@
 //! The host console: the board's UART behind a spin lock, the `log` backend
 //! (level from `loglevel=` in bootargs), and `println!`.
 
-use core::fmt::{self, Write};
+use core::fmt;
+use ferrovisor_shared::console::Console;
 use ferrovisor_shared::dt::UartDesc;
-use ferrovisor_shared::uart::Uart;
-use spin::Mutex;
 
-static CONSOLE: Mutex<Option<Uart>> = Mutex::new(None);
+static CONSOLE: Console = Console::new();
 
 /// Uses the UART the device tree names.
 ///
 /// # Safety
-/// `desc` must describe a UART mapped as device memory that nothing else drives.
+/// As [`Console::init`].
 pub unsafe fn init(desc: &UartDesc) {
     // SAFETY: our caller's promise.
-    *CONSOLE.lock() = Some(unsafe { Uart::new(desc) });
+    unsafe { CONSOLE.init(desc) };
 }
 
 pub fn print(args: fmt::Arguments) {
-    if let Some(uart) = CONSOLE.lock().as_mut() {
-        let _ = uart.write_fmt(args);
-    }
+    CONSOLE.print(args);
 }
 
 /// Prints even when the lock is held (by a CPU that faulted or panicked).
 pub fn print_forced(args: fmt::Arguments) {
-    for _ in 0..1_000_000 {
-        if let Some(mut guard) = CONSOLE.try_lock() {
-            if let Some(uart) = guard.as_mut() {
-                let _ = uart.write_fmt(args);
-            }
-            return;
-        }
-        core::hint::spin_loop();
-    }
-    // SAFETY: the holder has not let go for a long time; it most likely is the
-    // CPU that failed. Interleaved output beats silence.
-    unsafe { CONSOLE.force_unlock() };
-    print(args);
+    CONSOLE.print_forced(args);
 }
 
 #[macro_export]

@@ -6,7 +6,9 @@
 //! on the development host.
 #![cfg_attr(not(test), no_std)]
 
+pub mod asm;
 pub mod boot;
+pub mod console;
 pub mod dt;
 pub mod esr;
 pub mod hypercall;

@@ -94,29 +94,10 @@ el2_primary_entry:
     msr     sctlr_el2, x9
     isb
 1:
-    // Apply our R_AARCH64_RELATIVE relocations: *(base + offset) = base + addend.
-    adrp    x9, __image_start
-    add     x9, x9, :lo12:__image_start
-    adrp    x10, __rela_start
-    add     x10, x10, :lo12:__rela_start
-    adrp    x11, __rela_end
-    add     x11, x11, :lo12:__rela_end
-2:  cmp     x10, x11
-    b.hs    3f
-    ldp     x12, x13, [x10], #16
-    ldr     x14, [x10], #8
-    add     x14, x14, x9
-    str     x14, [x9, x12]
-    b       2b
-3:  adrp    x9, __bss_start
-    add     x9, x9, :lo12:__bss_start
-    adrp    x10, __bss_end
-    add     x10, x10, :lo12:__bss_end
-4:  cmp     x9, x10
-    b.hs    5f
-    stp     xzr, xzr, [x9], #16
-    b       4b
-5:  adrp    x9, el2_stacks
+"#,
+    ferrovisor_shared::relocate_and_clear_bss_asm!(),
+    r#"
+    adrp    x9, el2_stacks
     add     x9, x9, :lo12:el2_stacks
     add     sp, x9, #{stack_size}
     mov     x0, x19
@@ -188,49 +169,16 @@ el2_enter_host:
 
 // Vectors: each entry saves x0/x1, loads its number into x0 and joins the
 // common path, which saves the rest as a `GeneralRegs` on the EL2 stack.
-.macro el2_vector kind
-    .balign 0x80
-    sub     sp, sp, #256
-    stp     x0, x1, [sp, #0]
-    mov     x0, #\kind
-    b       el2_trap_common
-.endm
-
 .balign 0x800
 .global el2_vectors
 el2_vectors:
-    el2_vector 0
-    el2_vector 1
-    el2_vector 2
-    el2_vector 3
-    el2_vector 4
-    el2_vector 5
-    el2_vector 6
-    el2_vector 7
-    el2_vector 8
-    el2_vector 9
-    el2_vector 10
-    el2_vector 11
-    el2_vector 12
-    el2_vector 13
-    el2_vector 14
-    el2_vector 15
-
+"#,
+    ferrovisor_shared::vector_table_asm!("el2_trap_common"),
+    r#"
 el2_trap_common:
-    stp     x2, x3, [sp, #16]
-    stp     x4, x5, [sp, #32]
-    stp     x6, x7, [sp, #48]
-    stp     x8, x9, [sp, #64]
-    stp     x10, x11, [sp, #80]
-    stp     x12, x13, [sp, #96]
-    stp     x14, x15, [sp, #112]
-    stp     x16, x17, [sp, #128]
-    stp     x18, x19, [sp, #144]
-    stp     x20, x21, [sp, #160]
-    stp     x22, x23, [sp, #176]
-    stp     x24, x25, [sp, #192]
-    stp     x26, x27, [sp, #208]
-    stp     x28, x29, [sp, #224]
+"#,
+    ferrovisor_shared::save_x2_x29_asm!(),
+    r#"
     cmp     x0, #8
     b.hs    1f
     add     x2, sp, #256
@@ -239,24 +187,9 @@ el2_trap_common:
 2:  stp     x30, x2, [sp, #240]
     mov     x1, sp
     bl      el2_trap
-    ldp     x0, x1, [sp, #0]
-    ldp     x2, x3, [sp, #16]
-    ldp     x4, x5, [sp, #32]
-    ldp     x6, x7, [sp, #48]
-    ldp     x8, x9, [sp, #64]
-    ldp     x10, x11, [sp, #80]
-    ldp     x12, x13, [sp, #96]
-    ldp     x14, x15, [sp, #112]
-    ldp     x16, x17, [sp, #128]
-    ldp     x18, x19, [sp, #144]
-    ldp     x20, x21, [sp, #160]
-    ldp     x22, x23, [sp, #176]
-    ldp     x24, x25, [sp, #192]
-    ldp     x26, x27, [sp, #208]
-    ldp     x28, x29, [sp, #224]
-    ldr     x30, [sp, #240]
-    add     sp, sp, #256
-    eret
+"#,
+    ferrovisor_shared::restore_all_and_eret_asm!(),
+    r#"
 
 .section .bss.stacks, "aw", @nobits
 .balign 16
