@@ -5,6 +5,36 @@
 //! tree, `x1` = physical address of a [`BootInfo`], `x2` = 0. On a CPU the host
 //! starts with PSCI `CPU_ON`: `x0` = the context id it passed (PSCI semantics).
 
+use core::sync::atomic::AtomicU64;
+
+/// The MMU register values a secondary CPU loads before it runs any Rust
+/// code, published by the boot CPU and read with the MMU off (so cleaned to
+/// the point of coherency). Offsets are used by both entry paths' assembly.
+#[repr(C)]
+pub struct SecondaryMmu {
+    pub mair: AtomicU64,
+    pub tcr: AtomicU64,
+    pub ttbr: AtomicU64,
+    pub sctlr: AtomicU64,
+}
+
+impl SecondaryMmu {
+    pub const fn new() -> Self {
+        Self { mair: AtomicU64::new(0), tcr: AtomicU64::new(0), ttbr: AtomicU64::new(0), sctlr: AtomicU64::new(0) }
+    }
+}
+
+impl Default for SecondaryMmu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const _: () = assert!(core::mem::offset_of!(SecondaryMmu, mair) == 0);
+const _: () = assert!(core::mem::offset_of!(SecondaryMmu, tcr) == 8);
+const _: () = assert!(core::mem::offset_of!(SecondaryMmu, ttbr) == 16);
+const _: () = assert!(core::mem::offset_of!(SecondaryMmu, sctlr) == 24);
+
 /// `BootInfo::magic`: "FVBOOTv1".
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"FVBOOTv1");
 

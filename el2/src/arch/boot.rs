@@ -8,8 +8,7 @@
 //! call Rust.
 
 use core::arch::global_asm;
-use core::sync::atomic::AtomicU64;
-use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::boot::{SecondaryMmu, MAX_CPUS};
 use ferrovisor_shared::image;
 
 /// Bytes of stack each CPU has at EL2.
@@ -18,27 +17,10 @@ pub const STACK_SIZE: usize = 16 * 1024;
 /// `SCTLR_EL2` with the MMU and caches off: only the RES1 bits.
 pub const SCTLR_EL2_RES1: u64 = 0x30c5_0830;
 
-/// What a secondary CPU needs before it can run Rust, read with the MMU off.
-#[repr(C)]
-pub struct SecondaryBoot {
-    pub mair: AtomicU64,
-    pub tcr: AtomicU64,
-    pub ttbr: AtomicU64,
-    pub sctlr: AtomicU64,
-}
-
+/// The MMU set-up secondary CPUs load before running Rust.
 #[unsafe(no_mangle)]
-pub static SECONDARY_BOOT: SecondaryBoot = SecondaryBoot {
-    mair: AtomicU64::new(0),
-    tcr: AtomicU64::new(0),
-    ttbr: AtomicU64::new(0),
-    sctlr: AtomicU64::new(0),
-};
+pub static SECONDARY_BOOT: SecondaryMmu = SecondaryMmu::new();
 
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, mair) == 0);
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, tcr) == 8);
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, ttbr) == 16);
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, sctlr) == 24);
 const _: () = assert!(core::mem::size_of::<ferrovisor_shared::trap::GeneralRegs>() == 256);
 
 unsafe extern "C" {

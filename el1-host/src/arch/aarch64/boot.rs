@@ -8,31 +8,13 @@
 //! coherency) before any Rust code runs.
 
 use core::arch::global_asm;
-use core::sync::atomic::AtomicU64;
-use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::boot::{SecondaryMmu, MAX_CPUS};
 
 pub const STACK_SIZE: usize = 64 * 1024;
 
-/// What a secondary CPU needs before it can run Rust, read with the MMU off.
-#[repr(C)]
-pub struct SecondaryBoot {
-    pub mair: AtomicU64,
-    pub tcr: AtomicU64,
-    pub ttbr: AtomicU64,
-    pub sctlr: AtomicU64,
-}
-
+/// The MMU set-up secondary CPUs load before running Rust.
 #[unsafe(no_mangle)]
-pub static HOST_SECONDARY_BOOT: SecondaryBoot = SecondaryBoot {
-    mair: AtomicU64::new(0),
-    tcr: AtomicU64::new(0),
-    ttbr: AtomicU64::new(0),
-    sctlr: AtomicU64::new(0),
-};
-
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, tcr) == 8);
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, ttbr) == 16);
-const _: () = assert!(core::mem::offset_of!(SecondaryBoot, sctlr) == 24);
+pub static HOST_SECONDARY_BOOT: SecondaryMmu = SecondaryMmu::new();
 
 unsafe extern "C" {
     pub fn host_secondary_entry();
