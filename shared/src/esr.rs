@@ -145,6 +145,83 @@ impl Esr {
     pub fn is_write(self) -> bool {
         self.0 & (1 << 6) != 0
     }
+
+    /// For a data abort: the instruction syndrome, when ISV says it is valid.
+    pub fn data_abort(self) -> Option<DataAbortIss> {
+        if self.0 & (1 << 24) == 0 {
+            return None;
+        }
+        Some(DataAbortIss {
+            access_size: 1 << ((self.0 >> 22) & 3),
+            sign_extend: self.0 & (1 << 21) != 0,
+            register: ((self.0 >> 16) & 0x1f) as u8,
+            sixty_four: self.0 & (1 << 15) != 0,
+            write: self.is_write(),
+        })
+    }
+
+    /// For a trapped `MSR`/`MRS` (EC 0x18): which register and which way.
+    pub fn sys_reg(self) -> SysRegAccess {
+        let iss = self.0;
+        SysRegAccess {
+            reg: SysReg {
+                op0: ((iss >> 20) & 3) as u8,
+                op2: ((iss >> 17) & 7) as u8,
+                op1: ((iss >> 14) & 7) as u8,
+                crn: ((iss >> 10) & 0xf) as u8,
+                crm: ((iss >> 1) & 0xf) as u8,
+            },
+            register: ((iss >> 5) & 0x1f) as u8,
+            read: iss & 1 != 0,
+        }
+    }
+}
+
+/// A data abort's instruction syndrome (ISV=1): what a load or store did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataAbortIss {
+    /// Bytes: 1, 2, 4 or 8 (SAS).
+    pub access_size: u8,
+    /// SSE: a load sign-extends to the register.
+    pub sign_extend: bool,
+    /// SRT: the register loaded or stored (31 = XZR).
+    pub register: u8,
+    /// SF: the register is 64-bit.
+    pub sixty_four: bool,
+    /// WnR.
+    pub write: bool,
+}
+
+/// A system register by encoding (op0, op1, CRn, CRm, op2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SysReg {
+    pub op0: u8,
+    pub op1: u8,
+    pub crn: u8,
+    pub crm: u8,
+    pub op2: u8,
+}
+
+impl SysReg {
+    pub const fn new(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> Self {
+        Self { op0, op1, crn, crm, op2 }
+    }
+}
+
+impl core::fmt::Display for SysReg {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "S{}_{}_C{}_C{}_{}", self.op0, self.op1, self.crn, self.crm, self.op2)
+    }
+}
+
+/// A trapped system-register access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysRegAccess {
+    pub reg: SysReg,
+    /// Rt (31 = XZR).
+    pub register: u8,
+    /// `MRS` (a read) rather than `MSR`.
+    pub read: bool,
 }
 
 impl core::fmt::Display for Esr {
@@ -189,6 +266,35 @@ mod tests {
         assert!(esr.il());
         assert_eq!(esr.imm16(), 0x12);
         assert_eq!(format!("{esr}"), "0x5a000012 (EC=0x16 HVC, IL=1, ISS=0x12, imm16=0x12)");
+    }
+
+    #[test]
+    fn decodes_data_abort_iss() {
+        // ldr w3, [x1] from a lower EL: ISV, SAS=2 (word), SRT=3, WnR=0.
+        let esr = Esr((0x24 << 26) | (1 << 25) | (1 << 24) | (2 << 22) | (3 << 16) | 0x07);
+        let iss = esr.data_abort().unwrap();
+        assert_eq!(iss, DataAbortIss { access_size: 4, sign_extend: false, register: 3, sixty_four: false, write: false });
+        // strb wzr with SSE and SF clear, WnR set.
+        let esr = Esr((0x24 << 26) | (1 << 24) | (31 << 16) | (1 << 6));
+        let iss = esr.data_abort().unwrap();
+        assert_eq!((iss.access_size, iss.register, iss.write), (1, 31, true));
+        // ldrsh x5 (SSE, SF, SAS=1).
+        let esr = Esr((0x24 << 26) | (1 << 24) | (1 << 22) | (1 << 21) | (5 << 16) | (1 << 15));
+        let iss = esr.data_abort().unwrap();
+        assert!(iss.sign_extend && iss.sixty_four && iss.access_size == 2);
+        // No ISV: no syndrome.
+        assert_eq!(Esr((0x24 << 26) | 0x07).data_abort(), None);
+    }
+
+    #[test]
+    fn decodes_sys_reg_access() {
+        // mrs x2, cntp_ctl_el0 = S3_3_C14_C2_1.
+        let iss = (3 << 20) | (1 << 17) | (3 << 14) | (14 << 10) | (2 << 5) | (2 << 1) | 1;
+        let a = Esr((0x18 << 26) | (1 << 25) | iss).sys_reg();
+        assert_eq!(a.reg, SysReg::new(3, 3, 14, 2, 1));
+        assert_eq!(a.register, 2);
+        assert!(a.read);
+        assert_eq!(a.reg.to_string(), "S3_3_C14_C2_1");
     }
 
     #[test]

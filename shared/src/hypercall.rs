@@ -18,12 +18,40 @@ pub const HC_ABI_VERSION: u32 = vendor_hyp(0);
 /// Used before the host has its own console; returns 0.
 pub const HC_CONSOLE_WRITE: u32 = vendor_hyp(1);
 
+/// Runs a vCPU until an exit el2 cannot finish itself. x1 = physical
+/// address of a [`crate::vcpu::VcpuContext`] (16-byte aligned, in RAM).
+/// Returns a [`crate::vcpu::ExitReason`] in x0, or a negative
+/// `RUN_ERROR_*`. Must be called with IRQs masked: an IRQ that arrives while
+/// the guest runs ends the call with `ExitReason::Irq`, and the host takes it
+/// when it unmasks.
+pub const HC_VCPU_RUN: u32 = vendor_hyp(2);
+/// Invalidates every stage-1 and stage-2 TLB entry of VMID x1, on all CPUs.
+pub const HC_TLB_FLUSH_VMID: u32 = vendor_hyp(3);
+/// Invalidates the stage-2 entries for IPAs `x2..x2+x3` of VMID x1 (and the
+/// VMID's combined stage-1 entries), on all CPUs.
+pub const HC_TLB_FLUSH_IPA: u32 = vendor_hyp(4);
+/// Invalidates every guest TLB entry of every VMID (VMID roll-over).
+pub const HC_TLB_FLUSH_ALL: u32 = vendor_hyp(5);
+
 /// Bumped when a call's meaning changes.
-pub const FERROVISOR_ABI_VERSION: u64 = 1;
+pub const FERROVISOR_ABI_VERSION: u64 = 2;
+
+/// SMCCC architecture calls (owner 0).
+pub const SMCCC_VERSION: u32 = 0x8000_0000;
+pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+/// SMCCC 1.1, which both el2 and guests are told.
+pub const SMCCC_VERSION_1_1: i64 = 0x1_0001;
+/// PSCI 1.1, the version guests are told.
+pub const PSCI_VERSION_1_1: i64 = 0x1_0001;
 
 /// True for a PSCI function id (SMCCC owner "standard secure service", 0x00-0x1f).
 pub fn is_psci(function: u32) -> bool {
     (function & 0xbfff_ffe0) == 0x8400_0000
+}
+
+/// True for an SMCCC architecture-service call (owner 0).
+pub fn is_smccc_arch(function: u32) -> bool {
+    (function & 0xbf00_0000) == 0x8000_0000
 }
 
 #[cfg(test)]

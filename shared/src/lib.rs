@@ -16,3 +16,4 @@ pub mod image;
 pub mod paging;
 pub mod trap;
 pub mod uart;
+pub mod vcpu;

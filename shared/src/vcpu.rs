@@ -1,0 +1,270 @@
+//! The vCPU context that el2 switches in and out, and the exits it reports.
+//!
+//! The host owns each [`VcpuContext`] (in its identity-mapped heap) and hands
+//! its physical address to el2 with [`crate::hypercall::HC_VCPU_RUN`]. While
+//! the call runs, el2 owns it; when it returns, every field holds the guest's
+//! state at the exit. Offsets that el2's assembly uses are checked below.
+
+/// List registers a context can carry (GICv3 has at most 16, GICv2 64, of
+/// which Ferrovisor uses 16).
+pub const MAX_LIST_REGS: usize = 16;
+
+/// Guest IPA space: 39 bits, so a stage-2 walk starts at level 1 with one
+/// 4 KiB root table, and every CPU (PARange >= 40 bits) can hold it.
+pub const STAGE2_IPA_BITS: u32 = 39;
+/// The level the stage-2 walk starts at for [`STAGE2_IPA_BITS`].
+pub const STAGE2_ROOT_LEVEL: usize = 1;
+
+/// General registers, the PC and PSTATE, and `SP_EL0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestRegs {
+    pub x: [u64; 31],
+    /// `ELR_EL2` at the exit: where the guest resumes.
+    pub pc: u64,
+    /// `SPSR_EL2` at the exit: the guest's PSTATE.
+    pub pstate: u64,
+    pub sp_el0: u64,
+}
+
+/// The EL1 system registers a guest owns (the host's own are saved in the
+/// same shape while a guest runs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct El1SysRegs {
+    pub sctlr: u64,
+    pub actlr: u64,
+    pub cpacr: u64,
+    pub ttbr0: u64,
+    pub ttbr1: u64,
+    pub tcr: u64,
+    pub mair: u64,
+    pub amair: u64,
+    pub vbar: u64,
+    pub contextidr: u64,
+    pub tpidr_el1: u64,
+    pub tpidr_el0: u64,
+    pub tpidrro_el0: u64,
+    pub sp_el1: u64,
+    pub elr_el1: u64,
+    pub spsr_el1: u64,
+    pub esr_el1: u64,
+    pub far_el1: u64,
+    pub afsr0: u64,
+    pub afsr1: u64,
+    pub par: u64,
+    pub cntkctl: u64,
+    pub csselr: u64,
+    pub mdscr: u64,
+}
+
+/// FP/SIMD state: `q0..q31`, `FPSR`, `FPCR`.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FpRegs {
+    pub q: [u128; 32],
+    pub fpsr: u64,
+    pub fpcr: u64,
+}
+
+/// Pointer-authentication keys (lo, hi), switched when the CPU has PAuth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PauthKeys {
+    pub apia: [u64; 2],
+    pub apib: [u64; 2],
+    pub apda: [u64; 2],
+    pub apdb: [u64; 2],
+    pub apga: [u64; 2],
+}
+
+/// The guest's timers: the virtual timer runs in hardware while the guest
+/// does; the EL1 physical timer is trapped and emulated by the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerState {
+    pub cntv_ctl: u64,
+    pub cntv_cval: u64,
+    /// The VM's `CNTVOFF_EL2`.
+    pub cntvoff: u64,
+    /// Emulated `CNTP_CTL_EL0` / `CNTP_CVAL_EL0` (in physical-counter ticks).
+    pub cntp_ctl: u64,
+    pub cntp_cval: u64,
+}
+
+/// The virtual CPU interface (GICv3 `ICH_*_EL2`, or GICv2 GICH in the same
+/// shape). Loaded and saved by el2; filled and drained by the host's vGIC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VgicCpuState {
+    pub hcr: u64,
+    pub vmcr: u64,
+    /// Saved at exit: maintenance interrupt status and empty list registers.
+    pub misr: u64,
+    pub elrsr: u64,
+    pub ap0r: [u64; 4],
+    pub ap1r: [u64; 4],
+    /// List registers `0..used_lrs` are loaded at entry and saved at exit.
+    pub used_lrs: u64,
+    pub lr: [u64; MAX_LIST_REGS],
+}
+
+/// What the host asks of el2 for this vCPU; el2 turns it into `HCR_EL2`,
+/// `VTTBR_EL2` and the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuConfig {
+    /// Physical address of the stage-2 root table (4 KiB aligned).
+    pub stage2_root: u64,
+    pub vmid: u64,
+    /// `VMPIDR_EL2`: the MPIDR the guest reads.
+    pub mpidr: u64,
+    /// `CONFIG_*` bits.
+    pub flags: u64,
+}
+
+/// Trap guest `WFE` (when vCPUs share CPUs); `WFI` is always trapped.
+pub const CONFIG_TRAP_WFE: u64 = 1 << 0;
+/// The guest's GIC is a GICv3 (system-register CPU interface).
+pub const CONFIG_GICV3: u64 = 1 << 1;
+
+/// The last exit, as el2 saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// An [`ExitReason`] as a number.
+    pub reason: u64,
+    pub esr: u64,
+    pub far: u64,
+    pub hpfar: u64,
+}
+
+/// Counters el2 keeps for this vCPU; the host only reads them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct El2Counters {
+    /// `HC_VCPU_RUN` calls.
+    pub runs: u64,
+    /// Every exception taken from the guest.
+    pub exits: u64,
+    /// Exits finished in el2 without the host.
+    pub fast_smccc: u64,
+    pub fast_spurious: u64,
+    pub fast_id_reg: u64,
+}
+
+/// Everything el2 switches for one vCPU.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuContext {
+    pub regs: GuestRegs,
+    pub el1: El1SysRegs,
+    pub fp: FpRegs,
+    pub pauth: PauthKeys,
+    pub timer: TimerState,
+    pub vgic: VgicCpuState,
+    pub config: VcpuConfig,
+    pub exit: ExitInfo,
+    pub counters: El2Counters,
+}
+
+/// Offsets el2's assembly uses.
+pub const CTX_REGS_X: usize = core::mem::offset_of!(VcpuContext, regs) + core::mem::offset_of!(GuestRegs, x);
+pub const CTX_FP: usize = core::mem::offset_of!(VcpuContext, fp);
+pub const FP_FPSR: usize = core::mem::offset_of!(FpRegs, fpsr);
+pub const FP_FPCR: usize = core::mem::offset_of!(FpRegs, fpcr);
+
+const _: () = assert!(CTX_REGS_X == 0);
+const _: () = assert!(core::mem::offset_of!(GuestRegs, pc) == 248);
+const _: () = assert!(core::mem::offset_of!(GuestRegs, pstate) == 256);
+const _: () = assert!(FP_FPSR == 512 && FP_FPCR == 520);
+const _: () = assert!(CTX_FP % 16 == 0);
+const _: () = assert!(core::mem::size_of::<FpRegs>() == 528);
+const _: () = assert!(core::mem::size_of::<VcpuContext>() % 16 == 0);
+
+/// Why `HC_VCPU_RUN` returned.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// A synchronous exception from the guest: `exit.esr` says which.
+    Sync = 1,
+    /// A physical IRQ arrived while the guest ran; the host takes it once it
+    /// unmasks interrupts.
+    Irq = 2,
+    Fiq = 3,
+    /// An SError from the guest.
+    SError = 4,
+}
+
+impl ExitReason {
+    pub fn from_u64(v: u64) -> Option<Self> {
+        Some(match v {
+            1 => Self::Sync,
+            2 => Self::Irq,
+            3 => Self::Fiq,
+            4 => Self::SError,
+            _ => return None,
+        })
+    }
+}
+
+/// `HC_VCPU_RUN` errors (negative in x0).
+pub const RUN_ERROR_BAD_CONTEXT: i64 = -2;
+pub const RUN_ERROR_BAD_STAGE2: i64 = -3;
+
+/// PSTATE for a guest's first instruction: EL1h with D, A, I and F masked.
+pub const PSTATE_EL1H_MASKED: u64 = 0x3c5;
+/// `SCTLR_EL1` at reset as a guest sees it: MMU and caches off, RES1 bits set.
+pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+impl VcpuContext {
+    /// A vCPU about to run its first instruction at `pc` with `x0`, per the
+    /// Linux arm64 boot protocol (MMU and caches off, everything masked).
+    pub fn reset(pc: u64, x0: u64, config: VcpuConfig, cntvoff: u64) -> Self {
+        let mut ctx = Self::default();
+        ctx.regs.pc = pc;
+        ctx.regs.x[0] = x0;
+        ctx.regs.pstate = PSTATE_EL1H_MASKED;
+        ctx.el1.sctlr = SCTLR_EL1_RESET;
+        ctx.config = config;
+        ctx.timer.cntvoff = cntvoff;
+        ctx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_state_follows_the_boot_protocol() {
+        let cfg = VcpuConfig { stage2_root: 0x4100_0000, vmid: 3, mpidr: 0x8000_0001, flags: 0 };
+        let c = VcpuContext::reset(0x4008_0000, 0x4400_0000, cfg, 7);
+        assert_eq!(c.regs.pc, 0x4008_0000);
+        assert_eq!(c.regs.x[0], 0x4400_0000);
+        assert!(c.regs.x[1..4].iter().all(|&r| r == 0));
+        assert_eq!(c.regs.pstate & 0xf, 0b0101, "EL1h");
+        assert_eq!(c.regs.pstate & 0x3c0, 0x3c0, "DAIF masked");
+        assert_eq!(c.el1.sctlr & 1, 0, "MMU off");
+        assert_eq!(c.el1.sctlr & (1 << 2), 0, "data cache off");
+        assert_eq!(c.timer.cntvoff, 7);
+        assert_eq!(c.config, cfg);
+    }
+
+    #[test]
+    fn exit_reasons_round_trip() {
+        for r in [ExitReason::Sync, ExitReason::Irq, ExitReason::Fiq, ExitReason::SError] {
+            assert_eq!(ExitReason::from_u64(r as u64), Some(r));
+        }
+        assert_eq!(ExitReason::from_u64(0), None);
+        assert_eq!(ExitReason::from_u64(99), None);
+    }
+
+    #[test]
+    fn layout_is_what_the_assembly_expects() {
+        assert_eq!(core::mem::align_of::<VcpuContext>(), 16);
+        assert_eq!(core::mem::size_of::<GuestRegs>(), 272);
+        assert_eq!(core::mem::size_of::<El1SysRegs>(), 24 * 8);
+        assert_eq!(CTX_FP, 272 + 24 * 8);
+    }
+}
