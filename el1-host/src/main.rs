@@ -14,6 +14,10 @@ extern crate alloc;
 
 mod bootargs;
 mod mm;
+mod rcu;
+mod sched;
+mod vcpu;
+mod vm;
 
 #[cfg(target_os = "none")]
 mod arch;

@@ -18,6 +18,7 @@
 mod frame;
 mod heap;
 mod region;
+pub mod stage2;
 
 pub use frame::{FrameAllocator, FRAME_SIZE};
 pub use heap::{HeapUsage, HostHeap};

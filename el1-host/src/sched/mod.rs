@@ -1,0 +1,3 @@
+//! Which vCPU each CPU runs, and the work checked before entering a guest.
+
+pub mod work;
