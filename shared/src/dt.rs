@@ -243,6 +243,328 @@ pub struct TimerDesc {
     pub clock_frequency: Option<u32>,
 }
 
+/// The `compatible` string of a VM node under `/chosen`.
+pub const DOMAIN_COMPATIBLE: &str = "ferrovisor,domain";
+
+/// Where a guest's kernel or initrd comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleRef<'a> {
+    /// `module-path = "..."`: a file in the guest bundle that arrives as the
+    /// host's initrd.
+    Path(&'a str),
+    /// `reg = <address size>`: a range of host memory the boot loader filled
+    /// (as Xen's dom0less modules are given).
+    Region(MemRegion),
+}
+
+/// One VM described under `/chosen`, in the manner of Xen's dom0less
+/// bindings:
+///
+/// ```text
+/// chosen {
+///     web {                                   // the VM's name, unless `name` is given
+///         compatible = "ferrovisor,domain";
+///         name = "web";                       // optional
+///         cpus = <2>;                         // vCPUs, one cell
+///         memory = <0x0 0x20000>;             // KiB, 1 or 2 cells (here 128 MiB)
+///         #address-cells = <2>;               // for the modules' reg (default 2)
+///         #size-cells = <2>;                  // (default 1, as the spec says)
+///         kernel {
+///             compatible = "multiboot,kernel", "multiboot,module";
+///             module-path = "web/kernel";     // a file in the guest bundle, or:
+///             // reg = <0x0 0x48000000 0x0 0x800000>;   (host memory)
+///             bootargs = "console=ttyAMA0";   // the guest's command line
+///         };
+///         ramdisk {                           // optional
+///             compatible = "multiboot,ramdisk", "multiboot,module";
+///             module-path = "web/initrd";
+///         };
+///     };
+/// };
+/// ```
+///
+/// Nodes (domains and modules) whose `status` is neither `okay` nor absent
+/// are skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainDesc<'a> {
+    /// The node's name under `/chosen`.
+    pub node: &'a str,
+    /// The `name` property, else the node name.
+    pub name: &'a str,
+    pub vcpus: u32,
+    /// `memory`, in KiB (non-zero; `memory_kib * 1024` fits a `u64`).
+    pub memory_kib: u64,
+    pub kernel: ModuleRef<'a>,
+    pub initrd: Option<ModuleRef<'a>>,
+    /// The kernel module's `bootargs`, or "".
+    pub bootargs: &'a str,
+}
+
+/// What is wrong with a domain node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainProblem {
+    /// `name` is present but not a non-empty UTF-8 string.
+    BadName,
+    MissingCpus,
+    /// `cpus` is not one 32-bit cell.
+    BadCpus,
+    ZeroCpus,
+    MissingMemory,
+    /// `memory` is not one or two cells.
+    BadMemory,
+    ZeroMemory,
+    /// `memory` KiB do not fit in 64 bits as bytes.
+    MemoryTooLarge,
+    /// No available child compatible with `multiboot,kernel`.
+    NoKernel,
+    TwoKernels,
+    TwoRamdisks,
+    /// A module has neither `module-path` nor `reg`.
+    NoModuleSource,
+    /// A module has both `module-path` and `reg`.
+    TwoModuleSources,
+    /// `module-path` is empty or not UTF-8.
+    BadModulePath,
+    /// The domain node's `#address-cells`/`#size-cells` cannot describe a
+    /// 64-bit range (each must be 1 or 2).
+    BadCells {
+        address_cells: u32,
+        size_cells: u32,
+    },
+    /// `reg` is not exactly one (address, size) pair of the given cells.
+    BadReg {
+        address_cells: u32,
+        size_cells: u32,
+    },
+    /// `reg` has a zero size.
+    EmptyRegion,
+    /// `reg` runs past the end of the 64-bit address space.
+    RegionOverflow,
+    /// The kernel's `bootargs` is not a UTF-8 string.
+    BadBootargs,
+    /// The node's structure could not be read.
+    Malformed,
+}
+
+impl fmt::Display for DomainProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BadName => f.write_str("\"name\" is not a non-empty UTF-8 string"),
+            Self::MissingCpus => f.write_str("no \"cpus\" property (the vCPU count)"),
+            Self::BadCpus => f.write_str("\"cpus\" is not one 32-bit cell"),
+            Self::ZeroCpus => f.write_str("\"cpus\" is 0"),
+            Self::MissingMemory => f.write_str("no \"memory\" property (the size in KiB)"),
+            Self::BadMemory => f.write_str("\"memory\" is not one or two cells (the size in KiB)"),
+            Self::ZeroMemory => f.write_str("\"memory\" is 0"),
+            Self::MemoryTooLarge => f.write_str("\"memory\" is too large (bytes overflow 64 bits)"),
+            Self::NoKernel => f.write_str("no kernel: no child compatible with \"multiboot,kernel\""),
+            Self::TwoKernels => f.write_str("more than one child compatible with \"multiboot,kernel\""),
+            Self::TwoRamdisks => f.write_str("more than one child compatible with \"multiboot,ramdisk\""),
+            Self::NoModuleSource => f.write_str("neither \"module-path\" nor \"reg\""),
+            Self::TwoModuleSources => f.write_str("both \"module-path\" and \"reg\" (give one)"),
+            Self::BadModulePath => f.write_str("\"module-path\" is not a non-empty UTF-8 string"),
+            Self::BadCells { address_cells, size_cells } => write!(
+                f,
+                "#address-cells = {address_cells}, #size-cells = {size_cells}: each must be 1 or 2 for a module's \"reg\""
+            ),
+            Self::BadReg { address_cells, size_cells } => write!(
+                f,
+                "\"reg\" is not one (address, size) pair of {address_cells} + {size_cells} cells \
+                 (the domain node's #address-cells and #size-cells)"
+            ),
+            Self::EmptyRegion => f.write_str("\"reg\" has a zero size"),
+            Self::RegionOverflow => f.write_str("\"reg\" runs past the end of the address space"),
+            Self::BadBootargs => f.write_str("\"bootargs\" is not a UTF-8 string"),
+            Self::Malformed => f.write_str("the node's structure cannot be read"),
+        }
+    }
+}
+
+/// A domain node that cannot be used. `Display` names the node (as
+/// `/chosen/<node>`), the module node if the problem is there, and the
+/// problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainError<'a> {
+    /// The domain node's name under `/chosen`.
+    pub node: &'a str,
+    /// The module node's name, when the problem is in a module.
+    pub module: Option<&'a str>,
+    pub problem: DomainProblem,
+}
+
+impl fmt::Display for DomainError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("/chosen/")?;
+        write_printable(f, self.node)?;
+        if let Some(module) = self.module {
+            f.write_str("/")?;
+            write_printable(f, module)?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// Writes `s` with anything but printable ASCII as `?`, so a hostile node
+/// name cannot send control sequences to the console.
+fn write_printable(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        let c = if c.is_ascii_graphic() || c == ' ' { c } else { '?' };
+        fmt::Write::write_char(f, c)?;
+    }
+    Ok(())
+}
+
+/// The iterator [`Board::domains`] returns.
+#[derive(Clone)]
+pub struct Domains<'a> {
+    tree: Tree<'a>,
+    children: Children<'a>,
+}
+
+impl<'a> Iterator for Domains<'a> {
+    type Item = Result<DomainDesc<'a>, DomainError<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let tree = self.tree;
+        let node = self.children.by_ref().find(|&n| {
+            tree.is_available(n)
+                && tree.prop(n, "compatible").is_some_and(|c| strings(c).any(|s| s == DOMAIN_COMPATIBLE))
+        })?;
+        Some(domain_desc(tree, node))
+    }
+}
+
+fn domain_desc<'a>(tree: Tree<'a>, node: Node<'a>) -> Result<DomainDesc<'a>, DomainError<'a>> {
+    let err = |problem| DomainError { node: node.name, module: None, problem };
+    let name = match tree.prop(node, "name") {
+        None => node.name,
+        Some(v) => str_value(v).filter(|s| !s.is_empty()).ok_or(err(DomainProblem::BadName))?,
+    };
+    let cpus = tree.prop(node, "cpus").ok_or(err(DomainProblem::MissingCpus))?;
+    let vcpus = match cpus.len() {
+        4 => be32(cpus, 0).ok_or(err(DomainProblem::BadCpus))?,
+        _ => return Err(err(DomainProblem::BadCpus)),
+    };
+    if vcpus == 0 {
+        return Err(err(DomainProblem::ZeroCpus));
+    }
+    let memory = tree.prop(node, "memory").ok_or(err(DomainProblem::MissingMemory))?;
+    let memory_kib = int_value(memory).ok_or(err(DomainProblem::BadMemory))?;
+    if memory_kib == 0 {
+        return Err(err(DomainProblem::ZeroMemory));
+    }
+    if memory_kib.checked_mul(1024).is_none() {
+        return Err(err(DomainProblem::MemoryTooLarge));
+    }
+    let (mut kernel, mut initrd) = (None, None);
+    let mut children = Children::of(tree, Some(node));
+    for child in children.by_ref() {
+        if !tree.is_available(child) {
+            continue;
+        }
+        let compat = tree.prop(child, "compatible").unwrap_or(&[]);
+        let (is_kernel, is_ramdisk) = strings(compat)
+            .fold((false, false), |(k, r), c| (k || c == "multiboot,kernel", r || c == "multiboot,ramdisk"));
+        let slot = match (is_kernel, is_ramdisk) {
+            (true, _) if kernel.is_some() => return Err(err(DomainProblem::TwoKernels)),
+            (true, _) => &mut kernel,
+            (false, true) if initrd.is_some() => return Err(err(DomainProblem::TwoRamdisks)),
+            (false, true) => &mut initrd,
+            (false, false) => continue,
+        };
+        let module = module_ref(tree, node, child).map_err(|problem| DomainError {
+            node: node.name,
+            module: Some(child.name),
+            problem,
+        })?;
+        *slot = Some((child, module));
+    }
+    if children.broken {
+        return Err(err(DomainProblem::Malformed));
+    }
+    let (kernel_node, kernel) = kernel.ok_or(err(DomainProblem::NoKernel))?;
+    let bootargs = match tree.prop(kernel_node, "bootargs") {
+        None => "",
+        Some(v) => str_value(v).ok_or(DomainError {
+            node: node.name,
+            module: Some(kernel_node.name),
+            problem: DomainProblem::BadBootargs,
+        })?,
+    };
+    Ok(DomainDesc { node: node.name, name, vcpus, memory_kib, kernel, initrd: initrd.map(|(_, m)| m), bootargs })
+}
+
+/// A module node's `module-path` or `reg` (in the domain node's cells).
+fn module_ref<'a>(tree: Tree<'a>, domain: Node<'a>, module: Node<'a>) -> Result<ModuleRef<'a>, DomainProblem> {
+    match (tree.prop(module, "module-path"), tree.prop(module, "reg")) {
+        (None, None) => Err(DomainProblem::NoModuleSource),
+        (Some(_), Some(_)) => Err(DomainProblem::TwoModuleSources),
+        (Some(path), None) => match str_value(path) {
+            Some(p) if !p.is_empty() => Ok(ModuleRef::Path(p)),
+            _ => Err(DomainProblem::BadModulePath),
+        },
+        (None, Some(reg)) => {
+            let (address_cells, size_cells) = tree.cells(domain);
+            if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
+                return Err(DomainProblem::BadCells { address_cells, size_cells });
+            }
+            let bad = DomainProblem::BadReg { address_cells, size_cells };
+            if reg.len() != 4 * (address_cells + size_cells) as usize {
+                return Err(bad);
+            }
+            let base = read_cells(reg, 0, address_cells).ok_or(bad)?;
+            let size = read_cells(reg, address_cells, size_cells).ok_or(bad)?;
+            if size == 0 {
+                return Err(DomainProblem::EmptyRegion);
+            }
+            // `end()` saturates; a region ending exactly at 2^64 is refused too.
+            if base.checked_add(size).is_none() {
+                return Err(DomainProblem::RegionOverflow);
+            }
+            Ok(ModuleRef::Region(MemRegion::new(base, size)))
+        }
+    }
+}
+
+/// The child nodes of one node, in order; nothing if the node is `None`.
+/// Sets `broken` if the structure could not be read to the node's end.
+#[derive(Clone)]
+struct Children<'a> {
+    tree: Tree<'a>,
+    /// Where the next token of the parent's body is; `None` when done.
+    off: Option<usize>,
+    broken: bool,
+}
+
+impl<'a> Children<'a> {
+    fn of(tree: Tree<'a>, parent: Option<Node<'a>>) -> Self {
+        Self { tree, off: parent.map(|p| p.props), broken: false }
+    }
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = Node<'a>;
+
+    fn next(&mut self) -> Option<Node<'a>> {
+        loop {
+            let off = self.off?;
+            match self.tree.token(off) {
+                Ok((Token::Prop(..), next)) => self.off = Some(next),
+                Ok((Token::Begin(name), next)) => {
+                    self.off = self.tree.skip_subtree(next);
+                    self.broken |= self.off.is_none();
+                    return Some(Node { name, props: next });
+                }
+                Ok((Token::End, _)) => self.off = None,
+                Ok((Token::Eof, _)) | Err(_) => {
+                    self.off = None;
+                    self.broken = true;
+                }
+            }
+        }
+    }
+}
+
 /// The board description read from a device tree blob.
 #[derive(Clone, Copy)]
 pub struct Board<'a> {
@@ -264,6 +586,8 @@ pub struct Board<'a> {
     bootargs: &'a str,
     initrd: Option<MemRegion>,
     watchdog: Option<u64>,
+    tree: Tree<'a>,
+    chosen: Option<Node<'a>>,
 }
 
 impl<'a> Board<'a> {
@@ -323,6 +647,8 @@ impl<'a> Board<'a> {
             bootargs: "",
             initrd: None,
             watchdog: None,
+            tree,
+            chosen: None,
         };
         board.read_memreserve(blob, header.rsvmap)?;
         let mut scan = Scan::default();
@@ -421,6 +747,14 @@ impl<'a> Board<'a> {
     /// The blob (`totalsize` bytes).
     pub fn as_bytes(&self) -> &'a [u8] {
         self.blob
+    }
+
+    /// The VMs the device tree describes: every available child of `/chosen`
+    /// whose `compatible` lists `ferrovisor,domain`, in tree order. A
+    /// malformed node gives an error for that node and the iteration goes on
+    /// to the next one. See [`DomainDesc`] for the binding.
+    pub fn domains(&self) -> Domains<'a> {
+        Domains { tree: self.tree, children: Children::of(self.tree, self.chosen) }
     }
 
     fn read_memreserve(&mut self, blob: &[u8], mut off: usize) -> Result<(), DtError> {
@@ -580,6 +914,7 @@ impl<'a> Board<'a> {
         if self.cpu_count == 0 {
             return Err(DtError::NoCpus);
         }
+        self.chosen = scan.chosen;
         if let Some(chosen) = scan.chosen {
             self.bootargs = tree.prop(chosen, "bootargs").and_then(str_value).unwrap_or("");
             let start = tree.prop(chosen, "linux,initrd-start").and_then(int_value);
@@ -976,6 +1311,27 @@ impl<'a> Tree<'a> {
                     depth = depth.checked_sub(1)?;
                     if depth == 0 {
                         return None;
+                    }
+                }
+                Token::Prop(..) => {}
+                Token::Eof => return None,
+            }
+        }
+    }
+
+    /// The offset past the end of the node whose properties start at `off`
+    /// (just after its `FDT_BEGIN_NODE`); `None` if the structure ends first.
+    fn skip_subtree(&self, mut off: usize) -> Option<usize> {
+        let mut depth = 1usize;
+        loop {
+            let (tok, next) = self.token(off).ok()?;
+            off = next;
+            match tok {
+                Token::Begin(_) => depth += 1,
+                Token::End => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(off);
                     }
                 }
                 Token::Prop(..) => {}
@@ -1827,6 +2183,268 @@ mod tests {
         assert_eq!(b.console().map(|c| c.base), Some(0x900_0000));
     }
 
+    /// A domain node under `/chosen` with `cpus` and `memory` (KiB).
+    fn domain(w: &mut FdtWriter, name: &str, cpus: u32, kib: u64, body: impl FnOnce(&mut FdtWriter)) {
+        node(w, name, |w| {
+            w.property_string("compatible", DOMAIN_COMPATIBLE).unwrap();
+            cells(w, "cpus", &[cpus]);
+            w.property_u64("memory", kib).unwrap();
+            body(w);
+        });
+    }
+
+    fn module(w: &mut FdtWriter, name: &str, kind: &str, body: impl FnOnce(&mut FdtWriter)) {
+        node(w, name, |w| {
+            strs(w, "compatible", &[kind, "multiboot,module"]);
+            body(w);
+        });
+    }
+
+    /// One VM from bundle files, one from host memory (2+2 cells), and
+    /// nodes that are not VMs.
+    fn two_domains(w: &mut FdtWriter) {
+        domain(w, "alpha", 2, 128 * 1024, |w| {
+            module(w, "kernel", "multiboot,kernel", |w| {
+                w.property_string("module-path", "alpha/kernel").unwrap();
+                w.property_string("bootargs", "console=ttyAMA0 quiet").unwrap();
+            });
+            module(w, "ramdisk", "multiboot,ramdisk", |w| {
+                w.property_string("module-path", "./alpha/initrd").unwrap();
+            });
+            module(w, "other", "multiboot,device-tree", |w| cells(w, "reg", &[1]));
+        });
+        node(w, "disabled-vm", |w| {
+            w.property_string("compatible", DOMAIN_COMPATIBLE).unwrap();
+            w.property_string("status", "disabled").unwrap();
+        });
+        node(w, "module@0", |w| {
+            strs(w, "compatible", &["multiboot,kernel", "multiboot,module"]);
+            cells(w, "reg", &[0, 0x4800_0000, 0, 0x1000]);
+        });
+        domain(w, "vm@1", 1, 1024, |w| {
+            w.property_string("name", "beta").unwrap();
+            cells(w, "#address-cells", &[2]);
+            cells(w, "#size-cells", &[2]);
+            module(w, "module@48000000", "multiboot,kernel", |w| {
+                cells(w, "reg", &[0, 0x4800_0000, 0, 0x20_0000]);
+            });
+            module(w, "module@49000000", "multiboot,ramdisk", |w| {
+                w.property_string("status", "disabled").unwrap();
+                cells(w, "reg", &[0, 0x4900_0000, 0, 0x1000]);
+            });
+        });
+    }
+
+    fn some_bad_domains(w: &mut FdtWriter) {
+        two_domains(w);
+        domain(w, "zero", 0, 1024, |_| {});
+        domain(w, "nokernel", 1, 1024, |w| {
+            module(w, "ramdisk", "multiboot,ramdisk", |w| w.property_string("module-path", "r").unwrap());
+        });
+        domain(w, "cells", 1, 1024, |w| {
+            cells(w, "#address-cells", &[1]);
+            cells(w, "#size-cells", &[1]);
+            module(w, "kernel", "multiboot,kernel", |w| cells(w, "reg", &[0x4800_0000, 0x1000]));
+        });
+    }
+
+    fn domains_of(dtb: &[u8]) -> Vec<Result<DomainDesc<'_>, DomainError<'_>>> {
+        Board::from_slice(dtb).unwrap().domains().collect()
+    }
+
+    #[test]
+    fn domains_from_chosen() {
+        let dtb = virt_dtb(true, two_domains);
+        let d = domains_of(&dtb);
+        assert_eq!(
+            d,
+            [
+                Ok(DomainDesc {
+                    node: "alpha",
+                    name: "alpha",
+                    vcpus: 2,
+                    memory_kib: 128 * 1024,
+                    kernel: ModuleRef::Path("alpha/kernel"),
+                    initrd: Some(ModuleRef::Path("./alpha/initrd")),
+                    bootargs: "console=ttyAMA0 quiet",
+                }),
+                Ok(DomainDesc {
+                    node: "vm@1",
+                    name: "beta",
+                    vcpus: 1,
+                    memory_kib: 1024,
+                    kernel: ModuleRef::Region(r(0x4800_0000, 0x20_0000)),
+                    initrd: None,
+                    bootargs: "",
+                }),
+            ]
+        );
+        // The rest of the board is read as before.
+        assert_virt_common(&Board::from_slice(&dtb).unwrap());
+        // Trees without domains.
+        assert_eq!(Board::from_slice(&virt_dtb(false, |_| {})).unwrap().domains().count(), 0);
+        assert_eq!(Board::from_slice(VIRT_GICV3).unwrap().domains().count(), 0);
+        assert_eq!(Board::from_slice(&pi4_dtb()).unwrap().domains().count(), 0);
+    }
+
+    #[test]
+    fn domains_with_one_cell_memory_and_default_cells() {
+        let dtb = virt_dtb(true, |w| {
+            node(w, "small", |w| {
+                strs(w, "compatible", &["vendor,thing", DOMAIN_COMPATIBLE]);
+                cells(w, "cpus", &[8]);
+                cells(w, "memory", &[0x1_0000]);
+                // No #address-cells/#size-cells: 2 and 1, as the spec says.
+                module(w, "k", "multiboot,kernel", |w| cells(w, "reg", &[0x1, 0x4000_0000, 0x10]));
+            });
+        });
+        let d = domains_of(&dtb);
+        assert_eq!(d.len(), 1);
+        let d = d[0].unwrap();
+        assert_eq!((d.name, d.vcpus, d.memory_kib), ("small", 8, 0x1_0000));
+        assert_eq!(d.kernel, ModuleRef::Region(r(0x1_4000_0000, 0x10)));
+    }
+
+    /// The error for a tree with `two_domains` plus one domain node built by
+    /// `body`: the good domains must still come through, in order.
+    fn one_bad(name: &str, cpus: u32, kib: u64, body: impl FnOnce(&mut FdtWriter)) -> String {
+        let dtb = virt_dtb(true, |w| {
+            domain(w, "first", 1, 1024, |w| {
+                module(w, "kernel", "multiboot,kernel", |w| w.property_string("module-path", "k").unwrap());
+            });
+            domain(w, name, cpus, kib, body);
+            two_domains(w);
+        });
+        let d = domains_of(&dtb);
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert_eq!(d[0].map(|d| d.name), Ok("first"));
+        assert_eq!(d[2].map(|d| d.name), Ok("alpha"));
+        assert_eq!(d[3].map(|d| d.name), Ok("beta"));
+        let e = d[1].unwrap_err();
+        assert_eq!(e.node, name);
+        e.to_string()
+    }
+
+    fn path_kernel(w: &mut FdtWriter) {
+        module(w, "kernel", "multiboot,kernel", |w| w.property_string("module-path", "k").unwrap());
+    }
+
+    #[test]
+    fn bad_domains_are_named_and_skipped() {
+        let reg = |c: &'static [u32]| {
+            move |w: &mut FdtWriter| module(w, "kernel", "multiboot,kernel", |w| cells(w, "reg", c))
+        };
+        assert_eq!(one_bad("z", 0, 1024, path_kernel), "/chosen/z: \"cpus\" is 0");
+        assert_eq!(one_bad("m", 1, 0, path_kernel), "/chosen/m: \"memory\" is 0");
+        assert_eq!(
+            one_bad("m", 1, u64::MAX / 1000, path_kernel),
+            "/chosen/m: \"memory\" is too large (bytes overflow 64 bits)"
+        );
+        assert_eq!(one_bad("n", 1, 64, |_| {}), "/chosen/n: no kernel: no child compatible with \"multiboot,kernel\"");
+        let msg = one_bad("k2", 1, 64, |w| {
+            path_kernel(w);
+            module(w, "kernel2", "multiboot,kernel", |w| w.property_string("module-path", "k").unwrap());
+        });
+        assert_eq!(msg, "/chosen/k2: more than one child compatible with \"multiboot,kernel\"");
+        let msg = one_bad("r2", 1, 64, |w| {
+            path_kernel(w);
+            module(w, "r1", "multiboot,ramdisk", |w| w.property_string("module-path", "r").unwrap());
+            module(w, "r2", "multiboot,ramdisk", |w| w.property_string("module-path", "r").unwrap());
+        });
+        assert!(msg.contains("more than one child compatible with \"multiboot,ramdisk\""), "{msg}");
+        let msg = one_bad("src", 1, 64, |w| module(w, "kernel", "multiboot,kernel", |_| {}));
+        assert_eq!(msg, "/chosen/src/kernel: neither \"module-path\" nor \"reg\"");
+        let msg = one_bad("both", 1, 64, |w| {
+            module(w, "kernel", "multiboot,kernel", |w| {
+                w.property_string("module-path", "k").unwrap();
+                cells(w, "reg", &[0, 1, 1]);
+            })
+        });
+        assert_eq!(msg, "/chosen/both/kernel: both \"module-path\" and \"reg\" (give one)");
+        let msg = one_bad("p", 1, 64, |w| {
+            module(w, "ramdisk", "multiboot,ramdisk", |w| w.property_string("module-path", "").unwrap());
+            path_kernel(w);
+        });
+        assert_eq!(msg, "/chosen/p/ramdisk: \"module-path\" is not a non-empty UTF-8 string");
+        // The default cells are 2 + 1: a 2 + 2 reg does not fit them.
+        let msg = one_bad("r", 1, 64, reg(&[0, 0x4800_0000, 0, 0x1000]));
+        assert!(msg.starts_with("/chosen/r/kernel: \"reg\" is not one (address, size) pair of 2 + 1 cells"), "{msg}");
+        assert_eq!(one_bad("e", 1, 64, reg(&[0, 0x4800_0000, 0])), "/chosen/e/kernel: \"reg\" has a zero size");
+        assert!(one_bad("o", 1, 64, reg(&[0xffff_ffff, 0xffff_f000, 0x1000]))
+            .ends_with("runs past the end of the address space"));
+        let msg = one_bad("c", 1, 64, |w| {
+            cells(w, "#size-cells", &[0]);
+            reg(&[0, 1])(w);
+        });
+        assert!(msg.contains("#address-cells = 2, #size-cells = 0: each must be 1 or 2"), "{msg}");
+        let dtb = virt_dtb(true, |w| {
+            node(w, "nocpus", |w| {
+                w.property_string("compatible", DOMAIN_COMPATIBLE).unwrap();
+                w.property_u64("memory", 64).unwrap();
+                path_kernel(w);
+            });
+            node(w, "badcpus", |w| {
+                w.property_string("compatible", DOMAIN_COMPATIBLE).unwrap();
+                w.property_u64("cpus", 1).unwrap();
+                w.property_u64("memory", 64).unwrap();
+                path_kernel(w);
+            });
+            node(w, "nomem", |w| {
+                w.property_string("compatible", DOMAIN_COMPATIBLE).unwrap();
+                cells(w, "cpus", &[1]);
+                path_kernel(w);
+            });
+            node(w, "badmem", |w| {
+                w.property_string("compatible", DOMAIN_COMPATIBLE).unwrap();
+                cells(w, "cpus", &[1]);
+                cells(w, "memory", &[0, 0, 64]);
+                path_kernel(w);
+            });
+            domain(w, "badname-ESC-BEL", 1, 64, |w| {
+                w.property_null("name").unwrap();
+                path_kernel(w);
+            });
+            domain(w, "args", 1, 64, |w| {
+                module(w, "kernel", "multiboot,kernel", |w| {
+                    w.property_string("module-path", "k").unwrap();
+                    w.property("bootargs", &[0xff, 0xfe, 0]).unwrap();
+                });
+            });
+        });
+        // vm-fdt refuses control characters in node names; put some in.
+        let mut dtb = dtb;
+        let at = dtb.windows(7).position(|w| w == b"ESC-BEL").unwrap();
+        dtb[at..at + 7].copy_from_slice(b"\x1b[2J\x07!!");
+        let msgs: Vec<String> = domains_of(&dtb).into_iter().map(|d| d.unwrap_err().to_string()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "/chosen/nocpus: no \"cpus\" property (the vCPU count)",
+                "/chosen/badcpus: \"cpus\" is not one 32-bit cell",
+                "/chosen/nomem: no \"memory\" property (the size in KiB)",
+                "/chosen/badmem: \"memory\" is not one or two cells (the size in KiB)",
+                "/chosen/badname-?[2J?!!: \"name\" is not a non-empty UTF-8 string",
+                "/chosen/args/kernel: \"bootargs\" is not a UTF-8 string",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_word_of_a_domain_tree_can_be_broken() {
+        let dtb = virt_dtb(true, some_bad_domains);
+        let good = domains_of(&dtb);
+        let names: Vec<_> = good.iter().map(|d| d.map(|d| d.name).map_err(|e| e.node)).collect();
+        assert_eq!(names, [Ok("alpha"), Ok("beta"), Err("zero"), Err("nokernel"), Ok("cells")]);
+        assert_eq!(good[4].unwrap().kernel, ModuleRef::Region(r(0x4800_0000, 0x1000)));
+        for off in (0..dtb.len() - 3).step_by(4) {
+            for v in [0, 1, 2, 3, 4, 9, 0xffff_ffff] {
+                let mut bad = dtb.clone();
+                set_be32(&mut bad, off, v);
+                exercise(&bad);
+            }
+        }
+    }
+
     /// Calls every accessor, so a malformed blob that parses is also read.
     fn exercise(bytes: &[u8]) {
         if let Ok(b) = Board::from_slice(bytes) {
@@ -1834,6 +2452,24 @@ mod tests {
             let _ = (b.cpus_ignored(), b.psci(), b.console(), b.gic(), b.timer(), b.bootargs());
             let _ = (b.initrd(), b.watchdog(), b.totalsize(), b.memory_ignored(), b.boot_cpuid_phys());
             assert!(!b.memory().is_empty() && !b.cpus().is_empty());
+            let mut count = 0;
+            for d in b.domains() {
+                count += 1;
+                assert!(count <= bytes.len() / 8, "more domains than the blob can hold nodes");
+                match d {
+                    Ok(d) => {
+                        assert!(d.vcpus > 0 && d.memory_kib > 0 && d.memory_kib.checked_mul(1024).is_some());
+                        assert!(!d.name.is_empty());
+                        for m in core::iter::once(d.kernel).chain(d.initrd) {
+                            match m {
+                                ModuleRef::Path(p) => assert!(!p.is_empty()),
+                                ModuleRef::Region(r) => assert!(r.size > 0 && r.base.checked_add(r.size).is_some()),
+                            }
+                        }
+                    }
+                    Err(e) => assert!(e.to_string().starts_with("/chosen/")),
+                }
+            }
         } else if let Err(e) = Board::from_slice(bytes) {
             assert!(!e.to_string().is_empty());
         }
@@ -1871,7 +2507,7 @@ mod tests {
 
         #[test]
         fn mutated_blobs_never_panic(
-            which in 0..5usize,
+            which in 0..7usize,
             edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..12),
             cut in prop::option::of(any::<prop::sample::Index>()),
         ) {
@@ -1880,7 +2516,9 @@ mod tests {
                 1 => VIRT_GICV3.to_vec(),
                 2 => pi4_dtb(),
                 3 => patched_real_pi4().unwrap_or_else(pi4_dtb),
-                _ => virt_dtb(true, |w| cells(w, "linux,initrd-start", &[1])),
+                4 => virt_dtb(true, |w| cells(w, "linux,initrd-start", &[1])),
+                5 => virt_dtb(true, two_domains),
+                _ => virt_dtb(true, some_bad_domains),
             };
             for (at, byte) in edits {
                 let i = at.index(dtb.len());
