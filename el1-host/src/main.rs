@@ -18,6 +18,7 @@ mod rcu;
 mod sched;
 mod vcpu;
 mod vm;
+mod devices;
 
 #[cfg(target_os = "none")]
 mod arch;

@@ -4,7 +4,8 @@
 use crate::arch::{self, boot, cache, mmu, regs};
 use crate::cpus::{CpuTable, PowerState, Wake};
 use crate::psci::{self, Outcome};
-use crate::{console, println};
+use crate::{console, println, world};
+use ferrovisor_shared::vcpu::VcpuContext;
 use aarch64_cpu::registers::{Readable, Writeable, ELR_EL2, ESR_EL2, FAR_EL2, MPIDR_EL1, SPSR_EL2};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -147,6 +148,7 @@ fn boot_on_el2(dtb: usize, board: &Board) -> Result<(), BootError> {
     }
     let boot_cpu = CPUS.index_of(my_mpidr).ok_or(BootError::Msg("the boot CPU's MPIDR is not among /cpus"))?;
     CPUS.set(boot_cpu, PowerState::On);
+    world::init_cpu(boot_cpu);
     let spin_table = cpus.iter().any(|c| matches!(c.enable_method, EnableMethod::SpinTable { .. }));
     let psci_smc = board.psci().is_some_and(|p| p.method == PsciMethod::Smc);
     let kind = if spin_table || !psci_smc { FirmwareKind::SpinTable } else { FirmwareKind::PsciSmc };
@@ -255,6 +257,7 @@ fn start_secondary(index: usize, mpidr: u64, method: EnableMethod, psci_smc: boo
 extern "C" fn el2_secondary_main(index: usize) -> ! {
     regs::set_vectors(boot::el2_vectors as *const () as u64);
     regs::configure_for_host();
+    world::init_cpu(index);
     // At boot this tells the boot CPU we are up; after a firmware CPU_OFF and
     // CPU_ON the state is already OnPending and stays so.
     CPUS.mark_booted(index);
@@ -266,6 +269,7 @@ fn park(index: usize) -> ! {
     loop {
         if let Some((entry, context)) = CPUS.take_entry(index) {
             regs::configure_for_host();
+            world::init_cpu(index);
             // SAFETY: `CPU_ON` checked the entry lies in RAM; PSCI says the
             // context id goes in x0.
             unsafe { boot::el2_enter_host(entry, context, 0, 0, boot::stack_top(index)) }
@@ -275,22 +279,52 @@ fn park(index: usize) -> ! {
 }
 
 fn entry_in_ram(addr: u64) -> bool {
+    in_ram(addr, 1)
+}
+
+/// Whether `[addr, addr + len)` lies inside one RAM region.
+pub fn in_ram(addr: u64, len: u64) -> bool {
     // SAFETY: RAM is written only before the host runs.
     let ram = unsafe { &*RAM.0.get() };
-    ram.iter().any(|&(b, s)| s != 0 && addr >= b && addr < b + s)
+    let Some(end) = addr.checked_add(len) else { return false };
+    ram.iter().any(|&(b, s)| s != 0 && addr >= b && end <= b + s)
+}
+
+/// `HC_VCPU_RUN`'s context must be host RAM, aligned, and not el2's.
+fn run_vcpu(ctx_pa: u64) -> i64 {
+    let size = core::mem::size_of::<VcpuContext>() as u64;
+    let el2 = boot::image_start()..boot::el2_end();
+    if ctx_pa % 16 != 0 || !in_ram(ctx_pa, size) || (ctx_pa < el2.end && ctx_pa + size > el2.start) {
+        return ferrovisor_shared::vcpu::RUN_ERROR_BAD_CONTEXT;
+    }
+    // SAFETY: checked above to be an aligned VcpuContext-sized piece of RAM
+    // that el2 itself does not use; the host does not touch it during the call.
+    let ctx = unsafe { &mut *(ctx_pa as *mut VcpuContext) };
+    world::run(ctx)
 }
 
 fn current_cpu() -> Option<usize> {
     CPUS.index_of(MPIDR_EL1.get())
 }
 
-const SMCCC_VERSION: u32 = 0x8000_0000;
-
 fn hypercall(regs: &mut GeneralRegs) {
     let function = regs.x[0] as u32;
     let result: i64 = match function {
         hc::HC_ABI_VERSION => hc::FERROVISOR_ABI_VERSION as i64,
-        SMCCC_VERSION => 0x1_0001,
+        hc::HC_VCPU_RUN => run_vcpu(regs.x[1]),
+        hc::HC_TLB_FLUSH_VMID => {
+            world::flush_vmid(regs.x[1]);
+            0
+        }
+        hc::HC_TLB_FLUSH_IPA => {
+            world::flush_ipa(regs.x[1], regs.x[2], regs.x[3]);
+            0
+        }
+        hc::HC_TLB_FLUSH_ALL => {
+            world::flush_all();
+            0
+        }
+        hc::SMCCC_VERSION => hc::SMCCC_VERSION_1_1,
         f if is_psci(f) => host_psci(f, [regs.x[1], regs.x[2], regs.x[3]]),
         _ => hc::SMCCC_NOT_SUPPORTED,
     };

@@ -9,6 +9,7 @@
 #![cfg_attr(not(target_os = "none"), allow(dead_code))]
 
 mod cpus;
+mod fastpath;
 mod psci;
 
 #[cfg(target_os = "none")]
@@ -17,6 +18,8 @@ mod arch;
 mod console;
 #[cfg(target_os = "none")]
 mod hyp;
+#[cfg(target_os = "none")]
+mod world;
 
 /// el2 is a bare-metal binary; on the development host only its unit tests run.
 #[cfg(not(target_os = "none"))]

@@ -22,6 +22,8 @@ pub const SCTLR_EL2_RES1: u64 = 0x30c5_0830;
 pub static SECONDARY_BOOT: SecondaryMmu = SecondaryMmu::new();
 
 const _: () = assert!(core::mem::size_of::<ferrovisor_shared::trap::GeneralRegs>() == 256);
+// `el2_guest_enter` and the guest-exit path store x0-x30 at these offsets.
+const _: () = assert!(ferrovisor_shared::vcpu::CTX_REGS_X == 0);
 
 unsafe extern "C" {
     static el2_stacks: u8;
@@ -149,6 +151,88 @@ el2_enter_host:
     mov     x4, xzr
     eret
 
+// x0 = the guest's VcpuContext, ELR_EL2/SPSR_EL2 set. Saves the callee-saved
+// registers and el2's sp (in this CPU's El2Cpu), loads the guest's x0-x30
+// and enters it. The guest's next exception returns from here (above).
+.global el2_guest_enter
+el2_guest_enter:
+    stp     x29, x30, [sp, #-96]!
+    stp     x19, x20, [sp, #16]
+    stp     x21, x22, [sp, #32]
+    stp     x23, x24, [sp, #48]
+    stp     x25, x26, [sp, #64]
+    stp     x27, x28, [sp, #80]
+    mrs     x1, tpidr_el2
+    mov     x2, sp
+    str     x2, [x1, #{el2cpu_host_sp}]
+    ldp     x2, x3, [x0, #16]
+    ldp     x4, x5, [x0, #32]
+    ldp     x6, x7, [x0, #48]
+    ldp     x8, x9, [x0, #64]
+    ldp     x10, x11, [x0, #80]
+    ldp     x12, x13, [x0, #96]
+    ldp     x14, x15, [x0, #112]
+    ldp     x16, x17, [x0, #128]
+    ldp     x18, x19, [x0, #144]
+    ldp     x20, x21, [x0, #160]
+    ldp     x22, x23, [x0, #176]
+    ldp     x24, x25, [x0, #192]
+    ldp     x26, x27, [x0, #208]
+    ldp     x28, x29, [x0, #224]
+    ldr     x30, [x0, #240]
+    ldp     x0, x1, [x0, #0]
+    eret
+
+.arch_extension fp
+.arch_extension simd
+.global el2_fp_save
+el2_fp_save:
+    stp     q0, q1, [x0, #0]
+    stp     q2, q3, [x0, #32]
+    stp     q4, q5, [x0, #64]
+    stp     q6, q7, [x0, #96]
+    stp     q8, q9, [x0, #128]
+    stp     q10, q11, [x0, #160]
+    stp     q12, q13, [x0, #192]
+    stp     q14, q15, [x0, #224]
+    stp     q16, q17, [x0, #256]
+    stp     q18, q19, [x0, #288]
+    stp     q20, q21, [x0, #320]
+    stp     q22, q23, [x0, #352]
+    stp     q24, q25, [x0, #384]
+    stp     q26, q27, [x0, #416]
+    stp     q28, q29, [x0, #448]
+    stp     q30, q31, [x0, #480]
+    mrs     x1, fpsr
+    str     x1, [x0, #{fp_fpsr}]
+    mrs     x1, fpcr
+    str     x1, [x0, #{fp_fpcr}]
+    ret
+
+.global el2_fp_restore
+el2_fp_restore:
+    ldp     q0, q1, [x0, #0]
+    ldp     q2, q3, [x0, #32]
+    ldp     q4, q5, [x0, #64]
+    ldp     q6, q7, [x0, #96]
+    ldp     q8, q9, [x0, #128]
+    ldp     q10, q11, [x0, #160]
+    ldp     q12, q13, [x0, #192]
+    ldp     q14, q15, [x0, #224]
+    ldp     q16, q17, [x0, #256]
+    ldp     q18, q19, [x0, #288]
+    ldp     q20, q21, [x0, #320]
+    ldp     q22, q23, [x0, #352]
+    ldp     q24, q25, [x0, #384]
+    ldp     q26, q27, [x0, #416]
+    ldp     q28, q29, [x0, #448]
+    ldp     q30, q31, [x0, #480]
+    ldr     x1, [x0, #{fp_fpsr}]
+    msr     fpsr, x1
+    ldr     x1, [x0, #{fp_fpcr}]
+    msr     fpcr, x1
+    ret
+
 // Vectors: each entry saves x0/x1, loads its number into x0 and joins the
 // common path, which saves the rest as a `GeneralRegs` on the EL2 stack.
 .balign 0x800
@@ -158,6 +242,42 @@ el2_vectors:
     ferrovisor_shared::vector_table_asm!("el2_trap_common"),
     r#"
 el2_trap_common:
+    cmp     x0, #8
+    b.lo    3f
+    mrs     x1, tpidr_el2
+    cbz     x1, 3f
+    ldr     x1, [x1, #{el2cpu_guest}]
+    cbz     x1, 3f
+    // From a guest: its x0/x1 are on the stack, x2-x30 still live.
+    stp     x2, x3, [x1, #16]
+    stp     x4, x5, [x1, #32]
+    stp     x6, x7, [x1, #48]
+    stp     x8, x9, [x1, #64]
+    stp     x10, x11, [x1, #80]
+    stp     x12, x13, [x1, #96]
+    stp     x14, x15, [x1, #112]
+    stp     x16, x17, [x1, #128]
+    stp     x18, x19, [x1, #144]
+    stp     x20, x21, [x1, #160]
+    stp     x22, x23, [x1, #176]
+    stp     x24, x25, [x1, #192]
+    stp     x26, x27, [x1, #208]
+    stp     x28, x29, [x1, #224]
+    str     x30, [x1, #240]
+    ldp     x2, x3, [sp]
+    stp     x2, x3, [x1, #0]
+    mrs     x2, tpidr_el2
+    str     xzr, [x2, #{el2cpu_guest}]
+    ldr     x3, [x2, #{el2cpu_host_sp}]
+    mov     sp, x3
+    ldp     x19, x20, [sp, #16]
+    ldp     x21, x22, [sp, #32]
+    ldp     x23, x24, [sp, #48]
+    ldp     x25, x26, [sp, #64]
+    ldp     x27, x28, [sp, #80]
+    ldp     x29, x30, [sp], #96
+    ret
+3:
 "#,
     ferrovisor_shared::save_x2_x29_asm!(),
     r#"
@@ -186,4 +306,8 @@ el2_stacks:
     stack_size = const STACK_SIZE,
     max_cpus = const MAX_CPUS,
     cpus = sym crate::hyp::CPUS,
+    el2cpu_guest = const crate::world::EL2CPU_GUEST,
+    el2cpu_host_sp = const crate::world::EL2CPU_HOST_SP,
+    fp_fpsr = const ferrovisor_shared::vcpu::FP_FPSR,
+    fp_fpcr = const ferrovisor_shared::vcpu::FP_FPCR,
 );

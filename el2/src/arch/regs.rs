@@ -20,7 +20,7 @@ pub fn configure_for_host() {
     let mut hcr = HCR_EL2::RW::EL1IsAarch64 + HCR_EL2::TSC::EnableTrapEl1SmcToEl2;
     if ID_AA64ISAR1_EL1.read(ID_AA64ISAR1_EL1::APA) != 0
         || ID_AA64ISAR1_EL1.read(ID_AA64ISAR1_EL1::API) != 0
-        || ID_AA64ISAR2_EL1_APA3() != 0
+        || (id_aa64isar2() >> 12) & 0xf != 0
     {
         hcr += HCR_EL2::API::DisableTrapPointerAuthInstToEl2 + HCR_EL2::APK::DisableTrapPointerAuthKeyRegsToEl2;
     }
@@ -51,13 +51,13 @@ pub fn set_vectors(vectors: u64) {
     aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
 }
 
-#[allow(non_snake_case)]
-fn ID_AA64ISAR2_EL1_APA3() -> u64 {
+/// `ID_AA64ISAR2_EL1`.
+pub fn id_aa64isar2() -> u64 {
     let v: u64;
     // SAFETY: reading an ID register has no side effects. aarch64-cpu has no
     // accessor for ID_AA64ISAR2_EL1.
     unsafe { core::arch::asm!("mrs {}, id_aa64isar2_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    (v >> 12) & 0xf
+    v
 }
 
 fn read_pmcr_el0() -> u64 {

@@ -3,7 +3,9 @@
 //! of the host uses.
 
 pub mod boot;
+pub mod cache;
 pub mod cpu;
 pub mod exception;
+pub mod hyp;
 pub mod mmu;
 pub mod timer;

@@ -1,0 +1,26 @@
+//! Devices the host emulates for guests, behind stage-2 faults: each sees an
+//! offset into its frame, an access size and, for writes, the value.
+
+pub mod pl011;
+pub mod virtio;
+
+/// The guest physical map (a copy of QEMU virt's, DESIGN §4).
+pub mod map {
+    pub const GIC_DIST: u64 = 0x0800_0000;
+    pub const GIC_DIST_SIZE: u64 = 0x1_0000;
+    pub const GIC_CPU: u64 = 0x0801_0000;
+    pub const GIC_CPU_SIZE: u64 = 0x1_0000;
+    pub const GIC_ITS: u64 = 0x0808_0000;
+    pub const GIC_ITS_SIZE: u64 = 0x2_0000;
+    pub const GIC_REDIST: u64 = 0x080a_0000;
+    /// One redistributor (RD + SGI frames) per vCPU.
+    pub const GIC_REDIST_STRIDE: u64 = 0x2_0000;
+    pub const UART: u64 = 0x0900_0000;
+    pub const UART_SIZE: u64 = 0x1000;
+    /// SPI 1.
+    pub const UART_SPI: u32 = 1;
+    pub const VIRTIO: u64 = 0x0a00_0000;
+    pub const VIRTIO_STRIDE: u64 = 0x200;
+    pub const VIRTIO_COUNT: u64 = 32;
+    pub const RAM: u64 = 0x4000_0000;
+}

@@ -1,0 +1,187 @@
+//! An emulated PL011 UART for a guest's console: transmit only, always
+//! ready, with the identification registers Linux's AMBA bus probes.
+//!
+//! The transmit FIFO is always empty (bytes go straight to the VM's console
+//! line), so `UARTFR.TXFE` and the transmit interrupt status are always set;
+//! receive is always empty.
+
+const DR: u64 = 0x000;
+const RSR: u64 = 0x004;
+const FR: u64 = 0x018;
+const ILPR: u64 = 0x020;
+const IBRD: u64 = 0x024;
+const FBRD: u64 = 0x028;
+const LCR_H: u64 = 0x02c;
+const CR: u64 = 0x030;
+const IFLS: u64 = 0x034;
+const IMSC: u64 = 0x038;
+const RIS: u64 = 0x03c;
+const MIS: u64 = 0x040;
+const ICR: u64 = 0x044;
+const DMACR: u64 = 0x048;
+
+const FR_RXFE: u64 = 1 << 4;
+const FR_TXFE: u64 = 1 << 7;
+const INT_TX: u64 = 1 << 5;
+
+/// PeriphID0..3 (part 0x011, designer ARM, revision 1) and PCellID0..3.
+const ID: [u8; 8] = [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pl011 {
+    ilpr: u32,
+    ibrd: u32,
+    fbrd: u32,
+    lcr_h: u32,
+    cr: u32,
+    ifls: u32,
+    imsc: u32,
+    dmacr: u32,
+}
+
+impl Pl011 {
+    pub const fn new() -> Self {
+        // UARTCR resets with TXE and RXE set; IFLS with both at 1/2.
+        Self { ilpr: 0, ibrd: 0, fbrd: 0, lcr_h: 0, cr: 0x300, ifls: 0x12, imsc: 0, dmacr: 0 }
+    }
+
+    pub fn read(&self, offset: u64) -> u64 {
+        match offset {
+            DR | RSR => 0,
+            FR => FR_TXFE | FR_RXFE,
+            ILPR => self.ilpr.into(),
+            IBRD => self.ibrd.into(),
+            FBRD => self.fbrd.into(),
+            LCR_H => self.lcr_h.into(),
+            CR => self.cr.into(),
+            IFLS => self.ifls.into(),
+            IMSC => self.imsc.into(),
+            RIS => INT_TX,
+            MIS => INT_TX & u64::from(self.imsc),
+            DMACR => self.dmacr.into(),
+            0xfe0..=0xffc if offset % 4 == 0 => ID[((offset - 0xfe0) / 4) as usize].into(),
+            _ => 0,
+        }
+    }
+
+    /// Returns the byte written to the data register, if any.
+    pub fn write(&mut self, offset: u64, value: u64) -> Option<u8> {
+        let v = value as u32;
+        match offset {
+            DR => return Some(value as u8),
+            ILPR => self.ilpr = v & 0xff,
+            IBRD => self.ibrd = v & 0xffff,
+            FBRD => self.fbrd = v & 0x3f,
+            LCR_H => self.lcr_h = v & 0xff,
+            CR => self.cr = v & 0xff87,
+            IFLS => self.ifls = v & 0x3f,
+            IMSC => self.imsc = v & 0x7ff,
+            DMACR => self.dmacr = v & 0x7,
+            // RSR/ECR clears errors; ICR clears interrupts: nothing is ever raised
+            // but TX, which is level and stays.
+            RSR | ICR => {}
+            _ => {}
+        }
+        None
+    }
+
+    /// The interrupt line: high while an unmasked interrupt is raised.
+    pub fn irq_level(&self) -> bool {
+        u64::from(self.imsc) & INT_TX != 0
+    }
+}
+
+/// Collects a guest's console output into lines.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    line: alloc::vec::Vec<u8>,
+}
+
+/// Lines longer than this are printed in pieces.
+pub const MAX_LINE: usize = 200;
+
+impl LineBuffer {
+    pub const fn new() -> Self {
+        Self { line: alloc::vec::Vec::new() }
+    }
+
+    /// Adds a byte; returns a finished line (without its newline) when there
+    /// is one. Carriage returns and other control bytes are dropped.
+    pub fn push(&mut self, byte: u8) -> Option<alloc::string::String> {
+        match byte {
+            b'\n' => Some(self.take()),
+            b'\t' | 0x20..=0x7e => {
+                self.line.push(byte);
+                (self.line.len() >= MAX_LINE).then(|| self.take())
+            }
+            // UTF-8 passes through; it is printed lossily.
+            0x80..=0xff => {
+                self.line.push(byte);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// What is left of an unfinished line, if anything.
+    pub fn flush(&mut self) -> Option<alloc::string::String> {
+        (!self.line.is_empty()).then(|| self.take())
+    }
+
+    fn take(&mut self) -> alloc::string::String {
+        let s = alloc::string::String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmit_only_and_always_ready() {
+        let mut u = Pl011::new();
+        assert_eq!(u.read(FR) & (FR_TXFE | FR_RXFE), FR_TXFE | FR_RXFE);
+        assert_eq!(u.read(FR) & (1 << 5), 0, "TXFF clear");
+        assert_eq!(u.write(DR, 0x41), Some(b'A'));
+        assert_eq!(u.write(CR, 0x301), None);
+        assert_eq!(u.read(CR), 0x301);
+        assert_eq!(u.read(DR), 0);
+    }
+
+    #[test]
+    fn identifies_as_a_pl011() {
+        let u = Pl011::new();
+        let id: alloc::vec::Vec<u64> = (0..8).map(|i| u.read(0xfe0 + 4 * i)).collect();
+        assert_eq!(id, [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1]);
+    }
+
+    #[test]
+    fn transmit_interrupt_follows_the_mask() {
+        let mut u = Pl011::new();
+        assert!(!u.irq_level());
+        u.write(IMSC, INT_TX);
+        assert!(u.irq_level());
+        assert_eq!(u.read(MIS), INT_TX);
+        u.write(IMSC, 0);
+        assert!(!u.irq_level());
+    }
+
+    #[test]
+    fn lines_are_split_and_cleaned() {
+        let mut b = LineBuffer::new();
+        let mut lines = alloc::vec::Vec::new();
+        for &c in b"PASS: one\r\nhalf" {
+            lines.extend(b.push(c));
+        }
+        assert_eq!(lines, ["PASS: one"]);
+        assert_eq!(b.flush().as_deref(), Some("half"));
+        assert_eq!(b.flush(), None);
+        for _ in 0..MAX_LINE {
+            lines.extend(b.push(b'x'));
+        }
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].len(), MAX_LINE);
+    }
+}
