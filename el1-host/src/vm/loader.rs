@@ -395,7 +395,7 @@ mod tests {
         let e = layout(&image(u64::MAX, 4096, 0xa, 0x100), RAM, 1024 * MIB, 0x1000, None);
         assert_eq!(e, Err(LoadError::BadTextOffset(u64::MAX)));
         assert_eq!(layout(&image(0, MIB, 0xb, 0x100), RAM, 64 * MIB, 0x1000, None), Err(LoadError::BigEndianImage));
-        let top = u64::MAX & !(IMAGE_ALIGN - 1);
+        let top = !(IMAGE_ALIGN - 1);
         assert!(matches!(layout(&[1], top, 4 * MIB, 0x1000, None), Err(LoadError::RamOutOfRange { .. })));
         // RAM that ends at the very top of the address space is accepted (here it is too small).
         let l = layout(&[1], top, IMAGE_ALIGN - 1, 0x1000, None);
