@@ -1,0 +1,140 @@
+//! `hostile`: things a guest may do wrong, which must cost it no more than an
+//! exception or an error code, and never stop the hypervisor.
+//!
+//! Sub-tests: `unknown-sysreg` (an IMPLEMENTATION DEFINED register read is
+//! UNDEFINED at EL1), `unknown-smc` and `unknown-hvc` (unknown SMCCC
+//! functions return NOT_SUPPORTED), `outside-map` (a load from an IPA with
+//! neither RAM nor a device is a synchronous external abort), `wfi-wfe`
+//! (`wfe` returns).
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::arch::asm;
+
+    use aarch64_cpu::registers::{Readable, Writeable, CNTKCTL_EL1};
+    use ferrovisor_test_guests::exception::catch;
+    use ferrovisor_test_guests::{guest_main, psci, report, report_info, time, Env, SubTest};
+    use smccc::psci::error::NOT_SUPPORTED;
+    use smccc::{Call, Hvc, Smc};
+
+    guest_main!(
+        "hostile",
+        &[
+            SubTest { name: "unknown-sysreg", run: unknown_sysreg },
+            SubTest { name: "unknown-smc", run: unknown_smc },
+            SubTest { name: "unknown-hvc", run: unknown_hvc },
+            SubTest { name: "outside-map", run: outside_map },
+            SubTest { name: "wfi-wfe", run: wfi_wfe },
+        ]
+    );
+
+    const EC_UNKNOWN: u8 = 0x00;
+    const EC_DATA_ABORT_SAME_EL: u8 = 0x25;
+    /// DFSC: synchronous external abort, not on a translation table walk.
+    const DFSC_SYNC_EXTERNAL: u64 = 0x10;
+    /// ESR_ELx.ISS.FnV: FAR is not valid.
+    const ESR_FNV: u64 = 1 << 10;
+    /// Neither RAM nor a device in the guest's map (nor in QEMU virt's).
+    const OUTSIDE_MAP: u64 = 0x20_0000_0000;
+    const UNKNOWN_SMC_FUNCTION: u32 = 0xc300_0099;
+    const UNKNOWN_HVC_FUNCTION: u32 = 0xc600_00ff;
+    const WAKE_LIMIT_US: u64 = 1_000_000;
+
+    fn unknown_sysreg(_: &Env) {
+        let ((at, value), e) = catch(|| {
+            let (at, value): (u64, u64);
+            // SAFETY: reading an IMPLEMENTATION DEFINED register changes
+            // nothing; if it is UNDEFINED our vectors resume after it.
+            unsafe { asm!("adr {at}, 2f", "2: mrs {v}, s3_0_c15_c0_0", at = out(reg) at, v = out(reg) value) };
+            (at, value)
+        });
+        match e {
+            Some(e) => {
+                report(
+                    e.ec() == EC_UNKNOWN && !e.from_el0,
+                    format_args!("mrs S3_0_C15_C0_0: UNDEFINED at EL1 (EC {:#04x}, want 0x00)", e.ec()),
+                );
+                report(e.elr == at, format_args!("mrs S3_0_C15_C0_0: ELR {:#x} (want {at:#x})", e.elr));
+            }
+            None => {
+                report(false, format_args!("mrs S3_0_C15_C0_0 read {value:#x} instead of being UNDEFINED"));
+            }
+        }
+    }
+
+    /// Checks an SMCCC call that must return NOT_SUPPORTED in W0.
+    fn not_supported(what: &str, function: u32, r: ([u64; 18], Option<ferrovisor_test_guests::exception::Exception>)) {
+        match r {
+            (_, Some(e)) => {
+                report(
+                    false,
+                    format_args!("{what} {function:#x}: taken at EL1 (EC {:#04x}) instead of returning", e.ec()),
+                );
+            }
+            (ret, None) => {
+                report(
+                    psci::w0(ret[0]) == NOT_SUPPORTED,
+                    format_args!("{what} {function:#x} returns NOT_SUPPORTED (x0 = {:#x})", ret[0]),
+                );
+            }
+        }
+    }
+
+    fn unknown_smc(_: &Env) {
+        not_supported("smc #0", UNKNOWN_SMC_FUNCTION, catch(|| Smc::call64(UNKNOWN_SMC_FUNCTION, [0; 17])));
+    }
+
+    fn unknown_hvc(_: &Env) {
+        not_supported("hvc #0", UNKNOWN_HVC_FUNCTION, catch(|| Hvc::call64(UNKNOWN_HVC_FUNCTION, [0; 17])));
+    }
+
+    fn outside_map(_: &Env) {
+        let (at, e) = catch(|| {
+            let at: u64;
+            // SAFETY: a load from an address with nothing behind it: it aborts
+            // (and our vectors resume after it) or reads something; it writes
+            // nothing.
+            unsafe {
+                asm!("adr {at}, 2f", "2: ldr {v}, [{a}]", at = out(reg) at, v = out(reg) _, a = in(reg) OUTSIDE_MAP)
+            };
+            at
+        });
+        let Some(e) = e else {
+            report(false, format_args!("a load from {OUTSIDE_MAP:#x} completed without an exception"));
+            return;
+        };
+        report(
+            e.ec() == EC_DATA_ABORT_SAME_EL && !e.from_el0,
+            format_args!("load from {OUTSIDE_MAP:#x}: data abort at EL1 (EC {:#04x}, want 0x25)", e.ec()),
+        );
+        let dfsc = e.esr.0 & 0x3f;
+        report(dfsc == DFSC_SYNC_EXTERNAL, format_args!("DFSC {dfsc:#04x} (want 0x10, synchronous external abort)"));
+        report(
+            e.esr.0 & ESR_FNV == 0 && e.far == OUTSIDE_MAP,
+            format_args!("FAR {:#x} (want {OUTSIDE_MAP:#x}, valid)", e.far),
+        );
+        report(e.elr == at, format_args!("ELR {:#x} at the load (want {at:#x})", e.elr));
+    }
+
+    fn wfi_wfe(_: &Env) {
+        // The timer's event stream (an event every 2^(8+1) counter ticks)
+        // wakes a WFE that nothing else would.
+        let old = CNTKCTL_EL1.get();
+        CNTKCTL_EL1.set((old & !0xfc) | (8 << 4) | (1 << 2));
+        let start = time::counter();
+        aarch64_cpu::asm::wfe();
+        let us = time::us_since(start);
+        report(us < WAKE_LIMIT_US, format_args!("wfe returned within 1 s (after {us} us)"));
+        let start = time::counter();
+        aarch64_cpu::asm::sevl();
+        aarch64_cpu::asm::wfe();
+        let us = time::us_since(start);
+        report(us < WAKE_LIMIT_US, format_args!("sevl; wfe returned within 1 s (after {us} us)"));
+        CNTKCTL_EL1.set(old);
+        report_info("bare wfi not tried: with interrupts masked and none pending nothing need wake it");
+    }
+}
