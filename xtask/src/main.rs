@@ -4,6 +4,7 @@
 mod boottest;
 mod check;
 mod dtb;
+mod guests;
 mod pack;
 mod qemu;
 
@@ -26,6 +27,7 @@ commands:
   run [options]     build, then boot the image under QEMU (see `cargo xtask run --help`)
   test [options]    build, then run the QEMU boot tests (see `cargo xtask test --help`)
   pack EL2 HOST OUT pack two ELF files into an image (what `build` does after building)
+  guests            build the test guests into target/guests/<name>.flat
   help              print this";
 
 const RUN_USAGE: &str = "\
@@ -413,6 +415,35 @@ fn cmd_test(args: Vec<String>) -> ExitCode {
     }
 }
 
+fn cmd_guests(args: Vec<String>) -> ExitCode {
+    const GUESTS_USAGE: &str =
+        "usage: cargo xtask guests\n\nBuilds the test guests (tests/guests) into target/guests/<name>.flat.";
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("--help" | "-h") => {
+            println!("{GUESTS_USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(arg) => {
+            eprintln!("xtask guests: unknown option `{arg}`\n{GUESTS_USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let root = root();
+    match guests::build_guests(&root) {
+        Ok(built) => {
+            for (_, path) in built {
+                println!("{}", path.strip_prefix(&root).unwrap_or(&path).display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = env::args().skip(1).collect();
     if args.is_empty() {
@@ -424,6 +455,7 @@ fn main() -> ExitCode {
         "build" => cmd_build(args),
         "run" => cmd_run(args),
         "test" => cmd_test(args),
+        "guests" => cmd_guests(args),
         "pack" => match &args[..] {
             [el2, host, out] => match pack_files(&root(), Path::new(el2), Path::new(host), Path::new(out)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -254,19 +254,19 @@ pub fn pack(el2_elf: &[u8], host_elf: &[u8]) -> Result<Packed, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// One PT_LOAD segment of a fake ELF file.
-    struct Seg {
-        vaddr: u64,
-        data: Vec<u8>,
-        memsz: u64,
+    pub(crate) struct Seg {
+        pub vaddr: u64,
+        pub data: Vec<u8>,
+        pub memsz: u64,
     }
 
     /// Builds a little-endian ELF64 file by hand: header, program headers,
     /// segment contents, a `.rela.dyn` (SHF_ALLOC) and `.shstrtab`.
-    fn fake_elf(e_type: u16, machine: u16, entry: u64, segs: &[Seg], relas: &[(u64, u32, i64)]) -> Vec<u8> {
+    pub(crate) fn fake_elf(e_type: u16, machine: u16, entry: u64, segs: &[Seg], relas: &[(u64, u32, i64)]) -> Vec<u8> {
         fn put16(v: &mut Vec<u8>, x: u16) {
             v.extend_from_slice(&x.to_le_bytes());
         }
