@@ -289,5 +289,9 @@ fn run_options(ctx: &Ctx) -> Result<(), Failure> {
     expect(&["--smp", "two"], 2, (false, "--smp"))?;
     expect(&["--frobnicate"], 2, (false, "unknown option `--frobnicate`"))?;
     expect(&["--timeout"], 2, (false, "--timeout needs a value"))?;
+    // Guest options: checked before anything is built.
+    expect(&["--mem", "64"], 2, (false, "the board's RAM is --ram now"))?;
+    expect(&["--guest", "k", "--vcpus", "0"], 2, (false, "--vcpus must be at least 1"))?;
+    expect(&["--guest", "/nonexistent/guest.bin"], 2, (false, "--guest /nonexistent/guest.bin: "))?;
     Ok(())
 }

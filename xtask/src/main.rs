@@ -4,6 +4,7 @@
 mod boottest;
 mod check;
 mod dtb;
+mod guestcfg;
 mod guests;
 mod pack;
 mod qemu;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
+use guestcfg::GuestSpec;
 use qemu::{Board, Machine, Watch};
 
 /// The bare-metal target both binaries are built for.
@@ -36,17 +38,33 @@ usage: scripts/run [options]          (the same as: cargo xtask run [options])
 Builds the image, boots it under QEMU with the serial console on this terminal,
 and exits with the status the hypervisor powers off with.
 
-options:
+board options:
   --board virt|raspi4b  machine to emulate (default: virt)
   --gic 2|3|4           GIC version on virt (default: 3; QEMU 10 emulates 4 as GICv4.0)
   --smp N               CPUs (default: 4; raspi4b always has 4)
-  --mem MiB             RAM on virt (default: 1024; raspi4b has a fixed 2 GiB)
-  --append ARGS         hypervisor command line (default: \"loglevel=info semihosting-exit\")
+  --ram MiB             the board's RAM on virt (default: 1024; raspi4b has a fixed 2 GiB)
+  --host-append ARGS    the hypervisor's command line (default: \"loglevel=info semihosting-exit\")
   --gdb                 wait for gdb on localhost:1234 before the first instruction
   --timeout SECS        stop QEMU after SECS seconds and exit 124 (default: none)
   --debug               use the debug build
   --image FILE          boot FILE as it is instead of building
+  --verbose             print the QEMU command line and the files made for the guests
   --help                print this
+
+guest options (each --guest starts a VM; the options after it, or before
+the first --guest, apply to that VM; give --guest again for more VMs):
+  --guest FILE          the guest's kernel: an arm64 Image or a raw binary
+  --append ARGS         the guest's command line (default: none)
+  --initrd FILE         the guest's initrd (default: none)
+  --vcpus N             its vCPUs, 1 to 8 and at most --smp (default: 1)
+  --mem MiB             its memory (default: 128)
+  --name NAME           its name: printable ASCII, no spaces, at most 32
+                        characters (default: FILE's stem)
+
+The guests' files go into a cpio bundle that QEMU loads as the hypervisor's
+initrd (-initrd), and each guest is described by a ferrovisor,domain node
+under /chosen in a copy of the board's device tree (-dtb), both written to
+target/xtask-run/.
 
 exit status: the hypervisor's power-off status N (from `ferrovisor: power off,
 status N`); 2 if it ended without that line or the options are wrong; 124 on timeout.";
@@ -174,13 +192,106 @@ struct RunOpts {
     debug: bool,
     /// Boot this file as it is instead of building.
     image: Option<PathBuf>,
+    guests: Vec<GuestSpec>,
+    /// Print the QEMU command line.
+    verbose: bool,
     notes: Vec<String>,
+}
+
+/// Room the hypervisor keeps for itself when the guests' memory is summed
+/// against the board's.
+const HYPERVISOR_RESERVE_MIB: u64 = 64;
+/// The RAM QEMU's raspi4b describes in the Pi's device tree (`memory@0`: the
+/// part below the VideoCore's share of the first GiB), measured on QEMU 10.0.
+const RASPI_VISIBLE_RAM_MIB: u64 = 960;
+
+/// One guest's options as given, before defaults and checks.
+#[derive(Default)]
+struct GuestDraft {
+    kernel: Option<PathBuf>,
+    name: Option<String>,
+    initrd: Option<PathBuf>,
+    append: Option<String>,
+    vcpus: Option<u32>,
+    mem: Option<u32>,
+    /// The guest options given, in order, for the message when --guest is missing.
+    given: Vec<String>,
+}
+
+impl GuestDraft {
+    /// Records a guest option's value; each may be given once per guest.
+    fn set<T>(&mut self, slot: fn(&mut Self) -> &mut Option<T>, opt: &str, value: T) -> Result<(), String> {
+        self.given.push(opt.to_string());
+        let field = slot(self);
+        if field.is_some() {
+            return Err(format!("{opt} is given twice for one guest (give each guest's options after its --guest)"));
+        }
+        *field = Some(value);
+        Ok(())
+    }
+}
+
+/// Turns the drafts into guests: defaults, then checks against the board.
+fn finish_guests(mut drafts: Vec<GuestDraft>, m: &Machine) -> Result<Vec<GuestSpec>, String> {
+    if drafts.len() == 1 && drafts[0].kernel.is_none() {
+        let d = drafts.remove(0);
+        if d.given.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hint = if d.mem.is_some() { " (the board's RAM is --ram now)" } else { "" };
+        let verb = if d.given.len() == 1 { "is" } else { "are" };
+        return Err(format!("{} {verb} for a guest, but there is no --guest FILE{hint}", d.given.join(", ")));
+    }
+    let mut guests: Vec<GuestSpec> = Vec::new();
+    for d in drafts {
+        let kernel = d.kernel.expect("every draft after the first starts with --guest");
+        let name = match d.name {
+            Some(n) => {
+                guestcfg::check_name(&n).map_err(|e| format!("--name: {e}"))?;
+                n
+            }
+            None => guestcfg::default_name(&kernel),
+        };
+        let vcpus = d.vcpus.unwrap_or(1);
+        let max = m.smp.min(guestcfg::MAX_VCPUS);
+        if vcpus == 0 {
+            return Err(format!("guest `{name}`: --vcpus must be at least 1"));
+        }
+        if vcpus > m.smp {
+            return Err(format!("guest `{name}`: --vcpus {vcpus} is more than the board's {} CPUs (--smp)", m.smp));
+        }
+        if vcpus > max {
+            return Err(format!("guest `{name}`: --vcpus {vcpus} is more than {max}, the most a VM may have"));
+        }
+        let mem_mib = d.mem.unwrap_or(128);
+        if mem_mib == 0 {
+            return Err(format!("guest `{name}`: --mem 0 MiB is too small (1 at least)"));
+        }
+        if guests.iter().any(|g| g.name == name) {
+            return Err(format!("two guests are named `{name}`: give each its own --name"));
+        }
+        let bootargs = d.append.unwrap_or_default();
+        guests.push(GuestSpec { name, kernel, initrd: d.initrd, bootargs, vcpus, mem_mib });
+    }
+    let total: u64 = guests.iter().map(|g| u64::from(g.mem_mib)).sum();
+    let (ram, what) = match m.board {
+        Board::Virt => (u64::from(m.mem_mib), "--ram"),
+        Board::Raspi4b => (RASPI_VISIBLE_RAM_MIB, "raspi4b's"),
+    };
+    if total + HYPERVISOR_RESERVE_MIB > ram {
+        return Err(format!(
+            "the guests' memory ({total} MiB) does not fit in {what} {ram} MiB with {HYPERVISOR_RESERVE_MIB} MiB \
+             for the hypervisor"
+        ));
+    }
+    Ok(guests)
 }
 
 fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
     let mut m = Machine::default();
-    let (mut timeout, mut debug, mut image) = (None, false, None);
-    let (mut gic, mut smp, mut mem) = (None, None, None);
+    let (mut timeout, mut debug, mut image, mut verbose) = (None, false, None, false);
+    let (mut gic, mut smp, mut ram) = (None, None, None);
+    let mut drafts = vec![GuestDraft::default()];
     let mut a = Args::new(args);
     while let Some(opt) = a.next_opt()? {
         match opt.as_str() {
@@ -191,8 +302,31 @@ fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
             }
             "--gic" => gic = Some(a.number::<u8>(&opt)?),
             "--smp" => smp = Some(a.number::<u32>(&opt)?),
-            "--mem" => mem = Some(a.number::<u32>(&opt)?),
-            "--append" => m.append = a.value(&opt)?,
+            "--ram" => ram = Some(a.number::<u32>(&opt)?),
+            "--host-append" => m.append = a.value(&opt)?,
+            "--guest" => {
+                let file = PathBuf::from(a.value(&opt)?);
+                let last = drafts.last_mut().expect("there is always a draft");
+                if last.kernel.is_some() {
+                    drafts.push(GuestDraft { kernel: Some(file), ..GuestDraft::default() });
+                } else {
+                    last.kernel = Some(file);
+                }
+            }
+            "--append" | "--initrd" | "--vcpus" | "--mem" | "--name" => {
+                let d = drafts.last_mut().expect("there is always a draft");
+                match opt.as_str() {
+                    "--append" => d.set(|d| &mut d.append, &opt, a.value(&opt)?)?,
+                    "--initrd" => d.set(|d| &mut d.initrd, &opt, PathBuf::from(a.value(&opt)?))?,
+                    "--vcpus" => d.set(|d| &mut d.vcpus, &opt, a.number::<u32>(&opt)?)?,
+                    "--mem" => d.set(|d| &mut d.mem, &opt, a.number::<u32>(&opt)?)?,
+                    _ => d.set(|d| &mut d.name, &opt, a.value(&opt)?)?,
+                }
+            }
+            "--verbose" | "-v" => {
+                a.flag(&opt)?;
+                verbose = true;
+            }
             "--timeout" => timeout = Some(a.number::<u64>(&opt)?),
             "--gdb" => {
                 a.flag(&opt)?;
@@ -218,9 +352,9 @@ fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
             if !(1..=max).contains(&m.smp) {
                 return Err(format!("--smp must be 1 to {max} on virt with GICv{}", m.gic));
             }
-            m.mem_mib = mem.unwrap_or(1024);
+            m.mem_mib = ram.unwrap_or(1024);
             if m.mem_mib < 64 {
-                return Err(format!("--mem {} MiB is too small (64 at least)", m.mem_mib));
+                return Err(format!("--ram {} MiB is too small (64 at least)", m.mem_mib));
             }
         }
         Board::Raspi4b => {
@@ -232,15 +366,16 @@ fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
             }
             m.gic = 2;
             m.smp = qemu::RASPI_CPUS;
-            if mem.is_some() {
-                notes.push("note: raspi4b has a fixed 2 GiB of RAM; ignoring --mem".into());
+            if ram.is_some() {
+                notes.push("note: raspi4b has a fixed 2 GiB of RAM; ignoring --ram".into());
             }
         }
     }
     if timeout == Some(0) {
         return Err("--timeout must be at least 1".into());
     }
-    Ok(Parsed::Go(RunOpts { machine: m, timeout, debug, image, notes }))
+    let guests = finish_guests(drafts, &m)?;
+    Ok(Parsed::Go(RunOpts { machine: m, timeout, debug, image, guests, verbose, notes }))
 }
 
 fn gdb_hint(root: &Path, debug: bool, board: Board, image: &Path) {
@@ -258,6 +393,45 @@ fn gdb_hint(root: &Path, debug: bool, board: Board, image: &Path) {
     eprintln!("  (the offsets are physical load addresses: right while the code runs where it was loaded, 1:1)");
 }
 
+/// The device tree and initrd to boot with: the guests' when there are any,
+/// else the Pi's tree on raspi4b and QEMU's own on virt.
+fn guest_files(root: &Path, opts: &RunOpts) -> Result<(Option<PathBuf>, Option<PathBuf>), String> {
+    if opts.guests.is_empty() {
+        return match opts.machine.board {
+            Board::Raspi4b => Ok((Some(boottest::pi_dtb(root)?), None)),
+            Board::Virt => Ok((None, None)),
+        };
+    }
+    let p = guestcfg::prepare(root, &opts.machine, &opts.guests)?;
+    if opts.verbose {
+        for g in &opts.guests {
+            let initrd = g.initrd.as_ref().map_or(String::new(), |i| format!(", initrd {}", i.display()));
+            eprintln!(
+                "xtask: guest `{}`: {} vCPU(s), {} MiB, {}{initrd}, bootargs {:?}",
+                g.name,
+                g.vcpus,
+                g.mem_mib,
+                g.kernel.display(),
+                g.bootargs
+            );
+        }
+        eprintln!(
+            "xtask: device tree {} (source {}), guest bundle {}",
+            p.dtb.display(),
+            p.dts.display(),
+            p.bundle.display()
+        );
+    }
+    Ok((Some(p.dtb), Some(p.bundle)))
+}
+
+/// `args` quoted for a POSIX shell.
+fn shell_words(args: &[String]) -> String {
+    let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=.,/:+@%".contains(&b));
+    let quote = |s: &String| if plain(s) { s.clone() } else { format!("'{}'", s.replace('\'', "'\\''")) };
+    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
 fn cmd_run(args: Vec<String>) -> ExitCode {
     let opts = match parse_run(args) {
         Ok(Parsed::Go(o)) => o,
@@ -273,6 +447,10 @@ fn cmd_run(args: Vec<String>) -> ExitCode {
     for note in &opts.notes {
         eprintln!("{note}");
     }
+    if let Err(e) = guestcfg::check_files(&opts.guests) {
+        eprintln!("scripts/run: {e}");
+        return ExitCode::from(2);
+    }
     let root = root();
     let built = match &opts.image {
         Some(path) if path.is_file() => Ok(path.clone()),
@@ -286,18 +464,17 @@ fn cmd_run(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let dtb = if opts.machine.board == Board::Raspi4b {
-        match boottest::pi_dtb(&root) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("xtask: {e}");
-                return ExitCode::from(2);
-            }
+    let (dtb, initrd) = match guest_files(&root, &opts) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
         }
-    } else {
-        None
     };
-    let args = opts.machine.args(&image, dtb.as_deref());
+    let args = opts.machine.boot_args(&image, dtb.as_deref(), initrd.as_deref());
+    if opts.verbose {
+        eprintln!("xtask: {} {}", qemu::QEMU, shell_words(&args));
+    }
     if opts.machine.gdb {
         gdb_hint(&root, opts.debug, opts.machine.board, &image);
     }
@@ -502,13 +679,26 @@ mod tests {
 
     #[test]
     fn run_options() {
-        let o = parse(&["--gic=2", "--smp", "2", "--mem", "512", "--append", "a b", "--gdb", "--timeout=9", "--debug"])
-            .unwrap();
+        let o = parse(&[
+            "--gic=2",
+            "--smp",
+            "2",
+            "--ram",
+            "512",
+            "--host-append",
+            "a b",
+            "--gdb",
+            "--timeout=9",
+            "--debug",
+            "--verbose",
+        ])
+        .unwrap();
         assert_eq!((o.machine.gic, o.machine.smp, o.machine.mem_mib), (2, 2, 512));
         assert_eq!(o.machine.append, "a b");
-        assert!(o.machine.gdb && o.debug);
+        assert!(o.machine.gdb && o.debug && o.verbose);
         assert_eq!(o.timeout, Some(9));
-        let o = parse(&["--board", "raspi4b", "--mem", "512", "--smp", "4"]).unwrap();
+        assert!(o.guests.is_empty());
+        let o = parse(&["--board", "raspi4b", "--ram", "512", "--smp", "4"]).unwrap();
         assert_eq!((o.machine.board, o.machine.gic, o.machine.smp), (Board::Raspi4b, 2, 4));
         assert_eq!(o.notes.len(), 1);
         assert_eq!(parse(&["--help"]).unwrap_err(), "help");
@@ -527,10 +717,87 @@ mod tests {
             (&["--board=raspi4b", "--gic=3"], "GICv2"),
             (&["--gdb=1"], "takes no value"),
             (&["--timeout", "0"], "at least 1"),
+            (&["--ram", "32"], "--ram 32 MiB is too small"),
             (&["extra"], "unknown option `extra`"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(msg), "{args:?}: {e}");
         }
+    }
+
+    fn guest(name: &str, kernel: &str, initrd: Option<&str>, bootargs: &str, vcpus: u32, mem_mib: u32) -> GuestSpec {
+        GuestSpec {
+            name: name.into(),
+            kernel: kernel.into(),
+            initrd: initrd.map(Into::into),
+            bootargs: bootargs.into(),
+            vcpus,
+            mem_mib,
+        }
+    }
+
+    #[test]
+    fn guest_options() {
+        let o =
+            parse(&["--guest", "dir/linux.Image", "--append", "console=ttyAMA0 quiet", "--vcpus", "2", "--mem", "64"])
+                .unwrap();
+        assert_eq!(o.guests, [guest("linux", "dir/linux.Image", None, "console=ttyAMA0 quiet", 2, 64)]);
+        assert_eq!(o.machine.append, qemu::DEFAULT_BOOTARGS, "--append is the guest's now");
+        assert_eq!(o.machine.mem_mib, 1024);
+        // Defaults, and options before the first --guest apply to it.
+        let o = parse(&["--initrd=r.cpio", "--name", "first", "--guest", "k.bin", "--host-append", "loglevel=debug"])
+            .unwrap();
+        assert_eq!(o.guests, [guest("first", "k.bin", Some("r.cpio"), "", 1, 128)]);
+        assert_eq!(o.machine.append, "loglevel=debug");
+        // Each --guest starts the next VM.
+        let o = parse(&[
+            "--guest", "a.flat", "--vcpus", "4", "--guest", "b.flat", "--mem", "16", "--append", "x", "--guest",
+            "c/a.flat", "--name", "a2", "--smp", "4", "--ram", "512",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.guests,
+            [
+                guest("a", "a.flat", None, "", 4, 128),
+                guest("b", "b.flat", None, "x", 1, 16),
+                guest("a2", "c/a.flat", None, "", 1, 128),
+            ]
+        );
+        assert_eq!(
+            parse(&["--board", "raspi4b", "--guest", "k", "--vcpus", "4", "--mem", "896"]).unwrap().guests.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn guest_options_rejected() {
+        for (args, msg) in [
+            (&["--mem", "64"][..], "--mem is for a guest, but there is no --guest FILE (the board's RAM is --ram now)"),
+            (&["--append", "x", "--vcpus", "1"], "--append, --vcpus are for a guest, but there is no --guest FILE"),
+            (&["--guest"], "--guest needs a value"),
+            (&["--guest", "k", "--vcpus", "0"], "guest `k`: --vcpus must be at least 1"),
+            (&["--guest", "k", "--vcpus", "5"], "--vcpus 5 is more than the board's 4 CPUs (--smp)"),
+            (&["--smp", "12", "--guest", "k", "--vcpus", "9"], "--vcpus 9 is more than 8, the most a VM may have"),
+            (&["--guest", "k", "--mem", "0"], "--mem 0 MiB is too small"),
+            (&["--guest", "k", "--mem", "-1"], "--mem takes a number"),
+            (&["--guest", "k", "--vcpus", "1", "--vcpus", "2"], "--vcpus is given twice for one guest"),
+            (&["--guest", "k", "--name", "a b"], "--name: `a b`: only printable ASCII"),
+            (&["--guest", "k", "--name", ""], "--name: the name is empty"),
+            (&["--guest", "x/k", "--guest", "y/k.bin"], "two guests are named `k`"),
+            (&["--guest", "k", "--mem", "961"], "the guests' memory (961 MiB) does not fit in --ram 1024 MiB"),
+            (&["--ram", "512", "--guest", "k", "--guest", "l", "--mem", "400"], "(528 MiB) does not fit"),
+            (&["--guest", "k", "--verbose=1"], "takes no value"),
+            (&["--board=raspi4b", "--guest", "k", "--mem", "897"], "(897 MiB) does not fit in raspi4b's 960 MiB"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(msg), "{args:?}: {e}");
+        }
+        assert!(parse(&["--guest", "k", "--mem", "960"]).is_ok());
+    }
+
+    #[test]
+    fn shell_quoting() {
+        let args: Vec<String> = ["-M", "virt,gic-version=3", "-append", "a b", "it's", ""].map(String::from).to_vec();
+        assert_eq!(shell_words(&args), "-M virt,gic-version=3 -append 'a b' 'it'\\''s' ''");
     }
 }

@@ -52,6 +52,7 @@ pub struct Machine {
     pub mem_mib: u32,
     /// virt's `virtualization=on`: without it the image starts at EL1.
     pub virtualization: bool,
+    /// The hypervisor's command line (`--host-append`).
     pub append: String,
     /// Wait for gdb on port 1234 before the first instruction.
     pub gdb: bool,
@@ -105,20 +106,26 @@ impl Machine {
         ]
     }
 
-    /// QEMU's arguments to boot `image` (`pi_dtb` is needed on raspi4b).
-    pub fn args(&self, image: &Path, pi_dtb: Option<&Path>) -> Vec<String> {
+    /// QEMU's arguments to boot `image` (`dtb` is needed on raspi4b; on
+    /// virt QEMU makes its own without it).
+    pub fn args(&self, image: &Path, dtb: Option<&Path>) -> Vec<String> {
+        self.boot_args(image, dtb, None)
+    }
+
+    /// As [`Machine::args`], with `initrd` handed to the image as its initrd
+    /// (the guest bundle).
+    pub fn boot_args(&self, image: &Path, dtb: Option<&Path>, initrd: Option<&Path>) -> Vec<String> {
         let mut a = match self.board {
             Board::Virt => self.virt_machine_args(""),
-            Board::Raspi4b => {
-                let mut a: Vec<String> =
-                    vec!["-M".into(), "raspi4b".into(), "-accel".into(), "tcg,thread=single".into()];
-                if let Some(dtb) = pi_dtb {
-                    a.extend(["-dtb".into(), dtb.display().to_string()]);
-                }
-                a
-            }
+            Board::Raspi4b => vec!["-M".into(), "raspi4b".into(), "-accel".into(), "tcg,thread=single".into()],
         };
+        if let Some(dtb) = dtb {
+            a.extend(["-dtb".into(), dtb.display().to_string()]);
+        }
         a.extend(["-kernel".into(), image.display().to_string(), "-append".into(), self.append.clone()]);
+        if let Some(initrd) = initrd {
+            a.extend(["-initrd".into(), initrd.display().to_string()]);
+        }
         match self.board {
             Board::Virt => a.extend(console_args()),
             // Serial 0 is the PL011 and serial 1 the mini-UART, which the Pi's
@@ -433,6 +440,21 @@ mod tests {
         let a = joined(&el1.args(Path::new("i"), None));
         assert!(a.starts_with("-M virt,gic-version=3 "), "{a}");
         assert!(a.ends_with(" -s -S"), "{a}");
+    }
+
+    #[test]
+    fn guest_command_line() {
+        let m = Machine::default();
+        let a = joined(&m.boot_args(Path::new("f.img"), Some(Path::new("g.dtb")), Some(Path::new("g.cpio"))));
+        assert!(
+            a.contains(" -nic none -dtb g.dtb -kernel f.img -append loglevel=info semihosting-exit -initrd g.cpio "),
+            "{a}"
+        );
+        let pi = Machine { board: Board::Raspi4b, ..Machine::default() };
+        let a = joined(&pi.boot_args(Path::new("f.img"), Some(Path::new("g.dtb")), Some(Path::new("g.cpio"))));
+        assert!(a.starts_with("-M raspi4b -accel tcg,thread=single -dtb g.dtb -kernel f.img "), "{a}");
+        assert!(a.contains(" -initrd g.cpio "), "{a}");
+        assert!(!joined(&m.args(Path::new("f.img"), None)).contains("-dtb"));
     }
 
     #[test]
