@@ -262,9 +262,9 @@ pub enum ModuleRef<'a> {
 ///
 /// ```text
 /// chosen {
-///     web {                                   // the VM's name, unless `name` is given
+///     web {                                   // the VM's name, unless given below
 ///         compatible = "ferrovisor,domain";
-///         name = "web";                       // optional
+///         ferrovisor,name = "web server";     // optional (`name` is read too)
 ///         cpus = <2>;                         // vCPUs, one cell
 ///         memory = <0x0 0x20000>;             // KiB, 1 or 2 cells (here 128 MiB)
 ///         #address-cells = <2>;               // for the modules' reg (default 2)
@@ -285,11 +285,16 @@ pub enum ModuleRef<'a> {
 ///
 /// Nodes (domains and modules) whose `status` is neither `okay` nor absent
 /// are skipped.
+///
+/// `dtc` refuses a `name` property that differs from the node's name (the
+/// old Open Firmware meaning of `name`), so a name that cannot be a node name
+/// goes in `ferrovisor,name`; a plain `name` is still read when there is no
+/// `ferrovisor,name`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DomainDesc<'a> {
     /// The node's name under `/chosen`.
     pub node: &'a str,
-    /// The `name` property, else the node name.
+    /// `ferrovisor,name`, else `name`, else the node name.
     pub name: &'a str,
     pub vcpus: u32,
     /// `memory`, in KiB (non-zero; `memory_kib * 1024` fits a `u64`).
@@ -303,8 +308,10 @@ pub struct DomainDesc<'a> {
 /// What is wrong with a domain node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomainProblem {
-    /// `name` is present but not a non-empty UTF-8 string.
-    BadName,
+    /// The name property (`prop`) is not a non-empty UTF-8 string.
+    BadName {
+        prop: &'static str,
+    },
     MissingCpus,
     /// `cpus` is not one 32-bit cell.
     BadCpus,
@@ -349,7 +356,7 @@ pub enum DomainProblem {
 impl fmt::Display for DomainProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Self::BadName => f.write_str("\"name\" is not a non-empty UTF-8 string"),
+            Self::BadName { prop } => write!(f, "\"{prop}\" is not a non-empty UTF-8 string"),
             Self::MissingCpus => f.write_str("no \"cpus\" property (the vCPU count)"),
             Self::BadCpus => f.write_str("\"cpus\" is not one 32-bit cell"),
             Self::ZeroCpus => f.write_str("\"cpus\" is 0"),
@@ -436,9 +443,9 @@ impl<'a> Iterator for Domains<'a> {
 
 fn domain_desc<'a>(tree: Tree<'a>, node: Node<'a>) -> Result<DomainDesc<'a>, DomainError<'a>> {
     let err = |problem| DomainError { node: node.name, module: None, problem };
-    let name = match tree.prop(node, "name") {
+    let name = match ["ferrovisor,name", "name"].into_iter().find_map(|p| Some((p, tree.prop(node, p)?))) {
         None => node.name,
-        Some(v) => str_value(v).filter(|s| !s.is_empty()).ok_or(err(DomainProblem::BadName))?,
+        Some((prop, v)) => str_value(v).filter(|s| !s.is_empty()).ok_or(err(DomainProblem::BadName { prop }))?,
     };
     let cpus = tree.prop(node, "cpus").ok_or(err(DomainProblem::MissingCpus))?;
     let vcpus = match cpus.len() {
@@ -2292,6 +2299,8 @@ mod tests {
         let dtb = virt_dtb(true, |w| {
             node(w, "small", |w| {
                 strs(w, "compatible", &["vendor,thing", DOMAIN_COMPATIBLE]);
+                w.property_string("name", "ignored").unwrap();
+                w.property_string("ferrovisor,name", "small one").unwrap();
                 cells(w, "cpus", &[8]);
                 cells(w, "memory", &[0x1_0000]);
                 // No #address-cells/#size-cells: 2 and 1, as the spec says.
@@ -2301,7 +2310,7 @@ mod tests {
         let d = domains_of(&dtb);
         assert_eq!(d.len(), 1);
         let d = d[0].unwrap();
-        assert_eq!((d.name, d.vcpus, d.memory_kib), ("small", 8, 0x1_0000));
+        assert_eq!((d.node, d.name, d.vcpus, d.memory_kib), ("small", "small one", 8, 0x1_0000));
         assert_eq!(d.kernel, ModuleRef::Region(r(0x1_4000_0000, 0x10)));
     }
 
@@ -2404,6 +2413,11 @@ mod tests {
                 w.property_null("name").unwrap();
                 path_kernel(w);
             });
+            domain(w, "badname2", 1, 64, |w| {
+                w.property("ferrovisor,name", &[0xc0, 0]).unwrap();
+                w.property_string("name", "fine").unwrap();
+                path_kernel(w);
+            });
             domain(w, "args", 1, 64, |w| {
                 module(w, "kernel", "multiboot,kernel", |w| {
                     w.property_string("module-path", "k").unwrap();
@@ -2424,6 +2438,7 @@ mod tests {
                 "/chosen/nomem: no \"memory\" property (the size in KiB)",
                 "/chosen/badmem: \"memory\" is not one or two cells (the size in KiB)",
                 "/chosen/badname-?[2J?!!: \"name\" is not a non-empty UTF-8 string",
+                "/chosen/badname2: \"ferrovisor,name\" is not a non-empty UTF-8 string",
                 "/chosen/args/kernel: \"bootargs\" is not a UTF-8 string",
             ]
         );
