@@ -47,10 +47,9 @@ pub(crate) fn set_subtest(name: &'static str) {
 }
 
 fn line(label: &str, name: impl Display, forced: bool) {
-    let (test, sub) = match PREFIX.try_lock() {
-        Some(p) => *p,
-        None => ("?", "?"),
-    };
+    // A forced line may come from a CPU that faulted while holding the lock.
+    let prefix = if forced { PREFIX.try_lock().map(|p| *p) } else { Some(*PREFIX.lock()) };
+    let (test, sub) = prefix.unwrap_or(("?", "?"));
     let line = Line { label, test, sub, name };
     if forced {
         CONSOLE.print_forced(format_args!("{line}\n"));
