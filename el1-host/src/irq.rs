@@ -26,6 +26,12 @@ pub fn timer_intid() -> u32 {
 
 /// Called from the IRQ vector with IRQs masked.
 pub fn handle() {
+    let cpu = crate::arch::aarch64::cpu::current();
+    if !crate::vm::instance::RCU.irq_entry_check(cpu) {
+        // An IRQ taken in an extended quiescent state: RCU is not watching
+        // this CPU, so nothing below may read RCU-protected data (seed 001).
+        debug_assert!(false, "cpu{cpu}: IRQ taken in an RCU extended quiescent state");
+    }
     while let Some(ack) = gic::acknowledge() {
         let intid = ack.intid;
         if intid >= SPECIAL_INTID {
@@ -36,6 +42,7 @@ pub fn handle() {
             me.sgis.fetch_add(1, Ordering::Relaxed);
         } else if intid == timer_intid() {
             me.ticks.fetch_add(1, Ordering::Relaxed);
+            crate::sched::account_tick();
             timer::arm_in_us(TICK_US);
         } else {
             log::warn!("unexpected interrupt {intid}");

@@ -13,12 +13,12 @@
 extern crate alloc;
 
 mod bootargs;
+mod devices;
 mod mm;
 mod rcu;
 mod sched;
 mod vcpu;
 mod vm;
-mod devices;
 
 #[cfg(target_os = "none")]
 mod arch;
@@ -38,7 +38,7 @@ mod smp;
 #[cfg(target_os = "none")]
 mod host {
     use crate::arch::aarch64::{cpu, mmu, timer};
-    use crate::{board, bootargs, console, gic, irq, mm, println, selfcheck, smp};
+    use crate::{board, bootargs, console, gic, irq, mm, println, sched, selfcheck, smp, vm};
     use ferrovisor_shared::boot::{BootInfo, BOOT_INFO_MAGIC, MAX_CPUS};
     use ferrovisor_shared::dt::{Board, BoardKind, MemRegion};
 
@@ -78,6 +78,7 @@ mod host {
 
         let memory = init_memory(&board, info, dtb);
         let gic_version = init_interrupts(&board, info);
+        vm::instance::init();
         per_cpu_init(info.boot_cpu as usize);
         let online = smp::start_secondaries(info);
 
@@ -86,17 +87,103 @@ mod host {
         if online < info.cpu_count as usize {
             log::error!("only {online} of {} CPUs came online", info.cpu_count);
         }
-        println!("ferrovisor: no guests to run");
-        board::power_off(if ok && online == info.cpu_count as usize { 0 } else { 1 })
+        if !ok {
+            board::power_off(1);
+        }
+        if start_vms(&board, gic_version) == 0 {
+            println!("ferrovisor: no guests to run");
+            board::power_off(if online == info.cpu_count as usize { 0 } else { 1 })
+        }
+        sched::cpu_main()
     }
 
     /// A CPU started with `CPU_ON`: MMU on, own stack, index in `TPIDR_EL1`.
     #[unsafe(no_mangle)]
     extern "C" fn host_secondary_main(index: usize) -> ! {
         per_cpu_init(index);
-        loop {
-            cpu::wait_for_interrupt();
+        sched::cpu_main()
+    }
+
+    /// The built-in guest bundle (`default.vms` and its images), used when
+    /// the device tree names no VMs and the initrd has no manifest.
+    static DEFAULT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-guests.cpio"));
+
+    /// Creates and publishes the VMs the device tree (or a bundle) asks for;
+    /// returns how many started. One vCPU per CPU for now: a VM that does not
+    /// fit in the CPUs left is refused.
+    fn start_vms(board: &Board, gic: gic::Version) -> usize {
+        use vm::config::{self, Source};
+        // SAFETY: the initrd and module ranges were kept out of the frame
+        // allocator (init_memory reserves the initrd; module `reg`s are the
+        // device tree's reservations), and nothing writes them.
+        let mut read_host = unsafe { config::host_memory(board) };
+        let mut list = config::vms_from_board(board, &mut read_host);
+        if let Some(e) = &list.bundle_error {
+            log::error!("{e}");
         }
+        if list.source == Source::Nothing && !DEFAULT_BUNDLE.is_empty() {
+            match vm::bundle::Bundle::parse(DEFAULT_BUNDLE) {
+                Ok(b) => match b.get(config::MANIFEST) {
+                    Some(text) => {
+                        println!("ferrovisor: no VMs in the device tree: starting the built-in set");
+                        list.vms = config::from_manifest(text, &b);
+                    }
+                    None => log::error!("the built-in bundle has no {}", config::MANIFEST),
+                },
+                Err(e) => log::error!("the built-in bundle: {e}"),
+            }
+        }
+        let (gicv3, its) = match gic {
+            gic::Version::V2 => (false, false),
+            gic::Version::V3 { its, .. } => (true, its),
+        };
+        let cpus: alloc::vec::Vec<usize> =
+            (0..MAX_CPUS).filter(|&c| smp::CPUS[c].online.load(core::sync::atomic::Ordering::Acquire)).collect();
+        let mut next = 0;
+        let mut started = 0;
+        for (id, spec) in list.vms.into_iter().enumerate() {
+            let spec = match spec {
+                Ok(s) => s,
+                Err(e) => {
+                    log::error!("VM not started: {e}");
+                    continue;
+                }
+            };
+            let n = spec.vcpus as usize;
+            if next + n > cpus.len() {
+                log::error!(
+                    "vm {}: not started: it needs {n} vCPUs and only {} of {} CPUs are free (one vCPU per CPU)",
+                    spec.name,
+                    cpus.len() - next,
+                    cpus.len()
+                );
+                continue;
+            }
+            match vm::instance::Vm::create(id, &spec, &cpus[next..next + n], gicv3, its) {
+                Ok(v) => {
+                    println!(
+                        "vm {}: {} vCPU{} on CPU{} {:?}, {} MiB, bootargs \"{}\"",
+                        spec.name,
+                        n,
+                        if n == 1 { "" } else { "s" },
+                        if n == 1 { "" } else { "s" },
+                        &cpus[next..next + n],
+                        v.ram.size >> 20,
+                        spec.bootargs
+                    );
+                    vm::instance::publish(v);
+                    next += n;
+                    started += 1;
+                }
+                Err(e) => log::error!("vm {}: not started: {e}", spec.name),
+            }
+        }
+        for &c in &cpus {
+            if c != cpu::current() {
+                gic::send_sgi(irq::SGI_PING, c);
+            }
+        }
+        started
     }
 
     /// GIC CPU interface, timer tick, then IRQs on.

@@ -273,7 +273,10 @@ mod tests {
         // ldr w3, [x1] from a lower EL: ISV, SAS=2 (word), SRT=3, WnR=0.
         let esr = Esr((0x24 << 26) | (1 << 25) | (1 << 24) | (2 << 22) | (3 << 16) | 0x07);
         let iss = esr.data_abort().unwrap();
-        assert_eq!(iss, DataAbortIss { access_size: 4, sign_extend: false, register: 3, sixty_four: false, write: false });
+        assert_eq!(
+            iss,
+            DataAbortIss { access_size: 4, sign_extend: false, register: 3, sixty_four: false, write: false }
+        );
         // strb wzr with SSE and SF clear, WnR set.
         let esr = Esr((0x24 << 26) | (1 << 24) | (31 << 16) | (1 << 6));
         let iss = esr.data_abort().unwrap();

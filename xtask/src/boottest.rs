@@ -49,23 +49,24 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn plain(reason: impl Into<String>) -> Self {
+    pub fn plain(reason: impl Into<String>) -> Self {
         Self { reason: reason.into(), log: String::new() }
     }
 }
 
-type TestFn = fn(&Ctx) -> Result<(), Failure>;
+type TestFn = Box<dyn Fn(&Ctx) -> Result<(), Failure>>;
 
 pub struct Test {
-    pub name: &'static str,
+    pub name: String,
     /// Needs the packed image.
     pub boots: bool,
     run: TestFn,
 }
 
 pub fn all() -> Vec<Test> {
-    let t = |name, boots, run| Test { name, boots, run };
-    vec![
+    let t =
+        |name: &str, boots, run: fn(&Ctx) -> Result<(), Failure>| Test { name: name.into(), boots, run: Box::new(run) };
+    let mut tests = vec![
         t("boot-virt-gicv2", true, |c| boot_virt(c, 2, "GICv2")),
         t("boot-virt-gicv3", true, |c| boot_virt(c, 3, "GICv3 (ITS: yes, GICv4.1: no)")),
         t("boot-virt-gicv4", true, |c| boot_virt(c, 4, "GICv4 (ITS: yes, GICv4.1: no)")),
@@ -75,7 +76,13 @@ pub fn all() -> Vec<Test> {
         t("dtb-no-memory", true, |c| dtb_bad(c, |f| f.no_memory.clone())),
         t("dtb-truncated", true, |c| dtb_bad(c, |f| f.truncated.clone())),
         t("run-options", false, run_options),
-    ]
+    ];
+    for gic in [3, 2] {
+        for (name, vms) in crate::guesttest::tests(gic) {
+            tests.push(Test { name, boots: true, run: Box::new(move |c| crate::guesttest::run(c, gic, &vms)) });
+        }
+    }
+    tests
 }
 
 /// Runs `tests` one after the other, printing a line for each; returns
@@ -128,7 +135,7 @@ fn fail(outcome: &Outcome, reason: String) -> Failure {
 
 /// Lines after which a boot is over, and how long QEMU may stay quiet after
 /// them before it is stopped.
-fn end_line(line: &str) -> Option<Duration> {
+pub fn end_line(line: &str) -> Option<Duration> {
     if check::power_off_line(line).is_some() {
         Some(POWER_OFF_GRACE)
     } else if line.contains(HALTED) {

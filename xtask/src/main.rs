@@ -6,6 +6,7 @@ mod check;
 mod dtb;
 mod guestcfg;
 mod guests;
+mod guesttest;
 mod pack;
 mod qemu;
 
@@ -120,10 +121,42 @@ fn pack_files(root: &Path, el2: &Path, host: &Path, out: &Path) -> Result<(), St
 }
 
 /// Builds both binaries and packs them into the image; returns its path.
+/// The built-in guest set: `default.vms` lines (name, vCPUs, MiB, kernel,
+/// `-- bootargs`), with the test guests of the same names.
+const DEFAULT_VMS: &str = "\
+# Ferrovisor's built-in guests, run when the device tree names none.
+# name      vcpus  mem_mib  kernel           bootargs
+selftest    2      64       selftest.flat    -- setup smp=2 mem=64
+hostile     1      32       hostile.flat
+";
+
+/// Builds the test guests and packs the built-in set into the bundle the
+/// host embeds.
+fn default_bundle(root: &Path) -> Result<PathBuf, String> {
+    let guests = guests::build_guests(root)?;
+    let mut files: Vec<(String, Vec<u8>)> = vec![("default.vms".into(), DEFAULT_VMS.as_bytes().to_vec())];
+    for line in DEFAULT_VMS.lines().filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty()) {
+        let kernel = line.split_whitespace().nth(3).ok_or("default.vms: a line without a kernel")?;
+        let name = kernel.trim_end_matches(".flat");
+        let (_, path) = guests
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("default.vms names {kernel}, which is not a test guest"))?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push((kernel.to_string(), bytes));
+    }
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let out = target_dir(root).join("guests").join("default.cpio");
+    std::fs::write(&out, guestcfg::write_cpio(&refs)).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(out)
+}
+
 fn build(root: &Path, debug: bool) -> Result<PathBuf, String> {
+    let bundle = default_bundle(root)?;
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args(["build", "-p", "ferrovisor-el2", "-p", "ferrovisor-host", "--target", TARGET]);
+    cmd.env("FERROVISOR_DEFAULT_BUNDLE", &bundle);
     if !debug {
         cmd.arg("--release");
     }

@@ -1,6 +1,10 @@
 //! Virtual CPUs: the run loop, exit handling, PSCI for guests.
 
+#[cfg(target_os = "none")]
+pub mod exit;
 pub mod inject;
 pub mod mmio;
 pub mod psci;
+#[cfg(target_os = "none")]
+pub mod run;
 pub mod sysreg;

@@ -4,5 +4,9 @@ pub mod bundle;
 pub mod cmo;
 pub mod config;
 pub mod fdt;
+#[cfg(target_os = "none")]
+pub mod instance;
 pub mod loader;
+pub mod outcome;
+pub mod stats;
 pub mod vmid;

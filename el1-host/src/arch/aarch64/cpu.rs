@@ -35,3 +35,14 @@ pub fn halt() -> ! {
         aarch64_cpu::asm::wfi();
     }
 }
+
+/// `ID_AA64MMFR1_EL1` (its VMIDBits field sizes the VMID allocator).
+pub fn id_aa64mmfr1() -> u64 {
+    aarch64_cpu::registers::ID_AA64MMFR1_EL1.get()
+}
+
+/// The virtual counter (`CNTVCT_EL0`); with `CNTVOFF_EL2` zero while the host
+/// runs, it equals the physical count.
+pub fn virtual_count() -> u64 {
+    aarch64_cpu::registers::CNTVCT_EL0.get()
+}

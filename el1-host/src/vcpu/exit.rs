@@ -1,0 +1,279 @@
+//! Exits the host handles (DESIGN §1 step 5): SMCCC/PSCI, MMIO to the
+//! emulated devices, trapped system registers, WFI/WFE, aborts outside the
+//! guest's map, and everything else as an UNDEFINED exception for the guest.
+
+use super::{inject, mmio, psci, sysreg};
+use crate::arch::aarch64::{cpu, timer};
+use crate::devices::{map, virtio};
+use crate::vm::instance::{Vcpu, Vm};
+use crate::vm::outcome::EndReason;
+use crate::vm::stats::ExitKind;
+use alloc::sync::Arc;
+use ferrovisor_shared::esr::{Esr, ExceptionClass};
+use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
+
+/// What the run loop does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The vCPU called `CPU_OFF`: wait for a `CPU_ON`.
+    PowerOff,
+    /// The vCPU must stop (its VM is ending).
+    Stop,
+    /// `SYSTEM_RESET` from this vCPU.
+    Reset,
+}
+
+pub struct ExitHandler<'a> {
+    pub vm: &'a Arc<Vm>,
+    pub vcpu: &'a Vcpu,
+}
+
+impl ExitHandler<'_> {
+    /// Handles one exit. Called with IRQs enabled.
+    pub fn handle(&self, ctx: &mut VcpuContext, reason: ExitReason) -> Flow {
+        let stats = &self.vm.stats;
+        match reason {
+            // Taken by the host in the run loop's IRQ window already.
+            ExitReason::Irq | ExitReason::Fiq => {
+                stats.count(ExitKind::Irq);
+                Flow::Continue
+            }
+            ExitReason::SError => {
+                stats.count(ExitKind::SError);
+                self.stop(alloc::format!("SError from the guest (ESR {})", Esr(ctx.exit.esr)))
+            }
+            ExitReason::Sync => self.sync(ctx),
+        }
+    }
+
+    fn sync(&self, ctx: &mut VcpuContext) -> Flow {
+        let stats = &self.vm.stats;
+        let esr = Esr(ctx.exit.esr);
+        match esr.class() {
+            ExceptionClass::Hvc64 => {
+                stats.count(ExitKind::Hvc);
+                self.smccc(ctx)
+            }
+            ExceptionClass::Smc64 => {
+                stats.count(ExitKind::Smc);
+                // A trapped SMC returns to itself.
+                ctx.regs.pc += 4;
+                self.smccc(ctx)
+            }
+            ExceptionClass::DataAbortLowerEl => self.data_abort(ctx),
+            ExceptionClass::InstAbortLowerEl => {
+                stats.count(ExitKind::Abort);
+                let ipa = mmio::fault_ipa(&ctx.exit);
+                log::warn!(
+                    "vm {} vcpu {}: instruction fetch from IPA {ipa:#x}, outside its RAM: external abort",
+                    self.vm.name,
+                    self.vcpu.index
+                );
+                inject::inject_instruction_abort(ctx, ctx.exit.far);
+                Flow::Continue
+            }
+            ExceptionClass::SysRegTrap => {
+                stats.count(ExitKind::SysReg);
+                self.sys_reg(ctx, esr)
+            }
+            ExceptionClass::WfxTrap => {
+                ctx.regs.pc += 4;
+                if esr.iss() & 1 == 0 {
+                    stats.count(ExitKind::Wfi);
+                    self.block_in_wfi(ctx)
+                } else {
+                    // WFE: a hint; with one vCPU per CPU there is nobody to yield to.
+                    stats.count(ExitKind::Wfe);
+                    Flow::Continue
+                }
+            }
+            class => {
+                stats.count(ExitKind::Other);
+                if self.vm.first_unknown(ferrovisor_shared::esr::SysReg::new(0xff, class_code(esr), 0, 0, 0)) {
+                    log::warn!(
+                        "vm {} vcpu {}: {} at {:#x} (ESR {esr}): UNDEFINED for the guest",
+                        self.vm.name,
+                        self.vcpu.index,
+                        class.name(),
+                        ctx.regs.pc
+                    );
+                }
+                inject::inject_undef(ctx);
+                Flow::Continue
+            }
+        }
+    }
+
+    fn smccc(&self, ctx: &mut VcpuContext) -> Flow {
+        let function = ctx.regs.x[0] as u32;
+        let args = [ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
+        match psci::handle(&VmPsci(self.vm), self.vcpu.index, function, args) {
+            psci::Outcome::Return(v) => {
+                ctx.regs.x[0] = v as u64;
+                Flow::Continue
+            }
+            psci::Outcome::Started { target } => {
+                ctx.regs.x[0] = 0;
+                crate::sched::kick(&self.vm.vcpus[target]);
+                Flow::Continue
+            }
+            psci::Outcome::CpuOff => Flow::PowerOff,
+            psci::Outcome::SystemOff => {
+                self.vm.request_end(EndReason::SystemOff);
+                Flow::Stop
+            }
+            psci::Outcome::SystemReset => Flow::Reset,
+        }
+    }
+
+    fn data_abort(&self, ctx: &mut VcpuContext) -> Flow {
+        let stats = &self.vm.stats;
+        let access = match mmio::decode(&ctx.exit) {
+            Ok(a) => a,
+            Err(ipa) => {
+                stats.count(ExitKind::Abort);
+                log::warn!(
+                    "vm {} vcpu {}: access to IPA {ipa:#x} at {:#x} has no syndrome (ISV=0) to emulate: external abort",
+                    self.vm.name,
+                    self.vcpu.index,
+                    ctx.regs.pc
+                );
+                inject::inject_data_abort(ctx, ctx.exit.far);
+                return Flow::Continue;
+            }
+        };
+        let ipa = access.ipa;
+        let read = |ctx: &mut VcpuContext, v: u64| access.complete_read(ctx, v);
+        let in_range = |base: u64, size: u64| ipa >= base && ipa < base + size;
+        if in_range(map::UART, map::UART_SIZE) {
+            stats.count(ExitKind::Mmio);
+            if access.iss.write {
+                self.vm.uart_write(ipa - map::UART, access.write_value(ctx));
+                access.complete_write(ctx);
+            } else {
+                read(ctx, self.vm.uart_read(ipa - map::UART));
+            }
+        } else if in_range(map::VIRTIO, map::VIRTIO_STRIDE * map::VIRTIO_COUNT) {
+            stats.count(ExitKind::Mmio);
+            if access.iss.write {
+                access.complete_write(ctx);
+            } else {
+                read(ctx, virtio::read((ipa - map::VIRTIO) % map::VIRTIO_STRIDE));
+            }
+        } else if self.in_gic(ipa) {
+            // The virtual GIC comes with the interrupts work: until then its
+            // frames read as zero and ignore writes.
+            stats.count(ExitKind::Mmio);
+            if access.iss.write {
+                access.complete_write(ctx);
+            } else {
+                read(ctx, 0);
+            }
+        } else {
+            stats.count(ExitKind::Abort);
+            log::warn!(
+                "vm {} vcpu {}: {} IPA {ipa:#x} at {:#x}: outside its memory map, external abort",
+                self.vm.name,
+                self.vcpu.index,
+                if access.iss.write { "write to" } else { "read from" },
+                ctx.regs.pc
+            );
+            inject::inject_data_abort(ctx, ctx.exit.far);
+        }
+        Flow::Continue
+    }
+
+    fn in_gic(&self, ipa: u64) -> bool {
+        let within = |base: u64, size: u64| ipa >= base && ipa < base + size;
+        within(map::GIC_DIST, map::GIC_DIST_SIZE)
+            || if self.vm.gicv3 {
+                within(map::GIC_REDIST, map::GIC_REDIST_STRIDE * self.vm.vcpus.len() as u64)
+                    || within(map::GIC_ITS, map::GIC_ITS_SIZE)
+            } else {
+                within(map::GIC_CPU, map::GIC_CPU_SIZE)
+            }
+    }
+
+    fn sys_reg(&self, ctx: &mut VcpuContext, esr: Esr) -> Flow {
+        let access = esr.sys_reg();
+        let value = match access.register {
+            31 => 0,
+            r => ctx.regs.x[r as usize],
+        };
+        match sysreg::emulate(&access, value, &mut ctx.timer, timer::now()) {
+            sysreg::Outcome::Done(v) => {
+                if access.read && access.register != 31 {
+                    ctx.regs.x[access.register as usize] = v;
+                }
+                ctx.regs.pc += 4;
+            }
+            sysreg::Outcome::Undefined => {
+                if self.vm.first_unknown(access.reg) {
+                    log::warn!(
+                        "vm {} vcpu {}: {} of unknown system register {} at {:#x}: UNDEFINED for the guest \
+                         (logged once)",
+                        self.vm.name,
+                        self.vcpu.index,
+                        if access.read { "read" } else { "write" },
+                        access.reg,
+                        ctx.regs.pc
+                    );
+                }
+                inject::inject_undef(ctx);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// WFI: wait until the guest has something to take (a timer of its is due)
+    /// or the vCPU is asked for something.
+    fn block_in_wfi(&self, ctx: &VcpuContext) -> Flow {
+        loop {
+            cpu::irq_disable();
+            let wake = self.vcpu.entry.pending() != 0
+                || self.vcpu.power.is_off()
+                || sysreg::vtimer_pending(&ctx.timer, cpu::virtual_count().wrapping_sub(ctx.timer.cntvoff))
+                || sysreg::ptimer_pending(&ctx.timer, timer::now());
+            if wake {
+                cpu::irq_enable();
+                return Flow::Continue;
+            }
+            // A wake-up between the check and here leaves its IRQ pending,
+            // which ends the WFI even with IRQs masked.
+            crate::sched::idle_wait();
+            cpu::irq_enable();
+        }
+    }
+
+    fn stop(&self, why: alloc::string::String) -> Flow {
+        log::error!("vm {} vcpu {}: {why}: stopping the VM", self.vm.name, self.vcpu.index);
+        self.vm.request_end(EndReason::Stopped(why));
+        Flow::Stop
+    }
+}
+
+fn class_code(esr: Esr) -> u8 {
+    esr.ec()
+}
+
+/// The VM as PSCI sees it.
+struct VmPsci<'a>(&'a Vm);
+
+impl psci::PsciVm for VmPsci<'_> {
+    fn vcpu_count(&self) -> usize {
+        self.0.vcpus.len()
+    }
+
+    fn mpidr(&self, index: usize) -> u64 {
+        self.0.vcpus[index].mpidr
+    }
+
+    fn power(&self, index: usize) -> &psci::VcpuPower {
+        &self.0.vcpus[index].power
+    }
+
+    fn ram_contains(&self, ipa: u64) -> bool {
+        self.0.ram.contains(ipa, 4)
+    }
+}

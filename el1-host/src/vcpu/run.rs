@@ -1,0 +1,205 @@
+//! A vCPU's host thread: the seed-000/001 run loop of `sched::work` with the
+//! real world switch, exit handling, power states and VM-wide operations.
+
+use super::exit::{ExitHandler, Flow as ExitFlow};
+use crate::arch::aarch64::{cpu, hyp, timer};
+use crate::sched::work::{self, EntryHw, Flow, GuestVcpu, RunOutcome};
+use crate::vm::instance::{self, Vcpu, Vm, RCU};
+use crate::vm::outcome::EndReason;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
+
+/// IRQ masking and the clock of the CPU the loop runs on.
+struct Hw;
+
+impl EntryHw for Hw {
+    fn irqs_disabled(&self) -> bool {
+        !cpu::irqs_enabled()
+    }
+
+    fn disable_irqs(&self) {
+        cpu::irq_disable();
+    }
+
+    fn enable_irqs(&self) {
+        cpu::irq_enable();
+        aarch64_cpu::asm::barrier::isb(aarch64_cpu::asm::barrier::SY);
+    }
+
+    fn now(&self) -> u64 {
+        timer::now()
+    }
+}
+
+/// Why a run ends other than a stop request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Done {
+    Stop,
+}
+
+struct Runner<'a> {
+    vm: &'a Arc<Vm>,
+    vcpu: &'a Vcpu,
+}
+
+impl Runner<'_> {
+    fn ctx(&mut self) -> &mut VcpuContext {
+        // SAFETY: this CPU claimed the vCPU (see `sched::cpu_main`); nobody
+        // else touches its context while the claim holds.
+        unsafe { &mut **self.vcpu.ctx.get() }
+    }
+
+    /// Waits with IRQs on until `CPU_ON` gives this vCPU an entry point, or
+    /// it is asked to stop.
+    fn wait_for_power_on(&mut self) -> Flow<Done> {
+        loop {
+            if let Some((pc, context_id)) = self.vcpu.power.take_start() {
+                let vm = self.vm;
+                let ctx = self.ctx();
+                let config = ctx.config;
+                let counters = ctx.counters;
+                *ctx = VcpuContext::reset(pc, context_id, config, vm.cntvoff);
+                ctx.counters = counters;
+                return Flow::Continue;
+            }
+            if self.vcpu.entry.pending() & work::WORK_STOP != 0 {
+                // The loop consumes it and ends the run.
+                return Flow::Continue;
+            }
+            cpu::irq_disable();
+            if self.vcpu.power.is_off() && self.vcpu.entry.pending() == 0 {
+                crate::sched::idle_wait();
+            }
+            cpu::irq_enable();
+        }
+    }
+
+    /// `SYSTEM_RESET`: park the other vCPUs, reload the images (which raises
+    /// the deferred cache maintenance again), restart at the entry point.
+    fn reset(&mut self) {
+        let me = self.vcpu.index;
+        for v in self.vm.vcpus.iter().filter(|v| v.index != me) {
+            v.power.force_off();
+            crate::sched::request(v, work::WORK_NOTIFY);
+        }
+        // Wait until none is in guest mode any more: each sees it is off at its
+        // next pass through `prepare`.
+        for v in self.vm.vcpus.iter().filter(|v| v.index != me) {
+            while v.entry.mode() != work::Mode::Outside && !v.stopped.load(Ordering::Acquire) {
+                core::hint::spin_loop();
+            }
+        }
+        self.vm.reload();
+        let (entry, dtb) = self.vm.boot_entry();
+        let vm = self.vm;
+        let ctx = self.ctx();
+        let (config, counters) = (ctx.config, ctx.counters);
+        *ctx = VcpuContext::reset(entry, dtb, config, vm.cntvoff);
+        ctx.counters = counters;
+        log::info!("vm {}: reset by vcpu {me}", vm.name);
+    }
+}
+
+impl GuestVcpu for Runner<'_> {
+    type Exit = Result<ExitReason, i64>;
+    type Done = Done;
+
+    fn handle_work(&mut self, _bits: u32) -> Flow<Done> {
+        // RESCHED: one vCPU per CPU, nobody to give the CPU to. NOTIFY: the
+        // loop's next pass through `prepare` looks at what changed.
+        Flow::Continue
+    }
+
+    fn prepare(&mut self) -> Flow<Done> {
+        if self.vcpu.power.is_off() {
+            if let Flow::Done(d) = self.wait_for_power_on() {
+                return Flow::Done(d);
+            }
+            if self.vcpu.power.is_off() {
+                return Flow::Continue;
+            }
+        }
+        self.vm.perform_pending_cmo();
+        let refresh = instance::vmids().refresh(&self.vm.vmid, force_all_out_and_flush);
+        self.ctx().config.vmid = refresh.vmid.into();
+        Flow::Continue
+    }
+
+    fn requests_pending(&self) -> bool {
+        self.vcpu.power.is_off() || self.vm.cmo.is_pending() || !instance::vmids().is_current(&self.vm.vmid)
+    }
+
+    fn enter(&mut self) -> Self::Exit {
+        // SAFETY: IRQs are masked (the loop's contract), the context is ours,
+        // and its stage-2 root is this VM's live table.
+        unsafe { hyp::vcpu_run(self.ctx()) }
+    }
+
+    fn handle_exit(&mut self, exit: Self::Exit) -> Flow<Done> {
+        let reason = match exit {
+            Ok(r) => r,
+            Err(code) => {
+                log::error!("vm {} vcpu {}: el2 refused to run it ({code})", self.vm.name, self.vcpu.index);
+                self.vm.request_end(EndReason::Stopped(alloc::format!("el2 refused to run vcpu ({code})")));
+                return Flow::Done(Done::Stop);
+            }
+        };
+        let vm = self.vm;
+        let vcpu = self.vcpu;
+        let handler = ExitHandler { vm, vcpu };
+        match handler.handle(self.ctx(), reason) {
+            ExitFlow::Continue => Flow::Continue,
+            ExitFlow::PowerOff => Flow::Continue,
+            ExitFlow::Stop => Flow::Done(Done::Stop),
+            ExitFlow::Reset => {
+                self.reset();
+                Flow::Continue
+            }
+        }
+    }
+}
+
+/// VMID roll-over: every vCPU of every VM leaves guest mode (a kick, then
+/// waiting until it is outside), then every guest TLB entry goes, before any
+/// VMID of the new generation is handed out (see `vm::vmid`).
+fn force_all_out_and_flush() {
+    let me = cpu::current();
+    let guard = RCU.read_lock(me);
+    for vm in instance::list().read(&guard).iter() {
+        for v in vm.vcpus.iter().filter(|v| v.cpu != me) {
+            crate::sched::kick(v);
+            while v.entry.mode() != work::Mode::Outside {
+                core::hint::spin_loop();
+            }
+        }
+    }
+    drop(guard);
+    hyp::tlb_flush_all();
+}
+
+/// Runs vCPU `index` of `vm` on this CPU until it stops; the last vCPU of a
+/// VM to stop ends it.
+pub fn run(vm: Arc<Vm>, index: usize) {
+    let vcpu = &vm.vcpus[index];
+    let me = cpu::current();
+    crate::sched::set_current(Some(&vcpu.entry));
+    let outcome = {
+        let mut runner = Runner { vm: &vm, vcpu };
+        work::run(&mut runner, &vcpu.entry, &Hw, &RCU, me)
+    };
+    crate::sched::set_current(None);
+    if matches!(outcome, RunOutcome::Interrupted) {
+        vm.stats.interrupted.fetch_add(1, Ordering::Relaxed);
+    }
+    let s = vcpu.entry.stats();
+    vm.stats.guest_ticks.fetch_add(s.guest_ticks, Ordering::Relaxed);
+    vm.stats.guest_time_us.fetch_add(s.guest_time * 1_000_000 / timer::frequency().max(1), Ordering::Relaxed);
+    if !vm.ending() {
+        vm.request_end(EndReason::Stopped(alloc::format!("vcpu {index} stopped")));
+    }
+    vcpu.stopped.store(true, Ordering::Release);
+    if vm.vcpu_stopped(vcpu) {
+        instance::finish(vm);
+    }
+}

@@ -1,0 +1,455 @@
+//! A running VM: its memory, stage 2, vCPUs, console and end; the list of
+//! VMs (read under RCU), and what happens when the last one ends.
+
+use super::outcome::{self, EndReason, Verdict};
+use super::stats::{CmoFigures, VmStats};
+use super::{cmo, config::VmSpec, fdt, loader, vmid};
+use crate::arch::aarch64::{cache, hyp, timer};
+use crate::devices::map;
+use crate::devices::pl011::{LineBuffer, Pl011};
+use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
+use crate::rcu::{Rcu, RcuCell};
+use crate::sched::work::VcpuEntry;
+use crate::vcpu::psci::VcpuPower;
+use crate::{mm, println};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use ferrovisor_shared::esr::SysReg;
+use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3};
+
+/// The host's RCU: the VM list is read under it.
+pub static RCU: Rcu = Rcu::new();
+/// The VMID allocator (width set at [`init`]).
+static VMIDS: spin::Once<vmid::Vmids> = spin::Once::new();
+/// Every running VM.
+static VMS: spin::Once<RcuCell<Vec<Arc<Vm>>>> = spin::Once::new();
+/// Writers of [`VMS`] serialise here.
+static VMS_WRITE: spin::Mutex<()> = spin::Mutex::new(());
+/// Verdicts of the VMs that ended, and how many are still to end.
+static VERDICTS: spin::Mutex<Vec<Verdict>> = spin::Mutex::new(Vec::new());
+static VMS_LEFT: AtomicUsize = AtomicUsize::new(0);
+
+/// The device tree's VMID width, the RCU list, the allocator.
+pub fn init() {
+    let bits = vmid::bits_from_mmfr1(crate::arch::aarch64::cpu::id_aa64mmfr1());
+    VMIDS.call_once(|| vmid::Vmids::new(bits));
+    VMS.call_once(|| RcuCell::new(Box::new(Vec::new())));
+}
+
+pub fn vmids() -> &'static vmid::Vmids {
+    VMIDS.get().expect("vm::init ran")
+}
+
+/// The VM list, for a reader on `cpu` holding `guard`.
+pub fn list() -> &'static RcuCell<Vec<Arc<Vm>>> {
+    VMS.get().expect("vm::init ran")
+}
+
+/// Guest RAM: one contiguous block of host frames at IPA [`map::RAM`].
+pub struct GuestRam {
+    pub ipa: u64,
+    pub pa: u64,
+    pub size: u64,
+    frames: usize,
+}
+
+impl GuestRam {
+    pub fn contains(&self, ipa: u64, len: u64) -> bool {
+        ipa >= self.ipa && ipa.checked_add(len).is_some_and(|end| end <= self.ipa + self.size)
+    }
+
+    /// The host (identity-mapped) address of guest IPA `ipa`.
+    fn host_ptr(&self, ipa: u64) -> *mut u8 {
+        (self.pa + (ipa - self.ipa)) as *mut u8
+    }
+}
+
+/// One virtual CPU of a VM.
+pub struct Vcpu {
+    pub index: usize,
+    pub mpidr: u64,
+    /// The physical CPU the vCPU is pinned to.
+    pub cpu: usize,
+    pub power: VcpuPower,
+    /// Work bits, guest mode and run-loop counters (`sched::work`).
+    pub entry: VcpuEntry,
+    pub(crate) ctx: UnsafeCell<Box<VcpuContext>>,
+    /// Claimed by the CPU that runs it.
+    pub claimed: AtomicBool,
+    pub stopped: AtomicBool,
+}
+
+// SAFETY: `ctx` is only touched by the one CPU that claimed the vCPU (the
+// claim is a CAS), or before any CPU has.
+unsafe impl Sync for Vcpu {}
+
+pub struct Vm {
+    pub id: usize,
+    pub name: String,
+    pub ram: GuestRam,
+    pub gicv3: bool,
+    stage2: spin::Mutex<Option<Stage2<HostFrames>>>,
+    pub vmid: vmid::VmidSlot,
+    pub vcpus: Vec<Vcpu>,
+    uart: spin::Mutex<(Pl011, LineBuffer)>,
+    /// Held while guest memory is populated or cleaned.
+    pub mem_lock: spin::Mutex<()>,
+    pub cmo: cmo::PendingOps,
+    pub stats: VmStats,
+    exit_status: AtomicU64,
+    end: spin::Mutex<Option<EndReason>>,
+    running: AtomicUsize,
+    logged: spin::Mutex<Vec<SysReg>>,
+    boot: BootImages,
+    pub cntvoff: u64,
+}
+
+/// What a reset loads again.
+struct BootImages {
+    kernel: Vec<u8>,
+    initrd: Option<Vec<u8>>,
+    dtb: Vec<u8>,
+    layout: loader::Layout,
+}
+
+const NO_STATUS: u64 = u64::MAX;
+
+/// Room reserved for the guest's device tree.
+const DTB_MAX: u64 = 64 * 1024;
+
+/// The TLB maintenance the stage-2 code asks for, done by el2.
+pub struct El2Tlb;
+
+impl Stage2Tlb for El2Tlb {
+    fn flush_ipa(&self, vmid: u16, ipa: u64, size: u64) {
+        hyp::tlb_flush_ipa(vmid, ipa, size);
+    }
+
+    fn flush_vmid(&self, vmid: u16) {
+        hyp::tlb_flush_vmid(vmid);
+    }
+}
+
+impl Vm {
+    /// Builds a VM from `spec` with its vCPUs pinned to `cpus`.
+    ///
+    /// # Errors
+    /// A message naming what did not fit or parse; nothing is left allocated.
+    pub fn create(id: usize, spec: &VmSpec, cpus: &[usize], gicv3: bool, its: bool) -> Result<Arc<Vm>, String> {
+        let size = spec.mem_bytes.next_multiple_of(2 << 20);
+        let frames = (size / mm::FRAME_SIZE as u64) as usize;
+        let pa = mm::frames()
+            .lock()
+            .alloc(frames)
+            .ok_or_else(|| alloc::format!("no {} MiB of free memory for its RAM", size >> 20))?;
+        let ram = GuestRam { ipa: map::RAM, pa, size, frames };
+        let vm = Self::build(id, spec, cpus, gicv3, its, ram);
+        vm.map(Arc::new)
+    }
+
+    fn build(id: usize, spec: &VmSpec, cpus: &[usize], gicv3: bool, its: bool, ram: GuestRam) -> Result<Vm, String> {
+        let initrd_len = spec.initrd.as_ref().map(|i| i.len() as u64);
+        let layout = match loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len) {
+            Ok(l) => l,
+            Err(e) => {
+                free_ram(&ram);
+                return Err(alloc::format!("{e}"));
+            }
+        };
+        let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));
+        let dt = fdt::GuestDt {
+            name: &spec.name,
+            ram_base: ram.ipa,
+            ram_size: ram.size,
+            vcpus: spec.vcpus,
+            gic: if gicv3 { fdt::GuestGic::V3 { its } } else { fdt::GuestGic::V2 },
+            bootargs: &spec.bootargs,
+            initrd: initrd_range,
+        };
+        let dtb = match fdt::build(&dt) {
+            Ok(d) if d.len() as u64 <= DTB_MAX => d,
+            Ok(d) => {
+                free_ram(&ram);
+                return Err(alloc::format!("its device tree is {} bytes, more than {DTB_MAX}", d.len()));
+            }
+            Err(e) => {
+                free_ram(&ram);
+                return Err(alloc::format!("device tree: {e}"));
+            }
+        };
+        let mut stage2 = match Stage2::new(HostFrames) {
+            Ok(s) => s,
+            Err(e) => {
+                free_ram(&ram);
+                return Err(alloc::format!("stage 2: {e}"));
+            }
+        };
+        if let Err(e) = stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb) {
+            stage2.destroy(0, &El2Tlb);
+            free_ram(&ram);
+            return Err(alloc::format!("stage 2: {e}"));
+        }
+        let cntvoff = timer::now();
+        let entry = layout.entry_ipa;
+        let dtb_ipa = layout.dtb_ipa;
+        let vcpus = (0..spec.vcpus as usize)
+            .map(|i| {
+                let mpidr = (1 << 31) | fdt::vcpu_mpidr(i as u32);
+                let config = VcpuConfig {
+                    stage2_root: stage2.root_pa(),
+                    vmid: 0,
+                    mpidr,
+                    flags: if gicv3 { CONFIG_GICV3 } else { 0 },
+                };
+                let ctx = VcpuContext::reset(entry, dtb_ipa, config, cntvoff);
+                Vcpu {
+                    index: i,
+                    mpidr,
+                    cpu: cpus[i],
+                    power: if i == 0 { VcpuPower::new_on() } else { VcpuPower::new_off() },
+                    entry: VcpuEntry::new(),
+                    ctx: UnsafeCell::new(Box::new(ctx)),
+                    claimed: AtomicBool::new(false),
+                    stopped: AtomicBool::new(false),
+                }
+            })
+            .collect::<Vec<_>>();
+        let vm = Vm {
+            id,
+            name: spec.name.clone(),
+            ram,
+            gicv3,
+            stage2: spin::Mutex::new(Some(stage2)),
+            vmid: vmid::VmidSlot::new(),
+            running: AtomicUsize::new(vcpus.len()),
+            vcpus,
+            uart: spin::Mutex::new((Pl011::new(), LineBuffer::new())),
+            mem_lock: spin::Mutex::new(()),
+            cmo: cmo::PendingOps::new(),
+            stats: VmStats::default(),
+            exit_status: AtomicU64::new(NO_STATUS),
+            end: spin::Mutex::new(None),
+            logged: spin::Mutex::new(Vec::new()),
+            boot: BootImages { kernel: spec.kernel.clone(), initrd: spec.initrd.clone(), dtb, layout },
+            cntvoff,
+        };
+        vm.populate(true);
+        Ok(vm)
+    }
+
+    /// Writes the images into guest memory (and zeroes it first on creation),
+    /// then records what was written for the cache maintenance that must
+    /// happen before a vCPU runs (seed 003).
+    fn populate(&self, zero: bool) {
+        let _mem = self.mem_lock.lock();
+        let b = &self.boot;
+        // SAFETY: the RAM block belongs to this VM alone and is identity mapped;
+        // the layout was checked to fit inside it; no vCPU of the VM runs
+        // (creation, or a reset that parked them all).
+        unsafe {
+            if zero {
+                core::ptr::write_bytes(self.ram.host_ptr(self.ram.ipa), 0, self.ram.size as usize);
+            }
+            copy_in(&self.ram, b.layout.kernel_ipa, &b.kernel);
+            copy_in(&self.ram, b.layout.dtb_ipa, &b.dtb);
+            if let (Some(ipa), Some(initrd)) = (b.layout.initrd_ipa, &b.initrd) {
+                copy_in(&self.ram, ipa, initrd);
+            }
+        }
+        if zero {
+            self.cmo.populated(cmo::Region { ipa: self.ram.ipa, pa: self.ram.pa, len: self.ram.size });
+        } else {
+            let add = |ipa: u64, len: usize| {
+                self.cmo.populated(cmo::Region { ipa, pa: self.ram.pa + (ipa - self.ram.ipa), len: len as u64 })
+            };
+            add(b.layout.kernel_ipa, b.kernel.len());
+            add(b.layout.dtb_ipa, b.dtb.len());
+            if let (Some(ipa), Some(initrd)) = (b.layout.initrd_ipa, &b.initrd) {
+                add(ipa, initrd.len());
+            }
+        }
+    }
+
+    /// Performs the VM-wide cache maintenance if it is pending; called by each
+    /// vCPU before it enters the guest.
+    pub fn perform_pending_cmo(&self) {
+        self.cmo.perform_pending(&self.mem_lock, &HostCacheOps);
+    }
+
+    /// Reloads the images for a PSCI `SYSTEM_RESET`; the caller has stopped
+    /// every other vCPU of the VM.
+    pub fn reload(&self) {
+        self.populate(false);
+    }
+
+    pub fn boot_entry(&self) -> (u64, u64) {
+        (self.boot.layout.entry_ipa, self.boot.layout.dtb_ipa)
+    }
+
+    /// A byte the guest wrote to its UART's data register.
+    pub fn uart_write(&self, offset: u64, value: u64) {
+        let mut uart = self.uart.lock();
+        let (dev, line) = &mut *uart;
+        if let Some(byte) = dev.write(offset, value) {
+            if let Some(text) = line.push(byte) {
+                drop(uart);
+                self.console_line(&text);
+            }
+        }
+    }
+
+    pub fn uart_read(&self, offset: u64) -> u64 {
+        self.uart.lock().0.read(offset)
+    }
+
+    fn console_line(&self, text: &str) {
+        println!("{}: {text}", self.name);
+        if let Some(n) = outcome::parse_exit_line(text) {
+            self.exit_status.store(n.into(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the access to `reg` is the first the VM made (for logging it
+    /// once).
+    pub fn first_unknown(&self, reg: SysReg) -> bool {
+        let mut logged = self.logged.lock();
+        if logged.contains(&reg) {
+            return false;
+        }
+        logged.push(reg);
+        true
+    }
+
+    /// Ends the VM (first reason wins): every vCPU is asked to stop.
+    pub fn request_end(&self, reason: EndReason) {
+        {
+            let mut end = self.end.lock();
+            if end.is_none() {
+                *end = Some(reason);
+            }
+        }
+        for v in &self.vcpus {
+            crate::sched::request(v, crate::sched::work::WORK_STOP);
+        }
+    }
+
+    pub fn ending(&self) -> bool {
+        self.end.lock().is_some()
+    }
+
+    /// A vCPU stopped for good; the last one ends the VM. Returns true then.
+    pub fn vcpu_stopped(&self, vcpu: &Vcpu) -> bool {
+        // SAFETY: the vCPU has stopped; its context is no longer run.
+        let counters = unsafe { (*vcpu.ctx.get()).counters };
+        self.stats.add_el2(&counters);
+        self.running.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
+    fn status(&self) -> Option<u32> {
+        match self.exit_status.load(Ordering::Relaxed) {
+            NO_STATUS => None,
+            n => u32::try_from(n).ok(),
+        }
+    }
+
+    fn cmo_figures(&self) -> CmoFigures {
+        let c = self.cmo.counters();
+        CmoFigures { epochs: c.epochs, regions: c.regions, bytes: c.bytes }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(stage2) = self.stage2.get_mut().take() {
+            stage2.destroy(self.vmid.vmid(), &El2Tlb);
+        }
+        vmids().release(&self.vmid, hyp::tlb_flush_vmid);
+        free_ram(&self.ram);
+    }
+}
+
+fn free_ram(ram: &GuestRam) {
+    mm::frames().lock().dealloc(ram.pa, ram.frames);
+}
+
+/// # Safety
+/// `[ipa, ipa + bytes.len())` lies in `ram`, which nobody else accesses.
+unsafe fn copy_in(ram: &GuestRam, ipa: u64, bytes: &[u8]) {
+    // SAFETY: the caller's contract.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), ram.host_ptr(ipa), bytes.len()) };
+}
+
+pub struct HostCacheOps;
+
+impl cmo::CacheOps for HostCacheOps {
+    fn clean_inval_poc(&self, pa: u64, len: u64) {
+        cache::clean_inval_poc(pa as usize, len as usize);
+    }
+
+    fn invalidate_icache(&self) {
+        cache::invalidate_icache();
+    }
+}
+
+/// Adds a VM to the list.
+pub fn publish(vm: Arc<Vm>) {
+    let _w = VMS_WRITE.lock();
+    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
+    let mut next = list().read(&guard).clone();
+    drop(guard);
+    next.push(vm);
+    VMS_LEFT.fetch_add(1, Ordering::AcqRel);
+    let old = list().replace(Box::new(next));
+    old.free_after(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop);
+}
+
+/// The last vCPU of `vm` stopped: report, take it off the list, wait for a
+/// grace period so no CPU still reads it, free it, and power off after the
+/// last VM.
+pub fn finish(vm: Arc<Vm>) {
+    let me = crate::arch::aarch64::cpu::current();
+    if let Some(rest) = vm.uart.lock().1.flush() {
+        vm.console_line(&rest);
+    }
+    let reason = vm.end.lock().clone().unwrap_or(EndReason::Stopped("no vCPU left running".into()));
+    let status = vm.status();
+    let verdict = outcome::verdict(&reason, status);
+    let how = match &reason {
+        EndReason::SystemOff => String::from("system off"),
+        EndReason::Stopped(why) => alloc::format!("stopped: {why}"),
+    };
+    let status_text = match status {
+        Some(n) => alloc::format!("EXIT: STATUS={n}"),
+        None => String::from("no EXIT line"),
+    };
+    println!("vm {}: ended ({how}), {status_text}, verdict {verdict:?}", vm.name);
+    for line in alloc::format!("{}", vm.stats.report(vm.cmo_figures())).lines() {
+        println!("vm {}: {line}", vm.name);
+    }
+    {
+        let _w = VMS_WRITE.lock();
+        let guard = RCU.read_lock(me);
+        let next: Vec<Arc<Vm>> = list().read(&guard).iter().filter(|v| v.id != vm.id).cloned().collect();
+        drop(guard);
+        let old = list().replace(Box::new(next));
+        let before = RCU.grace_periods();
+        old.free_after(&RCU, me, core::hint::spin_loop);
+        log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
+    }
+    drop(vm);
+    VERDICTS.lock().push(verdict);
+    if VMS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let status = outcome::board_status(VERDICTS.lock().iter().copied());
+        println!("ferrovisor: all VMs ended");
+        crate::board::power_off(status);
+    }
+}
+
+/// The number of VMs that have not ended.
+pub fn remaining() -> usize {
+    VMS_LEFT.load(Ordering::Acquire)
+}

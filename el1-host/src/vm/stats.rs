@@ -1,0 +1,129 @@
+//! Per-VM statistics, printed when a VM ends: exits by reason, the exits el2
+//! finished itself, interrupted runs, cache maintenance, guest time.
+
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use ferrovisor_shared::vcpu::El2Counters;
+
+/// Exit reasons the host counts (el2 counts the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    Hvc,
+    Smc,
+    Mmio,
+    Abort,
+    SysReg,
+    Wfi,
+    Wfe,
+    Irq,
+    SError,
+    Other,
+}
+
+const KINDS: usize = 10;
+const NAMES: [&str; KINDS] = ["hvc", "smc", "mmio", "abort", "sysreg", "wfi", "wfe", "irq", "serror", "other"];
+
+#[derive(Default)]
+pub struct VmStats {
+    exits: [AtomicU64; KINDS],
+    runs: AtomicU64,
+    fast_smccc: AtomicU64,
+    fast_spurious: AtomicU64,
+    fast_id_reg: AtomicU64,
+    el2_exits: AtomicU64,
+    pub interrupted: AtomicU64,
+    pub guest_ticks: AtomicU64,
+    pub guest_time_us: AtomicU64,
+}
+
+/// Cache maintenance figures (from the VM's pending-operations record).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CmoFigures {
+    pub epochs: u64,
+    pub regions: u64,
+    pub bytes: u64,
+}
+
+impl VmStats {
+    pub fn count(&self, kind: ExitKind) {
+        self.exits[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Adds what el2 counted for one vCPU (called when the vCPU stops).
+    pub fn add_el2(&self, c: &El2Counters) {
+        self.runs.fetch_add(c.runs, Relaxed);
+        self.el2_exits.fetch_add(c.exits, Relaxed);
+        self.fast_smccc.fetch_add(c.fast_smccc, Relaxed);
+        self.fast_spurious.fetch_add(c.fast_spurious, Relaxed);
+        self.fast_id_reg.fetch_add(c.fast_id_reg, Relaxed);
+    }
+
+    pub fn exits(&self, kind: ExitKind) -> u64 {
+        self.exits[kind as usize].load(Relaxed)
+    }
+
+    pub fn fast_paths(&self) -> u64 {
+        self.fast_smccc.load(Relaxed) + self.fast_spurious.load(Relaxed) + self.fast_id_reg.load(Relaxed)
+    }
+
+    /// The lines printed at the end, without the VM's name.
+    pub fn report(&self, cmo: CmoFigures) -> Report<'_> {
+        Report { stats: self, cmo }
+    }
+}
+
+pub struct Report<'a> {
+    stats: &'a VmStats,
+    cmo: CmoFigures,
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.stats;
+        let host: u64 = s.exits.iter().map(|e| e.load(Relaxed)).sum();
+        write!(f, "exits {} (to the host {host}:", s.el2_exits.load(Relaxed))?;
+        for (name, n) in NAMES.iter().zip(&s.exits) {
+            write!(f, " {name} {}", n.load(Relaxed))?;
+        }
+        writeln!(f, ")")?;
+        writeln!(
+            f,
+            "fast paths {} (smccc {}, id-reg {}, spurious {}); runs {}, interrupted {}",
+            s.fast_paths(),
+            s.fast_smccc.load(Relaxed),
+            s.fast_id_reg.load(Relaxed),
+            s.fast_spurious.load(Relaxed),
+            s.runs.load(Relaxed),
+            s.interrupted.load(Relaxed)
+        )?;
+        write!(
+            f,
+            "cmo: {} epochs, {} regions, {} KiB cleaned; guest time {} ms ({} ticks)",
+            self.cmo.epochs,
+            self.cmo.regions,
+            self.cmo.bytes >> 10,
+            s.guest_time_us.load(Relaxed) / 1000,
+            s.guest_ticks.load(Relaxed)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_every_figure() {
+        let s = VmStats::default();
+        s.count(ExitKind::Mmio);
+        s.count(ExitKind::Mmio);
+        s.count(ExitKind::Hvc);
+        s.add_el2(&El2Counters { runs: 4, exits: 9, fast_smccc: 5, fast_spurious: 1, fast_id_reg: 0 });
+        s.interrupted.fetch_add(1, Relaxed);
+        let text = alloc::format!("{}", s.report(CmoFigures { epochs: 2, regions: 4, bytes: 8192 }));
+        assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
+        assert!(text.contains("fast paths 6 (smccc 5, id-reg 0, spurious 1); runs 4, interrupted 1"), "{text}");
+        assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
+        assert_eq!(s.exits(ExitKind::Mmio), 2);
+    }
+}

@@ -1,0 +1,144 @@
+//! Guest tests for `cargo xtask test`: the test guests of `tests/guests` run
+//! as VMs under the hypervisor, described to it in the board's device tree
+//! the way `scripts/run --guest` does, and every VM's verdicts are asserted.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::boottest::{Ctx, Failure};
+use crate::guestcfg::{self, GuestSpec};
+use crate::qemu::{self, End, Machine, Watch};
+
+/// One VM of a guest test and what its console must show.
+pub struct Vm {
+    pub name: &'static str,
+    pub guest: &'static str,
+    pub bootargs: &'static str,
+    pub vcpus: u32,
+    pub mem_mib: u32,
+    /// Make an initrd of this many bytes with the `cmo` pattern.
+    pub initrd_pattern: Option<usize>,
+    /// Lines (after the `name: ` prefix) that must appear.
+    pub expect: &'static [&'static str],
+    /// Lines of the hypervisor's own that must appear.
+    pub host_expect: &'static [&'static str],
+}
+
+impl Vm {
+    const fn new(name: &'static str, guest: &'static str, bootargs: &'static str, vcpus: u32) -> Self {
+        Self { name, guest, bootargs, vcpus, mem_mib: 64, initrd_pattern: None, expect: &[], host_expect: &[] }
+    }
+}
+
+/// The guest tests, by GIC version.
+pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
+    let mut selftest_setup = Vm::new("selftest", "selftest", "setup smp=2 mem=256", 2);
+    selftest_setup.mem_mib = 256;
+    selftest_setup.expect = &["PASS: selftest: setup: "];
+    let mut selftest = Vm::new("selftest", "selftest", "", 4);
+    selftest.expect = &["PASS: selftest: vectors-kernel: ", "PASS: selftest: vectors-user: ", "PASS: selftest: smp: "];
+    let mut psci = Vm::new("psci", "psci", "", 4);
+    psci.expect = &["PASS: psci: cpu-on-race: ", "PASS: psci: cpu-off: ", "PASS: psci: invalid-function"];
+    let mut cmo = Vm::new("cmo", "cmo", "initrd-size=65549", 1);
+    cmo.initrd_pattern = Some(65549);
+    cmo.expect = &["PASS: cmo: "];
+    cmo.host_expect = &["vm cmo: cmo: 1 epochs, 1 regions"];
+    let mut hostile = Vm::new("hostile", "hostile", "", 1);
+    hostile.expect = &["PASS: hostile: unknown-sysreg", "PASS: hostile: unknown-smc", "PASS: hostile: outside-map"];
+    hostile.host_expect = &["vm hostile: read from IPA", "unknown system register S3_0_C15_C0_0"];
+    let mut two_a = Vm::new("first", "selftest", "vectors-kernel", 2);
+    two_a.expect = &["PASS: selftest: vectors-kernel: "];
+    let mut two_b = Vm::new("second", "hostile", "", 2);
+    two_b.expect = &["PASS: hostile: "];
+    let v = |s: &str| format!("guest-{s}-gicv{gic}");
+    vec![
+        (v("selftest-setup"), vec![selftest_setup]),
+        (v("selftest"), vec![selftest]),
+        (v("psci"), vec![psci]),
+        (v("cmo"), vec![cmo]),
+        (v("hostile"), vec![hostile]),
+        (v("two-vms"), vec![two_a, two_b]),
+    ]
+}
+
+static GUESTS: OnceLock<Result<Vec<(String, PathBuf)>, String>> = OnceLock::new();
+
+fn guest_path(ctx: &Ctx, name: &str) -> Result<PathBuf, Failure> {
+    let built = GUESTS.get_or_init(|| crate::guests::build_guests(&ctx.root));
+    let built = built.as_ref().map_err(|e| Failure::plain(format!("the test guests did not build: {e}")))?;
+    built
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p.clone())
+        .ok_or_else(|| Failure::plain(format!("no test guest `{name}`")))
+}
+
+fn pattern_file(dir: &Path, len: usize) -> Result<PathBuf, Failure> {
+    let path = dir.join(format!("pattern-{len}.bin"));
+    let bytes: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(7).wrapping_add(3)) as u8).collect();
+    std::fs::write(&path, bytes).map_err(|e| Failure::plain(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// Boots the VMs on virt with `gic` at `-smp 4` and checks every verdict.
+pub fn run(ctx: &Ctx, gic: u8, vms: &[Vm]) -> Result<(), Failure> {
+    let machine = Machine { gic, smp: 4, ..Machine::default() };
+    std::fs::create_dir_all(&ctx.work).map_err(|e| Failure::plain(e.to_string()))?;
+    let mut specs = Vec::new();
+    for vm in vms {
+        let initrd = vm.initrd_pattern.map(|n| pattern_file(&ctx.work, n)).transpose()?;
+        specs.push(GuestSpec {
+            name: vm.name.into(),
+            kernel: guest_path(ctx, vm.guest)?,
+            initrd,
+            bootargs: vm.bootargs.into(),
+            vcpus: vm.vcpus,
+            mem_mib: vm.mem_mib,
+        });
+    }
+    let prepared = guestcfg::prepare(&ctx.root, &machine, &specs).map_err(Failure::plain)?;
+    let args = machine.boot_args(&ctx.image, Some(&prepared.dtb), Some(&prepared.bundle));
+    let watch = Watch {
+        echo: ctx.verbose,
+        interactive: false,
+        timeout: Some(std::time::Duration::from_secs(60)),
+        stop_on: crate::boottest::end_line,
+    };
+    let o = qemu::run(&args, &watch).map_err(|e| Failure::plain(e.to_string()))?;
+    let fail = |reason: String| Failure { reason, log: o.tail(60) };
+    let lines: Vec<&str> = o.output.lines().collect();
+    for vm in vms {
+        let prefix = format!("{}: ", vm.name);
+        let own: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(prefix.as_str())).collect();
+        if let Some(bad) = own.iter().find(|l| l.starts_with("FAIL:")) {
+            return Err(fail(format!("vm {}: {bad}", vm.name)));
+        }
+        if !own.iter().any(|l| l.starts_with("PASS:")) {
+            return Err(fail(format!("vm {}: no PASS line", vm.name)));
+        }
+        for want in vm.expect {
+            if !own.iter().any(|l| l.starts_with(want)) {
+                return Err(fail(format!("vm {}: no line starting `{want}`", vm.name)));
+            }
+        }
+        if !own.contains(&"EXIT: STATUS=1") {
+            return Err(fail(format!("vm {}: no `EXIT: STATUS=1`", vm.name)));
+        }
+        let ended = format!("vm {}: ended (system off), EXIT: STATUS=1", vm.name);
+        if !lines.iter().any(|l| l.starts_with(&ended)) {
+            return Err(fail(format!("no `{ended}` line")));
+        }
+        for want in vm.host_expect {
+            if !lines.iter().any(|l| l.contains(want)) {
+                return Err(fail(format!("no line containing `{want}`")));
+            }
+        }
+    }
+    if !lines.iter().any(|l| l.contains("ferrovisor: all VMs ended")) {
+        return Err(fail("no `ferrovisor: all VMs ended`".into()));
+    }
+    match (o.end, crate::check::power_off_status(&o.output)) {
+        (End::Exited(Some(0)), Some(0)) => Ok(()),
+        (end, status) => Err(fail(format!("expected power-off status 0 and QEMU exit 0, got {status:?} and {end:?}"))),
+    }
+}
