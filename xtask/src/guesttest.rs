@@ -43,9 +43,12 @@ pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
     cmo.initrd_pattern = Some(65549);
     cmo.expect = &["PASS: cmo: "];
     cmo.host_expect = &["vm cmo: cmo: 1 epochs, 1 regions"];
+    let mut cmo_reset = Vm::new("cmo-reset", "cmo", "reset", 2);
+    cmo_reset.expect = &["PASS: cmo: reset: the VM restarted", "PASS: cmo: reset: after the reset .data holds"];
+    cmo_reset.host_expect = &["vm cmo-reset: reset by vcpu 0", "vm cmo-reset: cmo: 2 epochs, 3 regions"];
     let mut hostile = Vm::new("hostile", "hostile", "", 1);
     hostile.expect = &["PASS: hostile: unknown-sysreg", "PASS: hostile: unknown-smc", "PASS: hostile: outside-map"];
-    hostile.host_expect = &["vm hostile: read from IPA", "unknown system register S3_0_C15_C0_0"];
+    hostile.host_expect = &["vm hostile vcpu 0: read from IPA 0x2000000000", "unknown system register S3_0_C15_C0_0"];
     let mut two_a = Vm::new("first", "selftest", "vectors-kernel", 2);
     two_a.expect = &["PASS: selftest: vectors-kernel: "];
     let mut two_b = Vm::new("second", "hostile", "", 2);
@@ -56,6 +59,7 @@ pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
         (v("selftest"), vec![selftest]),
         (v("psci"), vec![psci]),
         (v("cmo"), vec![cmo]),
+        (v("cmo-reset"), vec![cmo_reset]),
         (v("hostile"), vec![hostile]),
         (v("two-vms"), vec![two_a, two_b]),
     ]

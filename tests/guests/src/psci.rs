@@ -62,6 +62,11 @@ pub fn system_off() -> Result<(), Error> {
 }
 
 /// A raw SMCCC 64-bit call through the PSCI conduit: x0..x17 as returned.
+/// PSCI `SYSTEM_RESET`: returns only if the call failed.
+pub fn system_reset() -> Result<(), Error> {
+    conduit!(system_reset())
+}
+
 pub fn call(function: u32, args: &[u64]) -> [u64; 18] {
     let mut regs = [0u64; 17];
     for (r, a) in regs.iter_mut().zip(args) {

@@ -5,7 +5,12 @@
 //!
 //! Sub-tests: `data` (a 64 KiB pattern in the guest's own `.data`), `initrd`
 //! (byte i of the initrd is `(i * 7 + 3) & 0xff`; `initrd-size=N` checks its
-//! length; SKIP without an initrd), `dtb` (the device tree's header).
+//! length; SKIP without an initrd), `dtb` (the device tree's header), and
+//! `reset` (only when named: it spoils `.data`, leaves a marker at the top
+//! of RAM and calls PSCI `SYSTEM_RESET`; after the restart the hypervisor has
+//! reloaded the image, so `.data` must hold the pattern again — which with
+//! caches off it does only if the reload's cache maintenance was performed
+//! again, seed 003).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -17,7 +22,7 @@ mod guest {
 
     use ferrovisor_shared::dt::{Board, FDT_MAGIC};
     use ferrovisor_test_guests::pattern::{data_word, first_mismatch, initrd_byte, DATA_WORDS};
-    use ferrovisor_test_guests::{guest_main, report, report_info, report_skip, Env, SubTest};
+    use ferrovisor_test_guests::{guest_main, psci, report, report_info, report_skip, Env, SubTest};
 
     guest_main!(
         "cmo",
@@ -25,6 +30,7 @@ mod guest {
             SubTest { name: "data", run: data },
             SubTest { name: "initrd", run: initrd },
             SubTest { name: "dtb", run: dtb },
+            SubTest { name: "reset", run: reset },
         ]
     );
 
@@ -109,5 +115,39 @@ mod guest {
             format_args!("header totalsize {total} matches the blob parsed at start-up"),
         );
         report(Board::from_slice(env.board.as_bytes()).is_ok(), "the blob parses again");
+    }
+
+    /// "Reset requested" in the last word of RAM.
+    const RESET_MARKER: u64 = 0x7265_7365_742d_636d;
+
+    fn reset(env: &Env) {
+        if env.args.subtest() != Some("reset") {
+            report_skip("reset runs only when named (bootargs `reset`): it restarts the VM");
+            return;
+        }
+        let Some(top) = env.board.memory().iter().map(|m| m.end()).max() else {
+            report(false, "no memory in the device tree");
+            return;
+        };
+        let marker = (top - 8) as usize as *mut u64;
+        // SAFETY: the last word of the VM's RAM, above the image, initrd and
+        // device tree the loader placed, and used by nothing else.
+        let seen = unsafe { marker.read_volatile() };
+        if seen == RESET_MARKER {
+            // SAFETY: as above.
+            unsafe { marker.write_volatile(0) };
+            report(true, "the VM restarted after SYSTEM_RESET (the marker survived in RAM)");
+            let bad = first_mismatch(PATTERN.iter().map(|w| w.load(Ordering::Relaxed)), data_word);
+            report(bad.is_none(), format_args!("after the reset .data holds the build's pattern again ({bad:?})"));
+            return;
+        }
+        for w in PATTERN.iter() {
+            w.store(!0, Ordering::Relaxed);
+        }
+        // SAFETY: as above.
+        unsafe { marker.write_volatile(RESET_MARKER) };
+        report_info(".data spoilt and the marker set; calling SYSTEM_RESET");
+        let r = psci::system_reset();
+        report(false, format_args!("SYSTEM_RESET returned ({r:?})"));
     }
 }
