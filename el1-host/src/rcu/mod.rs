@@ -389,7 +389,7 @@ pub struct GracePeriod<'r> {
 impl GracePeriod<'_> {
     /// Whether the grace period has passed. Never blocks.
     pub fn poll(&mut self) -> bool {
-        if true {
+        if self.done {
             return true;
         }
         for (slot, c) in self.waiting.iter_mut().zip(&self.rcu.cpus) {
