@@ -90,9 +90,11 @@ mod host {
         if !ok {
             board::power_off(1);
         }
-        if start_vms(&board, gic_version) == 0 {
+        let (started, refused) = start_vms(&board, gic_version);
+        if started == 0 {
             println!("ferrovisor: no guests to run");
-            board::power_off(if online == info.cpu_count as usize { 0 } else { 1 })
+            let ok = online == info.cpu_count as usize && refused == 0;
+            board::power_off(if ok { 0 } else { 1 })
         }
         sched::cpu_main()
     }
@@ -109,9 +111,9 @@ mod host {
     static DEFAULT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-guests.cpio"));
 
     /// Creates and publishes the VMs the device tree (or a bundle) asks for;
-    /// returns how many started. One vCPU per CPU for now: a VM that does not
-    /// fit in the CPUs left is refused.
-    fn start_vms(board: &Board, gic: gic::Version) -> usize {
+    /// returns how many started and how many were refused. One vCPU per CPU
+    /// for now: a VM that does not fit in the CPUs left is refused.
+    fn start_vms(board: &Board, gic: gic::Version) -> (usize, usize) {
         use vm::config::{self, Source};
         // SAFETY: the initrd and module ranges were kept out of the frame
         // allocator (init_memory reserves the initrd; module `reg`s are the
@@ -140,12 +142,14 @@ mod host {
         let cpus: alloc::vec::Vec<usize> =
             (0..MAX_CPUS).filter(|&c| smp::CPUS[c].online.load(core::sync::atomic::Ordering::Acquire)).collect();
         let mut next = 0;
-        let mut started = 0;
+        let (mut started, mut refused) = (0, 0);
         for (id, spec) in list.vms.into_iter().enumerate() {
             let spec = match spec {
                 Ok(s) => s,
                 Err(e) => {
                     log::error!("VM not started: {e}");
+                    refused += 1;
+                    vm::instance::record_refused();
                     continue;
                 }
             };
@@ -157,6 +161,8 @@ mod host {
                     cpus.len() - next,
                     cpus.len()
                 );
+                refused += 1;
+                vm::instance::record_refused();
                 continue;
             }
             match vm::instance::Vm::create(id, &spec, &cpus[next..next + n], gicv3, its) {
@@ -175,7 +181,11 @@ mod host {
                     next += n;
                     started += 1;
                 }
-                Err(e) => log::error!("vm {}: not started: {e}", spec.name),
+                Err(e) => {
+                    log::error!("vm {}: not started: {e}", spec.name);
+                    refused += 1;
+                    vm::instance::record_refused();
+                }
             }
         }
         for &c in &cpus {
@@ -183,7 +193,7 @@ mod host {
                 gic::send_sgi(irq::SGI_PING, c);
             }
         }
-        started
+        (started, refused)
     }
 
     /// GIC CPU interface, timer tick, then IRQs on.

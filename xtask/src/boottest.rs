@@ -77,6 +77,7 @@ pub fn all() -> Vec<Test> {
         t("dtb-truncated", true, |c| dtb_bad(c, |f| f.truncated.clone())),
         t("run-options", false, run_options),
     ];
+    tests.push(Test { name: "run-guest-status".into(), boots: true, run: Box::new(crate::guesttest::run_status) });
     for gic in [3, 2] {
         for (name, vms) in crate::guesttest::tests(gic) {
             tests.push(Test { name, boots: true, run: Box::new(move |c| crate::guesttest::run(c, gic, &vms)) });

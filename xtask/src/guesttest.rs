@@ -47,8 +47,17 @@ pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
     cmo_reset.expect = &["PASS: cmo: reset: the VM restarted", "PASS: cmo: reset: after the reset .data holds"];
     cmo_reset.host_expect = &["vm cmo-reset: reset by vcpu 0", "vm cmo-reset: cmo: 2 epochs, 3 regions"];
     let mut hostile = Vm::new("hostile", "hostile", "", 1);
-    hostile.expect = &["PASS: hostile: unknown-sysreg", "PASS: hostile: unknown-smc", "PASS: hostile: outside-map"];
-    hostile.host_expect = &["vm hostile vcpu 0: read from IPA 0x2000000000", "unknown system register S3_0_C15_C0_0"];
+    hostile.expect = &[
+        "PASS: hostile: unknown-sysreg",
+        "PASS: hostile: unknown-smc",
+        "PASS: hostile: outside-map",
+        "PASS: hostile: mmio-no-syndrome",
+    ];
+    hostile.host_expect = &[
+        "vm hostile vcpu 0: read from IPA 0x2000000000",
+        "unknown system register S3_0_C15_C0_0",
+        "has no syndrome (ISV=0) to emulate: external abort",
+    ];
     let mut two_a = Vm::new("first", "selftest", "vectors-kernel", 2);
     two_a.expect = &["PASS: selftest: vectors-kernel: "];
     let mut two_b = Vm::new("second", "hostile", "", 2);
@@ -145,4 +154,30 @@ pub fn run(ctx: &Ctx, gic: u8, vms: &[Vm]) -> Result<(), Failure> {
         (End::Exited(Some(0)), Some(0)) => Ok(()),
         (end, status) => Err(fail(format!("expected power-off status 0 and QEMU exit 0, got {status:?} and {end:?}"))),
     }
+}
+
+/// `scripts/run --guest FILE --append ARGS ...` exits with what the guest's
+/// `EXIT: STATUS` means: 0 for a pass, the status for a failure.
+pub fn run_status(ctx: &Ctx) -> Result<(), Failure> {
+    let selftest = guest_path(ctx, "selftest")?;
+    let image = ctx.image.display().to_string();
+    let guest = selftest.display().to_string();
+    let run = |append: &str| -> Result<(i32, String), Failure> {
+        let out = std::process::Command::new(&ctx.xtask)
+            .args(["run", "--image", &image, "--gic", "3", "--smp", "4", "--guest", &guest])
+            .args(["--append", append, "--vcpus", "2", "--mem", "256", "--timeout", "60"])
+            .output()
+            .map_err(|e| Failure::plain(format!("cannot run {}: {e}", ctx.xtask.display())))?;
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+    };
+    let (code, out) = run("setup smp=2 mem=256")?;
+    if code != 0 || !out.contains("selftest: EXIT: STATUS=1") {
+        return Err(Failure { reason: format!("a passing guest: expected exit 0, got {code}"), log: out });
+    }
+    // The guest is told to expect 3 CPUs and sees 2: it fails with STATUS=3.
+    let (code, out) = run("setup smp=3 mem=256")?;
+    if code != 3 || !out.contains("selftest: EXIT: STATUS=3") {
+        return Err(Failure { reason: format!("a failing guest: expected exit 3, got {code}"), log: out });
+    }
+    Ok(())
 }

@@ -449,6 +449,12 @@ pub fn finish(vm: Arc<Vm>) {
     }
 }
 
+/// A VM the configuration asked for could not start: the board's final
+/// status reports a failure even if the others pass.
+pub fn record_refused() {
+    VERDICTS.lock().push(Verdict::Fail(1));
+}
+
 /// The number of VMs that have not ended.
 pub fn remaining() -> usize {
     VMS_LEFT.load(Ordering::Acquire)

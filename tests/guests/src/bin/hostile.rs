@@ -17,7 +17,7 @@ mod guest {
 
     use aarch64_cpu::registers::{Readable, Writeable, CNTKCTL_EL1};
     use ferrovisor_test_guests::exception::catch;
-    use ferrovisor_test_guests::{guest_main, psci, report, report_info, time, Env, SubTest};
+    use ferrovisor_test_guests::{guest_main, psci, report, report_info, report_skip, time, Env, SubTest};
     use smccc::psci::error::NOT_SUPPORTED;
     use smccc::{Call, Hvc, Smc};
 
@@ -28,6 +28,7 @@ mod guest {
             SubTest { name: "unknown-smc", run: unknown_smc },
             SubTest { name: "unknown-hvc", run: unknown_hvc },
             SubTest { name: "outside-map", run: outside_map },
+            SubTest { name: "mmio-no-syndrome", run: mmio_no_syndrome },
             SubTest { name: "wfi-wfe", run: wfi_wfe },
         ]
     );
@@ -118,6 +119,37 @@ mod guest {
             format_args!("FAR {:#x} (want {OUTSIDE_MAP:#x}, valid)", e.far),
         );
         report(e.elr == at, format_args!("ELR {:#x} at the load (want {at:#x})", e.elr));
+    }
+
+    /// A load pair from an emulated device's frame gives the hypervisor no
+    /// instruction syndrome (ISV = 0) to emulate: the guest gets an external
+    /// abort, and goes on.
+    fn mmio_no_syndrome(env: &Env) {
+        let Some(uart) = env.board.console() else {
+            report_skip("no console UART in the device tree");
+            return;
+        };
+        let base = uart.base;
+        let (at, e) = catch(|| {
+            let at: u64;
+            // SAFETY: reads two words of the UART's ID area (no side effects on
+            // a PL011) or aborts; writes nothing.
+            unsafe {
+                asm!("adr {at}, 2f", "2: ldp {a}, {b}, [{p}]", at = out(reg) at, a = out(reg) _, b = out(reg) _,
+                     p = in(reg) base + 0xfe0)
+            };
+            at
+        });
+        let Some(e) = e else {
+            report(false, format_args!("ldp from the UART at {:#x} completed without an exception", base + 0xfe0));
+            return;
+        };
+        let dfsc = e.esr.0 & 0x3f;
+        report(
+            e.ec() == EC_DATA_ABORT_SAME_EL && dfsc == DFSC_SYNC_EXTERNAL,
+            format_args!("ldp from the UART: external abort (EC {:#04x}, DFSC {dfsc:#04x})", e.ec()),
+        );
+        report(e.elr == at, format_args!("ELR {:#x} at the ldp (want {at:#x})", e.elr));
     }
 
     fn wfi_wfe(_: &Env) {
