@@ -5,7 +5,6 @@ use crate::arch::{self, boot, cache, mmu, regs};
 use crate::cpus::{CpuTable, PowerState, Wake};
 use crate::psci::{self, Outcome};
 use crate::{console, println, world};
-use ferrovisor_shared::vcpu::VcpuContext;
 use aarch64_cpu::registers::{Readable, Writeable, ELR_EL2, ESR_EL2, FAR_EL2, MPIDR_EL1, SPSR_EL2};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -15,6 +14,7 @@ use ferrovisor_shared::esr::{Esr, ExceptionClass};
 use ferrovisor_shared::hypercall::{self as hc, is_psci};
 use ferrovisor_shared::image::{PackageHeader, PACKAGE_HEADER_OFFSET, PACKAGE_HEADER_SIZE};
 use ferrovisor_shared::trap::{ExceptionReport, GeneralRegs};
+use ferrovisor_shared::vcpu::VcpuContext;
 use smccc::psci::error as psci_err;
 use smccc::Smc;
 

@@ -415,11 +415,7 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                         return false;
                     }
                     let value = match IdReg::from_sys_reg(access.reg) {
-                        Some(r) => fastpath::sanitize_id_reg(
-                            r,
-                            read_id_reg(r),
-                            ctx.config.flags & CONFIG_GICV3 != 0,
-                        ),
+                        Some(r) => fastpath::sanitize_id_reg(r, read_id_reg(r), ctx.config.flags & CONFIG_GICV3 != 0),
                         None => 0,
                     };
                     if access.register < 31 {
