@@ -36,7 +36,12 @@ pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
     selftest_setup.mem_mib = 256;
     selftest_setup.expect = &["PASS: selftest: setup: "];
     let mut selftest = Vm::new("selftest", "selftest", "", 4);
-    selftest.expect = &["PASS: selftest: vectors-kernel: ", "PASS: selftest: vectors-user: ", "PASS: selftest: smp: "];
+    selftest.expect = &[
+        "PASS: selftest: vectors-kernel: ",
+        "PASS: selftest: vectors-user: ",
+        "PASS: selftest: smp: ",
+        "PASS: selftest: fpu: ",
+    ];
     let mut psci = Vm::new("psci", "psci", "", 4);
     psci.expect = &["PASS: psci: cpu-on-race: ", "PASS: psci: cpu-off: ", "PASS: psci: invalid-function"];
     let mut cmo = Vm::new("cmo", "cmo", "initrd-size=65549", 1);
