@@ -294,7 +294,7 @@ pub fn in_ram(addr: u64, len: u64) -> bool {
 fn run_vcpu(ctx_pa: u64) -> i64 {
     let size = core::mem::size_of::<VcpuContext>() as u64;
     let el2 = boot::image_start()..boot::el2_end();
-    if ctx_pa % 16 != 0 || !in_ram(ctx_pa, size) || (ctx_pa < el2.end && ctx_pa + size > el2.start) {
+    if !ctx_pa.is_multiple_of(16) || !in_ram(ctx_pa, size) || (ctx_pa < el2.end && ctx_pa + size > el2.start) {
         return ferrovisor_shared::vcpu::RUN_ERROR_BAD_CONTEXT;
     }
     // SAFETY: checked above to be an aligned VcpuContext-sized piece of RAM

@@ -178,9 +178,9 @@ const _: () = assert!(CTX_REGS_X == 0);
 const _: () = assert!(core::mem::offset_of!(GuestRegs, pc) == 248);
 const _: () = assert!(core::mem::offset_of!(GuestRegs, pstate) == 256);
 const _: () = assert!(FP_FPSR == 512 && FP_FPCR == 520);
-const _: () = assert!(CTX_FP % 16 == 0);
+const _: () = assert!(CTX_FP.is_multiple_of(16));
 const _: () = assert!(core::mem::size_of::<FpRegs>() == 528);
-const _: () = assert!(core::mem::size_of::<VcpuContext>() % 16 == 0);
+const _: () = assert!(core::mem::size_of::<VcpuContext>().is_multiple_of(16));
 
 /// Why `HC_VCPU_RUN` returned.
 #[repr(u64)]

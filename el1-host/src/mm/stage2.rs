@@ -38,6 +38,10 @@
 //! the tables a change can need are counted and allocated from
 //! [`TableFrames`] before anything is written: running out of memory is an
 //! error that leaves the tables as they were.
+#![cfg_attr(
+    target_os = "none",
+    allow(dead_code, reason = "unmapping, walking and device mappings are used by the tests and the vGIC work")
+)]
 
 use alloc::vec::Vec;
 use core::fmt;

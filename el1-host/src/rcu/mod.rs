@@ -63,6 +63,10 @@
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test -p ferrovisor-host --release --target-dir target/loom -- loom
 //! ```
+#![cfg_attr(
+    target_os = "none",
+    allow(dead_code, reason = "statistics and offline are used by the tests and CPU hot-unplug")
+)]
 
 use alloc::boxed::Box;
 use core::marker::PhantomData;

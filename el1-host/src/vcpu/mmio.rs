@@ -79,7 +79,7 @@ mod tests {
     fn ipa_comes_from_hpfar_and_far() {
         let e = exit(DABT, 0x0900_0018);
         assert_eq!(fault_ipa(&e), 0x0900_0018);
-        let e = ExitInfo { reason: 1, esr: DABT, far: 0xdead_b018, hpfar: 0x0a00_0 << 4 };
+        let e = ExitInfo { reason: 1, esr: DABT, far: 0xdead_b018, hpfar: 0x0a000 << 4 };
         assert_eq!(fault_ipa(&e), 0x0a00_0018);
     }
 

@@ -47,7 +47,7 @@ impl Runner<'_> {
     fn ctx(&mut self) -> &mut VcpuContext {
         // SAFETY: this CPU claimed the vCPU (see `sched::cpu_main`); nobody
         // else touches its context while the claim holds.
-        unsafe { &mut **self.vcpu.ctx.get() }
+        unsafe { &mut *self.vcpu.ctx.get() }
     }
 
     /// Waits with IRQs on until `CPU_ON` gives this vCPU an entry point, or

@@ -12,6 +12,7 @@
 //! [`Bundle::parse`] checks the whole archive once, so lookups afterwards
 //! cannot fail; any byte string is safe to give it. Files are borrowed from
 //! the archive, not copied.
+#![cfg_attr(target_os = "none", allow(dead_code, reason = "introspection used by the tests"))]
 
 use core::fmt;
 

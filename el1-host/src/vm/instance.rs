@@ -454,8 +454,3 @@ pub fn finish(vm: Arc<Vm>) {
 pub fn record_refused() {
     VERDICTS.lock().push(Verdict::Fail(1));
 }
-
-/// The number of VMs that have not ended.
-pub fn remaining() -> usize {
-    VMS_LEFT.load(Ordering::Acquire)
-}

@@ -1,5 +1,6 @@
 //! Per-VM statistics, printed when a VM ends: exits by reason, the exits el2
 //! finished itself, interrupted runs, cache maintenance, guest time.
+#![cfg_attr(target_os = "none", allow(dead_code, reason = "per-reason reads used by the tests"))]
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};

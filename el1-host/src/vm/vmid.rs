@@ -28,6 +28,7 @@
 //!    IRQs and loops back to 1. (The kick of step 1 is an IRQ, so a CPU that
 //!    passed this check has either entered the guest — and leaves at once —
 //!    or has not yet disabled IRQs.)
+#![cfg_attr(target_os = "none", allow(dead_code, reason = "introspection used by the tests"))]
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
