@@ -6,7 +6,8 @@
 
 use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::hypercall::{
-    is_psci, is_smccc_arch, PSCI_VERSION_1_1, SMCCC_NOT_SUPPORTED, SMCCC_VERSION, SMCCC_VERSION_1_1,
+    guest_psci_features, is_psci, is_smccc_arch, PSCI_VERSION_1_1, SMCCC_NOT_SUPPORTED, SMCCC_VERSION,
+    SMCCC_VERSION_1_1,
 };
 use smccc::psci::*;
 
@@ -34,22 +35,12 @@ pub fn smccc(function: u32, x1: u64) -> Option<i64> {
         SMCCC_VERSION => SMCCC_VERSION_1_1,
         PSCI_VERSION => PSCI_VERSION_1_1,
         PSCI_MIGRATE_INFO_TYPE => MIGRATE_INFO_NOT_PRESENT,
-        PSCI_FEATURES => psci_features(x1 as u32),
+        PSCI_FEATURES => guest_psci_features(x1 as u32),
         // SMCCC_ARCH_FEATURES and the workaround calls: none offered.
         f if is_smccc_arch(f) => SMCCC_NOT_SUPPORTED,
         f if is_psci(f) => SMCCC_NOT_SUPPORTED,
         _ => SMCCC_NOT_SUPPORTED,
     })
-}
-
-fn psci_features(function: u32) -> i64 {
-    if HOST_PSCI.contains(&function)
-        || [PSCI_VERSION, PSCI_FEATURES, PSCI_MIGRATE_INFO_TYPE, SMCCC_VERSION].contains(&function)
-    {
-        0
-    } else {
-        SMCCC_NOT_SUPPORTED
-    }
 }
 
 /// Whether `reg` is one of the ID registers `HCR_EL2.TID3` traps

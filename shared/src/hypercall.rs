@@ -49,6 +49,32 @@ pub fn is_psci(function: u32) -> bool {
     (function & 0xbfff_ffe0) == 0x8400_0000
 }
 
+/// PSCI functions guests are offered (and that `PSCI_FEATURES` reports).
+/// el2 answers `VERSION`, `FEATURES`, `MIGRATE_INFO_TYPE` itself; the host
+/// implements the rest.
+pub const GUEST_PSCI_FUNCTIONS: [u32; 11] = [
+    smccc::psci::PSCI_VERSION,
+    smccc::psci::PSCI_FEATURES,
+    smccc::psci::PSCI_MIGRATE_INFO_TYPE,
+    smccc::psci::PSCI_CPU_ON_32,
+    smccc::psci::PSCI_CPU_ON_64,
+    smccc::psci::PSCI_CPU_OFF,
+    smccc::psci::PSCI_AFFINITY_INFO_32,
+    smccc::psci::PSCI_AFFINITY_INFO_64,
+    smccc::psci::PSCI_SYSTEM_OFF,
+    smccc::psci::PSCI_SYSTEM_RESET,
+    SMCCC_VERSION,
+];
+
+/// `PSCI_FEATURES(function)` for a guest: 0 if offered, else NOT_SUPPORTED.
+pub fn guest_psci_features(function: u32) -> i64 {
+    if GUEST_PSCI_FUNCTIONS.contains(&function) {
+        0
+    } else {
+        SMCCC_NOT_SUPPORTED
+    }
+}
+
 /// True for an SMCCC architecture-service call (owner 0).
 pub fn is_smccc_arch(function: u32) -> bool {
     (function & 0xbf00_0000) == 0x8000_0000

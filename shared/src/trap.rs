@@ -13,6 +13,26 @@ pub struct GeneralRegs {
     pub sp: u64,
 }
 
+/// The names of the 16 entries of an EL1 vector table, by entry number.
+pub const EL1_VECTOR_NAMES: [&str; 16] = [
+    "synchronous from EL1 with SP_EL0",
+    "IRQ from EL1 with SP_EL0",
+    "FIQ from EL1 with SP_EL0",
+    "SError from EL1 with SP_EL0",
+    "synchronous from EL1 with SP_EL1",
+    "IRQ from EL1 with SP_EL1",
+    "FIQ from EL1 with SP_EL1",
+    "SError from EL1 with SP_EL1",
+    "synchronous from EL0 (AArch64)",
+    "IRQ from EL0 (AArch64)",
+    "FIQ from EL0 (AArch64)",
+    "SError from EL0 (AArch64)",
+    "synchronous from EL0 (AArch32)",
+    "IRQ from EL0 (AArch32)",
+    "FIQ from EL0 (AArch32)",
+    "SError from EL0 (AArch32)",
+];
+
 /// Everything a dump shows.
 pub struct ExceptionReport<'a> {
     /// Which vector: for example "synchronous from current EL with SP_ELx".

@@ -235,20 +235,7 @@ fn affinity_info(vm: &impl PsciVm, args: [u64; 3]) -> Outcome {
 }
 
 fn features(function: u32) -> Outcome {
-    match function {
-        PSCI_VERSION
-        | PSCI_FEATURES
-        | PSCI_CPU_ON_32
-        | PSCI_CPU_ON_64
-        | PSCI_CPU_OFF
-        | PSCI_AFFINITY_INFO_32
-        | PSCI_AFFINITY_INFO_64
-        | PSCI_SYSTEM_OFF
-        | PSCI_SYSTEM_RESET
-        | PSCI_MIGRATE_INFO_TYPE
-        | SMCCC_VERSION => ret(error::SUCCESS),
-        _ => ret(error::NOT_SUPPORTED),
-    }
+    Outcome::Return(ferrovisor_shared::hypercall::guest_psci_features(function))
 }
 
 /// Handles PSCI (or SMCCC) `function` (w0) with arguments x1..x3 from vCPU

@@ -18,24 +18,7 @@ use ferrovisor_shared::trap::{ExceptionReport, GeneralRegs};
 
 use crate::{console, rt};
 
-const VECTOR_NAMES: [&str; 16] = [
-    "synchronous from EL1 with SP_EL0",
-    "IRQ from EL1 with SP_EL0",
-    "FIQ from EL1 with SP_EL0",
-    "SError from EL1 with SP_EL0",
-    "synchronous from EL1 with SP_EL1",
-    "IRQ from EL1 with SP_EL1",
-    "FIQ from EL1 with SP_EL1",
-    "SError from EL1 with SP_EL1",
-    "synchronous from EL0 (AArch64)",
-    "IRQ from EL0 (AArch64)",
-    "FIQ from EL0 (AArch64)",
-    "SError from EL0 (AArch64)",
-    "synchronous from EL0 (AArch32)",
-    "IRQ from EL0 (AArch32)",
-    "FIQ from EL0 (AArch32)",
-    "SError from EL0 (AArch32)",
-];
+use ferrovisor_shared::trap::EL1_VECTOR_NAMES as VECTOR_NAMES;
 const SYNC_EL1_SPX: u64 = 4;
 const SYNC_EL0_A64: u64 = 8;
 

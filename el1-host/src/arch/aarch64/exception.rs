@@ -5,24 +5,7 @@
 use aarch64_cpu::registers::{Readable, ELR_EL1, ESR_EL1, FAR_EL1, SPSR_EL1};
 use ferrovisor_shared::trap::{ExceptionReport, GeneralRegs};
 
-const VECTOR_NAMES: [&str; 16] = [
-    "synchronous from EL1 with SP_EL0",
-    "IRQ from EL1 with SP_EL0",
-    "FIQ from EL1 with SP_EL0",
-    "SError from EL1 with SP_EL0",
-    "synchronous from EL1 with SP_EL1",
-    "IRQ from EL1 with SP_EL1",
-    "FIQ from EL1 with SP_EL1",
-    "SError from EL1 with SP_EL1",
-    "synchronous from EL0 (AArch64)",
-    "IRQ from EL0 (AArch64)",
-    "FIQ from EL0 (AArch64)",
-    "SError from EL0 (AArch64)",
-    "synchronous from EL0 (AArch32)",
-    "IRQ from EL0 (AArch32)",
-    "FIQ from EL0 (AArch32)",
-    "SError from EL0 (AArch32)",
-];
+use ferrovisor_shared::trap::EL1_VECTOR_NAMES as VECTOR_NAMES;
 
 const IRQ_CURRENT_EL_SPX: u64 = 5;
 
