@@ -518,7 +518,8 @@ mod loom_tests {
 
     /// Two vCPUs race `CPU_ON` for vCPU 1 while vCPU 1's loop takes its start
     /// request: exactly one SUCCESS, one ALREADY_ON, and the request taken is
-    /// the winner's, whole.
+    /// the winner's, whole. (Every actor is a spawned thread: loom explores
+    /// stale reads less for the thread that created the atomics.)
     #[test]
     fn loom_psci_racing_cpu_ons_give_exactly_one_success() {
         loom::model(|| {
@@ -529,7 +530,11 @@ mod loom_tests {
                     thread::spawn(move || handle(&*vm, 0, PSCI_CPU_ON_64, [1, 0x1000 * (c + 1), c + 1]))
                 })
                 .collect();
-            let taken = vm.power(1).take_start();
+            let taker = {
+                let vm = vm.clone();
+                thread::spawn(move || vm.power(1).take_start())
+            };
+            let taken = taker.join().unwrap();
             let results: Vec<Outcome> = callers.into_iter().map(|h| h.join().unwrap()).collect();
             let winners: Vec<u64> =
                 (0..2u64).filter(|&c| results[c as usize] == Outcome::Started { target: 1 }).collect();
