@@ -123,12 +123,14 @@ mod host {
         if let Some(e) = &list.bundle_error {
             log::error!("{e}");
         }
+        let mut builtin = false;
         if list.source == Source::Nothing && !DEFAULT_BUNDLE.is_empty() {
             match vm::bundle::Bundle::parse(DEFAULT_BUNDLE) {
                 Ok(b) => match b.get(config::MANIFEST) {
                     Some(text) => {
                         println!("ferrovisor: no VMs in the device tree: starting the built-in set");
                         list.vms = config::from_manifest(text, &b);
+                        builtin = true;
                     }
                     None => log::error!("the built-in bundle has no {}", config::MANIFEST),
                 },
@@ -154,6 +156,12 @@ mod host {
                 }
             };
             let n = spec.vcpus as usize;
+            if builtin && next + n > cpus.len() {
+                // The demonstration set adapts to the board; what a user asked
+                // for is refused below.
+                println!("vm {}: skipped: it needs {n} vCPUs and {} CPUs are free", spec.name, cpus.len() - next);
+                continue;
+            }
             if next + n > cpus.len() {
                 log::error!(
                     "vm {}: not started: it needs {n} vCPUs and only {} of {} CPUs are free (one vCPU per CPU)",
