@@ -404,7 +404,7 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                     ctx.regs.x[0] = answer as u64;
                     if esr.class() == ExceptionClass::Smc64 {
                         // A trapped SMC returns to itself.
-                        ctx.regs.pc += 4;
+                        ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
                     }
                     ctx.counters.fast_smccc += 1;
                     true
@@ -421,7 +421,7 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                     if access.register < 31 {
                         ctx.regs.x[access.register as usize] = value;
                     }
-                    ctx.regs.pc += 4;
+                    ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
                     ctx.counters.fast_id_reg += 1;
                     true
                 }

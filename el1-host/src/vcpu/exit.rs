@@ -58,7 +58,7 @@ impl ExitHandler<'_> {
             ExceptionClass::Smc64 => {
                 stats.count(ExitKind::Smc);
                 // A trapped SMC returns to itself.
-                ctx.regs.pc += 4;
+                super::inject::skip_instruction(ctx);
                 self.smccc(ctx)
             }
             ExceptionClass::DataAbortLowerEl => self.data_abort(ctx),
@@ -78,7 +78,7 @@ impl ExitHandler<'_> {
                 self.sys_reg(ctx, esr)
             }
             ExceptionClass::WfxTrap => {
-                ctx.regs.pc += 4;
+                super::inject::skip_instruction(ctx);
                 if esr.iss() & 1 == 0 {
                     stats.count(ExitKind::Wfi);
                     self.block_in_wfi(ctx)
@@ -90,7 +90,7 @@ impl ExitHandler<'_> {
             }
             class => {
                 stats.count(ExitKind::Other);
-                if self.vm.first_unknown(ferrovisor_shared::esr::SysReg::new(0xff, class_code(esr), 0, 0, 0)) {
+                if self.vm.first_unknown_class(esr.ec()) {
                     log::warn!(
                         "vm {} vcpu {}: {} at {:#x} (ESR {esr}): UNDEFINED for the guest",
                         self.vm.name,
@@ -206,7 +206,7 @@ impl ExitHandler<'_> {
                 if access.read && access.register != 31 {
                     ctx.regs.x[access.register as usize] = v;
                 }
-                ctx.regs.pc += 4;
+                super::inject::skip_instruction(ctx);
             }
             sysreg::Outcome::Undefined => {
                 if self.vm.first_unknown(access.reg) {
@@ -251,10 +251,6 @@ impl ExitHandler<'_> {
         self.vm.request_end(EndReason::Stopped(why));
         Flow::Stop
     }
-}
-
-fn class_code(esr: Esr) -> u8 {
-    esr.ec()
 }
 
 /// The VM as PSCI sees it.

@@ -46,7 +46,6 @@ pub const PSTATE_M_EL1H: u64 = 0b0101;
 /// M[4]: the exception came from AArch32.
 pub const PSTATE_NRW: u64 = 1 << 4;
 pub const PSTATE_DAIF: u64 = 0xf << 6;
-#[cfg_attr(target_os = "none", allow(dead_code, reason = "used by skip_instruction"))]
 pub const PSTATE_BTYPE: u64 = 0b11 << 10;
 pub const PSTATE_SSBS: u64 = 1 << 12;
 pub const PSTATE_PAN: u64 = 1 << 22;
@@ -147,7 +146,6 @@ pub fn inject_instruction_abort(ctx: &mut VcpuContext, far: u64) {
 /// The host emulated the (32-bit) instruction at the PC: the guest resumes at
 /// the next one. BTYPE is cleared, as after any instruction that is not a
 /// branch.
-#[cfg_attr(target_os = "none", allow(dead_code, reason = "the exit handlers still open-code pc += 4"))]
 pub fn skip_instruction(ctx: &mut VcpuContext) {
     ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
     if ctx.regs.pstate & PSTATE_NRW == 0 {

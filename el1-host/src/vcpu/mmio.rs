@@ -49,12 +49,12 @@ impl MmioAccess {
         if self.iss.register != 31 {
             ctx.regs.x[self.iss.register as usize] = v;
         }
-        ctx.regs.pc += 4;
+        super::inject::skip_instruction(ctx);
     }
 
     /// Steps past a store.
     pub fn complete_write(&self, ctx: &mut VcpuContext) {
-        ctx.regs.pc += 4;
+        super::inject::skip_instruction(ctx);
     }
 }
 

@@ -104,6 +104,7 @@ pub struct Vm {
     end: spin::Mutex<Option<EndReason>>,
     running: AtomicUsize,
     logged: spin::Mutex<Vec<SysReg>>,
+    logged_classes: AtomicU64,
     boot: BootImages,
     pub cntvoff: u64,
 }
@@ -234,6 +235,7 @@ impl Vm {
             exit_status: AtomicU64::new(NO_STATUS),
             end: spin::Mutex::new(None),
             logged: spin::Mutex::new(Vec::new()),
+            logged_classes: AtomicU64::new(0),
             boot: BootImages { kernel: spec.kernel.clone(), initrd: spec.initrd.clone(), dtb, layout },
             cntvoff,
         };
@@ -311,6 +313,13 @@ impl Vm {
         if let Some(n) = outcome::parse_exit_line(text) {
             self.exit_status.store(n.into(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether exception class `ec` (6 bits) is the first of its kind the VM
+    /// took without a handler (for logging it once).
+    pub fn first_unknown_class(&self, ec: u8) -> bool {
+        let bit = 1u64 << (ec & 0x3f);
+        self.logged_classes.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
 
     /// Whether the access to `reg` is the first the VM made (for logging it
