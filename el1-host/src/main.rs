@@ -14,6 +14,7 @@ extern crate alloc;
 
 mod bootargs;
 mod devices;
+mod gic;
 mod mm;
 mod rcu;
 mod sched;
@@ -26,8 +27,6 @@ mod arch;
 mod board;
 #[cfg(target_os = "none")]
 mod console;
-#[cfg(target_os = "none")]
-mod gic;
 #[cfg(target_os = "none")]
 mod irq;
 #[cfg(target_os = "none")]

@@ -1,0 +1,283 @@
+//! The physical GIC, driven through `arm-gic`: GICv2 (QEMU virt
+//! `gic-version=2`, the Raspberry Pi 4's GIC-400) or GICv3/v4 with a
+//! redistributor per CPU. ITS and GICv4.1 are detected and reported here;
+//! using them is the LPI issue's work.
+
+use crate::arch::aarch64::cpu;
+use arm_gic::gicv2::{GicV2, SgiTarget as SgiTargetV2, SgiTargetListFilter};
+use arm_gic::gicv3::{GicCpuInterface, GicV3, SgiTarget, SgiTargetGroup};
+use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, Ordering};
+use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::dt::GicDesc;
+use spin::{Mutex, Once};
+
+/// What the GIC is, for the banner and the rest of the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V2,
+    /// GICv3 or GICv4 (`arch_rev` from GICD_PIDR2): ITS present, and whether
+    /// every redistributor has the GICv4.1 vPE features (RVPEID).
+    V3 {
+        arch_rev: u8,
+        its: bool,
+        v4_1: bool,
+    },
+}
+
+impl core::fmt::Display for Version {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        match self {
+            Self::V2 => write!(f, "GICv2"),
+            Self::V3 { arch_rev, its, v4_1 } => {
+                write!(f, "GICv{arch_rev} (ITS: {}, GICv4.1: {})", yn(*its), yn(*v4_1))
+            }
+        }
+    }
+}
+
+enum Driver {
+    V2(GicV2<'static>),
+    V3(GicV3<'static>),
+}
+
+// SAFETY: the driver holds pointers to MMIO registers; every access goes
+// through the mutex below.
+unsafe impl Send for Driver {}
+
+static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
+
+/// Runs `f` on the driver with IRQs masked, so that the IRQ handler (which
+/// needs the driver on GICv2) never finds the lock held by the code it
+/// interrupted on the same CPU.
+fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+    let was_enabled = cpu::irqs_enabled();
+    cpu::irq_disable();
+    let result = DRIVER.lock().as_mut().map(f);
+    if was_enabled {
+        cpu::irq_enable();
+    }
+    result
+}
+static VERSION: Once<Version> = Once::new();
+/// GICv2: each CPU's interface bit, as GICD_ITARGETSR0 reads on that CPU.
+static V2_TARGET: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+/// GICv3: each CPU's MPIDR, for SGI routing.
+static MPIDR: [core::sync::atomic::AtomicU64; MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
+
+const GICR_TYPER: usize = 0x8;
+const GICR_TYPER_VLPIS: u64 = 1 << 1;
+const GICR_TYPER_RVPEID: u64 = 1 << 7;
+const GICD_ITARGETSR0: usize = 0x800;
+const GICD_PIDR2: usize = 0xffe8;
+/// Priority for the host's own interrupts.
+const PRIORITY: u8 = 0x80;
+
+/// Initialises the distributor (and every redistributor) on the boot CPU.
+///
+/// # Errors
+/// A redistributor count that does not match the CPUs, named in the message.
+///
+/// # Safety
+/// `desc` comes from the board's device tree, the regions are identity mapped
+/// as device memory, and this runs once.
+pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static str> {
+    for (slot, &m) in MPIDR.iter().zip(mpidrs) {
+        slot.store(m, Ordering::Relaxed);
+    }
+    let (driver, version) = match *desc {
+        GicDesc::V2 { gicd, gicc, .. } => {
+            GICD_BASE.store(gicd.base, Ordering::Relaxed);
+            GICC_BASE.store(gicc.base, Ordering::Relaxed);
+            // SAFETY: addresses from the device tree, mapped as device memory,
+            // and this is the only driver instance.
+            let mut gic = unsafe { GicV2::new(gicd.base as *mut _, gicc.base as *mut _) };
+            gic.setup();
+            // Group 0 in a GIC without security extensions, group 1 (non-secure
+            // view) with them: bit 0 of GICD_CTLR either way.
+            gic.enable_group0(true);
+            (Driver::V2(gic), Version::V2)
+        }
+        GicDesc::V3 { gicd, gicr, its, .. } => {
+            let gicr_base = gicr.base;
+            // SAFETY: as above.
+            let mut gic = unsafe {
+                GicV3::new(
+                    UniqueMmioPointer::new(NonNull::new(gicd.base as *mut _).ok_or("GICD at address 0")?),
+                    NonNull::new(gicr_base as *mut _).ok_or("GICR at address 0")?,
+                    mpidrs.len(),
+                )
+            }
+            .map_err(|_| "the redistributor frames do not match the GIC's layout")?;
+            let mut v4_1 = true;
+            for (cpu, &mpidr) in mpidrs.iter().enumerate() {
+                let typer = gic.gicr_typer(cpu).map_err(|_| "fewer redistributors than CPUs")?;
+                if typer.core_mpidr() & 0xff_00ff_ffff != mpidr {
+                    return Err("redistributor order does not follow the /cpus order");
+                }
+                // SAFETY: GICR_TYPER of a redistributor `gicr_typer` just found.
+                let raw = unsafe { redistributor_typer(gicr_base, cpu) };
+                v4_1 &= raw & GICR_TYPER_VLPIS != 0 && raw & GICR_TYPER_RVPEID != 0;
+            }
+            // SAFETY: GICD_PIDR2 of the distributor the device tree names.
+            let pidr2 = unsafe { ((gicd.base as usize + GICD_PIDR2) as *const u32).read_volatile() };
+            let arch_rev = ((pidr2 >> 4) & 0xf) as u8;
+            gic.setup(0);
+            (Driver::V3(gic), Version::V3 { arch_rev, its: its.is_some(), v4_1: v4_1 && arch_rev >= 4 })
+        }
+    };
+    *DRIVER.lock() = Some(driver);
+    Ok(*VERSION.call_once(|| version))
+}
+
+/// Reads GICR_TYPER of CPU `cpu`'s redistributor directly (arm-gic does not
+/// expose the VLPIS/RVPEID bits).
+///
+/// # Safety
+/// `gicr_base` is the mapped redistributor region with at least `cpu + 1`
+/// redistributors.
+unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> u64 {
+    // Each redistributor is an RD frame and an SGI frame (64 KiB each), plus
+    // two more frames on GICv4 (VLPI and reserved).
+    let mut frame = gicr_base as usize;
+    for _ in 0..cpu {
+        // SAFETY: our caller's promise; walking frame by frame as the GICv3
+        // architecture describes.
+        let typer = unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() };
+        frame += if typer & GICR_TYPER_VLPIS != 0 { 0x4_0000 } else { 0x2_0000 };
+    }
+    // SAFETY: as above.
+    unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() }
+}
+
+pub fn version() -> Option<Version> {
+    VERSION.get().copied()
+}
+
+/// Per-CPU set-up, on the CPU itself: CPU interface on, priority mask open,
+/// and the private interrupts the host uses enabled.
+pub fn init_cpu(cpu: usize, private: &[u32]) {
+    with_driver(|driver| match driver {
+        Driver::V2(gic) => {
+            if cpu != 0 {
+                gic.setup();
+                gic.enable_group0(true);
+            }
+            // SAFETY: GICD_ITARGETSR0 is banked per CPU and reads as this CPU's
+            // interface bit; the distributor is mapped.
+            let me = unsafe { gicd_byte(GICD_ITARGETSR0) };
+            V2_TARGET[cpu].store(me, Ordering::Relaxed);
+            for &intid in private {
+                let Ok(id) = IntId::try_from(intid) else { continue };
+                gic.set_interrupt_priority(id, PRIORITY);
+                if intid >= 16 {
+                    gic.set_trigger(id, Trigger::Level);
+                }
+                let _ = gic.enable_interrupt(id, true);
+            }
+        }
+        Driver::V3(gic) => {
+            if cpu != 0 {
+                gic.init_cpu(cpu);
+                GicCpuInterface::enable_group1(true);
+            }
+            for &intid in private {
+                let Ok(id) = IntId::try_from(intid) else { continue };
+                let _ = gic.set_interrupt_priority(id, Some(cpu), PRIORITY);
+                if intid >= 16 {
+                    let _ = gic.set_trigger(id, Some(cpu), Trigger::Level);
+                }
+                let _ = gic.enable_interrupt(id, Some(cpu), true);
+            }
+            GicCpuInterface::set_priority_mask(0xff);
+        }
+    });
+}
+
+/// A byte register of the GICv2 distributor (arm-gic has no ITARGETSR read).
+///
+/// # Safety
+/// The distributor is mapped and `offset` is a byte register of it.
+unsafe fn gicd_byte(offset: usize) -> u8 {
+    let gicd = GICD_BASE.load(Ordering::Relaxed) as usize;
+    // SAFETY: our caller's promise.
+    unsafe { ((gicd + offset) as *const u8).read_volatile() }
+}
+
+static GICD_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// An acknowledged interrupt: its INTID, and the value the GIC must get back
+/// at its end (GICv2 SGIs carry the source CPU in GICC_IAR's upper bits).
+#[derive(Clone, Copy, Debug)]
+pub struct Ack {
+    pub intid: u32,
+    iar: u32,
+}
+
+const GICV2_IAR_INTID_MASK: u32 = 0x3ff;
+const SPURIOUS: u32 = 1023;
+const GICC_IAR: usize = 0xc;
+const GICC_EOIR: usize = 0x10;
+static GICC_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Acknowledges the highest-priority pending interrupt, if any.
+pub fn acknowledge() -> Option<Ack> {
+    match version()? {
+        Version::V3 { .. } => GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1)
+            .map(|id| Ack { intid: id.raw_value(), iar: id.raw_value() }),
+        Version::V2 => {
+            // SAFETY: GICC_IAR of the CPU interface `init` mapped; it is banked
+            // per CPU, so no lock is needed.
+            let iar =
+                unsafe { ((GICC_BASE.load(Ordering::Relaxed) as usize + GICC_IAR) as *const u32).read_volatile() };
+            let intid = iar & GICV2_IAR_INTID_MASK;
+            (intid != SPURIOUS).then_some(Ack { intid, iar })
+        }
+    }
+}
+
+/// Ends (drops priority and deactivates) an acknowledged interrupt.
+pub fn end_of_interrupt(ack: Ack) {
+    match version() {
+        Some(Version::V3 { .. }) => {
+            if let Ok(id) = IntId::try_from(ack.iar) {
+                GicCpuInterface::end_interrupt(id, InterruptGroup::Group1);
+            }
+        }
+        Some(Version::V2) => {
+            // SAFETY: GICC_EOIR of this CPU's banked interface, given the
+            // exact GICC_IAR value (source CPU bits included) it was acked with.
+            unsafe { ((GICC_BASE.load(Ordering::Relaxed) as usize + GICC_EOIR) as *mut u32).write_volatile(ack.iar) };
+        }
+        None => {}
+    }
+}
+
+/// Sends SGI `sgi` to CPU `cpu` (which may be this CPU).
+pub fn send_sgi(sgi: u32, cpu: usize) {
+    let id = IntId::sgi(sgi);
+    match version() {
+        Some(Version::V3 { .. }) => {
+            let mpidr = MPIDR[cpu].load(Ordering::Relaxed);
+            let target = SgiTarget::List {
+                affinity3: (mpidr >> 32) as u8,
+                affinity2: (mpidr >> 16) as u8,
+                affinity1: (mpidr >> 8) as u8,
+                target_list: 1 << (mpidr & 0xf),
+            };
+            let _ = GicCpuInterface::send_sgi(id, target, SgiTargetGroup::CurrentGroup1);
+        }
+        Some(Version::V2) => {
+            let target_list = V2_TARGET[cpu].load(Ordering::Relaxed) as u16;
+            if let Some(Driver::V2(gic)) = DRIVER.lock().as_mut() {
+                gic.send_sgi(
+                    id,
+                    SgiTargetV2::List { target_list_filter: SgiTargetListFilter::CPUTargetList, target_list },
+                );
+            }
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,2 @@
+//! The virtual GIC (DESIGN §3): distributor, redistributors and list
+//! registers for one VM. Being written.
