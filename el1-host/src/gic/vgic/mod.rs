@@ -1,2 +1,300 @@
-//! The virtual GIC (DESIGN §3): distributor, redistributors and list
-//! registers for one VM. Being written.
+//! The virtual GIC (DESIGN §3): the distributor, redistributors and list
+//! registers one VM sees, as plain logic (tested on the dev host).
+//!
+//! One [`Vgic`] per VM. All state sits behind one lock, taken for the length
+//! of one call and never across calls. Every interrupt that is pending or
+//! active for a vCPU (or sits in its list registers) is on that vCPU's "ap
+//! list"; [`Vgic::flush`] fills the list registers from it before entry and
+//! [`Vgic::sync`] folds them back after exit.
+//!
+//! The guest sees a GICv3 with a single security state (`GICD_CTLR.DS` == 1,
+//! affinity routing always on, no LPIs yet) or a GICv2 without Security
+//! Extensions. Both report [`GIC_IIDR`].
+//!
+//! State the guest or the host changes while an interrupt sits in a running
+//! vCPU's list register is merged at sync, never dropped: a pending state
+//! made again stays pending, one cleared stays cleared, and an active state
+//! the host wrote wins over the list register's.
+#![cfg_attr(target_os = "none", allow(dead_code, reason = "introspection used by the tests"))]
+
+use alloc::vec::Vec;
+use core::fmt;
+use ferrovisor_shared::vcpu::VgicCpuState;
+use spin::Mutex;
+
+mod lr;
+mod mmio;
+mod regs;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use state::State;
+
+/// `GICD_IIDR` and `GICR_IIDR`: ProductID 0, Variant 0, Revision 4,
+/// Implementer 0x658 ("FX", Ferrovisor). Not a JEP106 assignment; chosen so
+/// no guest matches it against a real implementation's errata.
+pub const GIC_IIDR: u32 = 0x0000_4658;
+/// Most vCPUs a VM can have (the width of [`Kicks`]).
+pub const MAX_VCPUS: usize = 64;
+/// Most vCPUs a GICv2 VM can have (its 8-bit CPU masks).
+pub const MAX_VCPUS_V2: usize = 8;
+/// Most SPIs (INTIDs 32..1020), rounded down to whole banks of 32.
+pub const MAX_SPIS: u32 = 960;
+/// Size of the distributor frame for `model`.
+pub const fn dist_size(model: Model) -> u64 {
+    match model {
+        Model::V2 => 0x1000,
+        Model::V3 => 0x1_0000,
+    }
+}
+/// Distance between two vCPUs' redistributors (RD frame + SGI frame).
+pub const REDIST_STRIDE: u64 = mmio::GICR_STRIDE;
+
+/// The GIC architecture the guest sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Model {
+    V2,
+    V3,
+}
+
+/// What one VM's vGIC is built with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VgicConfig {
+    pub model: Model,
+    /// One MPIDR per vCPU, in vCPU-index order (their affinity fields route
+    /// SPIs and SGIs on GICv3).
+    pub vcpu_mpidrs: Vec<u64>,
+    /// A multiple of 32, at most [`MAX_SPIS`].
+    pub nr_spis: u32,
+}
+
+/// A configuration the vGIC cannot be built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VgicError {
+    NoVcpus,
+    TooManyVcpus { model: Model, count: usize, max: usize },
+    BadSpiCount(u32),
+    DuplicateAffinity { first: usize, second: usize },
+}
+
+impl fmt::Display for VgicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VgicError::NoVcpus => write!(f, "no vCPUs"),
+            VgicError::TooManyVcpus { model, count, max } => {
+                write!(f, "{count} vCPUs, more than the {max} a {model:?} vGIC supports")
+            }
+            VgicError::BadSpiCount(n) => {
+                write!(f, "{n} SPIs: the count must be a multiple of 32 and at most {MAX_SPIS}")
+            }
+            VgicError::DuplicateAffinity { first, second } => {
+                write!(f, "vCPUs {first} and {second} have the same MPIDR affinity")
+            }
+        }
+    }
+}
+
+/// Bit i set: vCPU i must be kicked (its state changed while it may be in
+/// the guest or blocked). May include the calling vCPU itself.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kicks(pub u64);
+
+impl Kicks {
+    pub fn add(&mut self, vcpu: usize) {
+        if let Some(bit) = 1u64.checked_shl(vcpu as u32).filter(|_| vcpu < 64) {
+            self.0 |= bit;
+        }
+    }
+
+    pub fn contains(self, vcpu: usize) -> bool {
+        vcpu < 64 && self.0 & (1 << vcpu) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The vCPU indices, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |&i| self.contains(i))
+    }
+}
+
+impl core::ops::BitOr for Kicks {
+    type Output = Kicks;
+    fn bitor(self, rhs: Kicks) -> Kicks {
+        Kicks(self.0 | rhs.0)
+    }
+}
+
+/// One VM's virtual GIC.
+pub struct Vgic {
+    model: Model,
+    nr_vcpus: usize,
+    state: Mutex<State>,
+}
+
+impl Vgic {
+    /// # Errors
+    /// A configuration with no vCPUs, more than [`MAX_VCPUS`] (or
+    /// [`MAX_VCPUS_V2`] on GICv2), two vCPUs with one affinity (GICv3), or an
+    /// SPI count that is not a multiple of 32 up to [`MAX_SPIS`].
+    pub fn new(cfg: VgicConfig) -> Result<Self, VgicError> {
+        let count = cfg.vcpu_mpidrs.len();
+        if count == 0 {
+            return Err(VgicError::NoVcpus);
+        }
+        let max = match cfg.model {
+            Model::V2 => MAX_VCPUS_V2,
+            Model::V3 => MAX_VCPUS,
+        };
+        if count > max {
+            return Err(VgicError::TooManyVcpus { model: cfg.model, count, max });
+        }
+        if cfg.nr_spis % 32 != 0 || cfg.nr_spis > MAX_SPIS {
+            return Err(VgicError::BadSpiCount(cfg.nr_spis));
+        }
+        if cfg.model == Model::V3 {
+            for (i, a) in cfg.vcpu_mpidrs.iter().enumerate() {
+                let aff = a & state::AFFINITY_MASK;
+                if let Some(j) = cfg.vcpu_mpidrs[..i].iter().position(|b| b & state::AFFINITY_MASK == aff) {
+                    return Err(VgicError::DuplicateAffinity { first: j, second: i });
+                }
+            }
+        }
+        Ok(Vgic {
+            model: cfg.model,
+            nr_vcpus: count,
+            state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis)),
+        })
+    }
+
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    pub fn nr_vcpus(&self) -> usize {
+        self.nr_vcpus
+    }
+
+    /// A guest read of the distributor by `vcpu`; `offset` from the frame's
+    /// base, `size` 1, 2, 4 or 8. Unaligned, wrong-size and reserved
+    /// accesses read as zero.
+    pub fn dist_read(&self, vcpu: usize, offset: u64, size: u8) -> u64 {
+        self.state.lock().dist_read(vcpu, offset, size)
+    }
+
+    /// A guest write of the distributor (unaligned, wrong-size and reserved
+    /// accesses are ignored).
+    pub fn dist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
+        let mut kicks = Kicks::default();
+        self.state.lock().dist_write(vcpu, offset, size, value, &mut kicks);
+        kicks
+    }
+
+    /// GICv3 only: `offset` from the base of the whole redistributor region;
+    /// vCPU i's RD frame is at i * 0x2_0000, its SGI frame at i * 0x2_0000 +
+    /// 0x1_0000. Offsets beyond the last vCPU: RAZ/WI.
+    pub fn redist_read(&self, vcpu: usize, offset: u64, size: u8) -> u64 {
+        self.state.lock().redist_read(vcpu, offset, size)
+    }
+
+    /// See [`Vgic::redist_read`].
+    pub fn redist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
+        let mut kicks = Kicks::default();
+        self.state.lock().redist_write(vcpu, offset, size, value, &mut kicks);
+        kicks
+    }
+
+    /// A trapped SGI generation register write from `vcpu` (GICv3):
+    /// `ICC_SGI1R_EL1` with `group` 1 raises the SGI whatever its group (a
+    /// single security state); `ICC_SGI0R_EL1` and `ICC_ASGI1R_EL1` with
+    /// `group` 0 raise it only if it is configured as group 0.
+    pub fn sgi_write(&self, vcpu: usize, value: u64, group: u8) -> Kicks {
+        let mut kicks = Kicks::default();
+        self.state.lock().sgi_write(vcpu, value, group, &mut kicks);
+        kicks
+    }
+
+    /// A device's interrupt line (an SPI, or a PPI of `vcpu`) is at `level`.
+    /// A level-sensitive interrupt is pending while the line is high; an
+    /// edge-triggered one becomes pending on a rising level. SGIs and
+    /// unknown INTIDs are ignored.
+    pub fn set_line(&self, vcpu: usize, intid: u32, level: bool) -> Kicks {
+        let mut kicks = Kicks::default();
+        let mut s = self.state.lock();
+        if intid < state::NR_SGIS {
+            return kicks;
+        }
+        let model = s.model;
+        let Some(irq) = s.irq_mut(vcpu, intid) else { return kicks };
+        let before = (irq.pending(model), irq.latch);
+        if level && !irq.line && irq.edge {
+            irq.latch = true;
+        }
+        irq.line = level;
+        if before != (irq.pending(model), irq.latch) {
+            s.update(vcpu, intid, &mut kicks);
+        }
+        kicks
+    }
+
+    /// Links virtual `intid` (a PPI of `vcpu`, or an SPI) to physical
+    /// `pintid` (a PPI or SPI, 16..1020): its list registers get HW = 1, so
+    /// the guest's deactivation deactivates the physical interrupt. `None`
+    /// unlinks. Other INTIDs are ignored.
+    pub fn set_hw(&self, vcpu: usize, intid: u32, pintid: Option<u32>) {
+        if pintid.is_some_and(|p| !(16..1020).contains(&p)) || intid < state::NR_SGIS {
+            return;
+        }
+        if let Some(irq) = self.state.lock().irq_mut(vcpu, intid) {
+            irq.hw = pintid;
+        }
+    }
+
+    /// Whether `intid` (a PPI of `vcpu`, or an SPI) is pending or active for
+    /// the guest, or sits in a list register.
+    pub fn is_pending_or_active(&self, vcpu: usize, intid: u32) -> bool {
+        let s = self.state.lock();
+        s.irq(vcpu, intid).is_some_and(|irq| irq.in_lr || irq.pending(s.model) || irq.is_active(s.model))
+    }
+
+    /// Before entry: fills `cpu_if.lr[..used_lrs]` with `vcpu`'s
+    /// highest-priority pending and active interrupts (active ones first),
+    /// sets `cpu_if.hcr` to En, plus UIE when more are waiting than the
+    /// `nr_lrs` list registers (1-16) hold. List registers from an earlier
+    /// flush not yet synced are folded back first.
+    pub fn flush(&self, vcpu: usize, cpu_if: &mut VgicCpuState, nr_lrs: usize) {
+        self.state.lock().flush(vcpu, cpu_if, nr_lrs);
+    }
+
+    /// After exit: folds the list registers the last flush filled (as el2
+    /// saved them) back into the interrupts' states; sets `used_lrs` to 0.
+    /// Interrupts that moved to another vCPU are kicked through
+    /// [`Vgic::take_kicks`].
+    pub fn sync(&self, vcpu: usize, cpu_if: &mut VgicCpuState) {
+        self.state.lock().sync(vcpu, cpu_if);
+    }
+
+    /// Kicks owed from `flush` and `sync` (an interrupt retargeted while it
+    /// sat in a list register moves to its new vCPU there). Cleared on read;
+    /// call after `sync`.
+    pub fn take_kicks(&self) -> Kicks {
+        core::mem::take(&mut self.state.lock().deferred)
+    }
+
+    /// Whether `vcpu` has an interrupt the guest could take now: enabled,
+    /// pending and not active, its group enabled in `GICD_CTLR` and in the
+    /// virtual CPU interface (`cpu_if.vmcr`), priority above the VMCR's
+    /// priority mask. A vCPU blocked in WFI wakes on this.
+    pub fn has_pending(&self, vcpu: usize, cpu_if: &VgicCpuState) -> bool {
+        self.state.lock().has_pending(vcpu, cpu_if)
+    }
+
+    /// `SYSTEM_RESET`: every register back to its reset value. Hardware links
+    /// and input line levels (the devices' wiring) stay.
+    pub fn reset(&self) {
+        self.state.lock().reset();
+    }
+}

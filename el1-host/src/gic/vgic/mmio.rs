@@ -1,0 +1,399 @@
+//! Guest accesses to the distributor and the redistributors, and trapped SGI
+//! generation. Anything the model has no register for reads as zero and
+//! ignores writes.
+
+use super::regs::{Bank, BitReg};
+use super::state::{State, AFFINITY_MASK, CTLR_ENABLE_MASK, IROUTER_IRM, NR_PRIVATE, NR_SGIS};
+use super::{Kicks, Model, GIC_IIDR};
+
+// Distributor (GICD_*), both models unless noted.
+const GICD_CTLR: u64 = 0x0000;
+const GICD_TYPER: u64 = 0x0004;
+const GICD_IIDR: u64 = 0x0008;
+const GICD_TYPER2: u64 = 0x000c;
+const GICD_BITREGS: core::ops::Range<u64> = 0x0080..0x0400;
+const GICD_IPRIORITYR: core::ops::Range<u64> = 0x0400..0x0800;
+const GICD_ITARGETSR: core::ops::Range<u64> = 0x0800..0x0c00;
+const GICD_ICFGR: core::ops::Range<u64> = 0x0c00..0x0d00;
+const GICD_SGIR: u64 = 0x0f00;
+const GICD_CPENDSGIR: core::ops::Range<u64> = 0x0f10..0x0f20;
+const GICD_SPENDSGIR: core::ops::Range<u64> = 0x0f20..0x0f30;
+const GICD_IROUTER: core::ops::Range<u64> = 0x6000..0x8000;
+const GICD_PIDR2_V2: u64 = 0x0fe8;
+const GICD_PIDR2_V3: u64 = 0xffe8;
+
+/// `GICD_CTLR` (GICv3): ARE, RAO/WI.
+const CTLR_ARE: u32 = 1 << 4;
+/// `GICD_CTLR` (GICv3): DS, a single security state, RAO/WI.
+const CTLR_DS: u32 = 1 << 6;
+
+/// `GICD_TYPER` fields.
+const TYPER_CPUNUMBER_SHIFT: u32 = 5;
+const TYPER_IDBITS_SHIFT: u32 = 19;
+/// Ten INTID bits (`IDbits` holds the count minus one).
+const TYPER_IDBITS_10: u32 = 9;
+const TYPER_A3V: u32 = 1 << 24;
+const TYPER_RSS: u32 = 1 << 26;
+
+/// `PIDR2.ArchRev` in bits [7:4].
+const PIDR2_ARCHREV_SHIFT: u32 = 4;
+
+// Redistributor (GICv3): an RD frame then an SGI frame per vCPU.
+pub const GICR_STRIDE: u64 = 0x2_0000;
+const GICR_SGI_FRAME: u64 = 0x1_0000;
+const GICR_IIDR: u64 = 0x0004;
+const GICR_TYPER: u64 = 0x0008;
+const GICR_WAKER: u64 = 0x0014;
+const GICR_PIDR2: u64 = 0xffe8;
+const GICR_IPRIORITYR: core::ops::Range<u64> = 0x0400..0x0420;
+const GICR_ICFGR0: u64 = 0x0c00;
+const GICR_ICFGR1: u64 = 0x0c04;
+
+/// `GICR_TYPER` fields.
+const GICR_TYPER_LAST: u64 = 1 << 4;
+const GICR_TYPER_PROCESSOR_NUMBER_SHIFT: u32 = 8;
+const GICR_TYPER_AFFINITY_SHIFT: u32 = 32;
+/// `GICR_WAKER`: ProcessorSleep and ChildrenAsleep.
+const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
+const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
+
+// ICC_SGI1R_EL1 / ICC_SGI0R_EL1 fields.
+const SGIR_TARGET_LIST_MASK: u64 = 0xffff;
+const SGIR_AFF1_SHIFT: u32 = 16;
+const SGIR_INTID_SHIFT: u32 = 24;
+const SGIR_AFF2_SHIFT: u32 = 32;
+const SGIR_IRM: u64 = 1 << 40;
+const SGIR_RS_SHIFT: u32 = 44;
+const SGIR_AFF3_SHIFT: u32 = 48;
+
+/// A naturally aligned access of 1, 2, 4 or 8 bytes.
+fn aligned(offset: u64, size: u8) -> bool {
+    matches!(size, 1 | 2 | 4 | 8) && offset % u64::from(size) == 0
+}
+
+fn in_range(r: &core::ops::Range<u64>, offset: u64) -> bool {
+    r.contains(&offset)
+}
+
+impl State {
+    fn dist_frame_size(&self) -> u64 {
+        super::dist_size(self.model)
+    }
+
+    fn gicd_typer(&self) -> u32 {
+        let lines = self.nr_spis / 32;
+        match self.model {
+            // CPUNumber is 0 for a GIC without ARE == 0 support (IHI 0069).
+            Model::V3 => lines | TYPER_IDBITS_10 << TYPER_IDBITS_SHIFT | TYPER_A3V | TYPER_RSS,
+            Model::V2 => {
+                let cpus = self.nr_vcpus().clamp(1, 8) as u32 - 1;
+                lines | cpus << TYPER_CPUNUMBER_SHIFT
+            }
+        }
+    }
+
+    pub fn dist_read(&self, accessor: usize, off: u64, size: u8) -> u64 {
+        if !aligned(off, size) || off >= self.dist_frame_size() {
+            return 0;
+        }
+        let v3 = self.model == Model::V3;
+        let word = size == 4;
+        let bytes = size == 1 || size == 4;
+        let value = match off {
+            GICD_CTLR if word => {
+                let extra = if v3 { CTLR_ARE | CTLR_DS } else { 0 };
+                self.ctlr | extra
+            }
+            GICD_TYPER if word => self.gicd_typer(),
+            GICD_IIDR if word => GIC_IIDR,
+            GICD_TYPER2 => 0,
+            o if in_range(&GICD_BITREGS, o) && word => match BitReg::at(o) {
+                // With affinity routing the private banks live in the redistributors.
+                Some((_, 0)) if v3 => 0,
+                Some((reg, n)) => self.read_bits(Bank { owner: accessor, accessor }, reg, 32 * n as u32),
+                None => 0,
+            },
+            o if in_range(&GICD_IPRIORITYR, o) && bytes => {
+                let first = (o - GICD_IPRIORITYR.start) as u32;
+                if v3 && first < NR_PRIVATE {
+                    0
+                } else {
+                    self.read_priority(accessor, first, size.into())
+                }
+            }
+            o if in_range(&GICD_ITARGETSR, o) && bytes && !v3 => {
+                self.read_targets(accessor, (o - GICD_ITARGETSR.start) as u32, size.into())
+            }
+            o if in_range(&GICD_ICFGR, o) && word => {
+                let n = ((o - GICD_ICFGR.start) / 4) as u32;
+                if v3 && n < 2 {
+                    0
+                } else {
+                    self.read_config(accessor, 16 * n)
+                }
+            }
+            o if (in_range(&GICD_CPENDSGIR, o) || in_range(&GICD_SPENDSGIR, o)) && bytes && !v3 => {
+                let first = (o & 0xf) as u32;
+                (0..u32::from(size)).fold(0, |acc, i| {
+                    let p = self
+                        .irq(accessor, first + i)
+                        .map_or(0, |irq| irq.sgi_pend | if irq.in_lr { irq.lr_sgi_pend } else { 0 });
+                    acc | u32::from(p) << (8 * i)
+                })
+            }
+            o if in_range(&GICD_IROUTER, o) && v3 && (size == 4 || size == 8) => {
+                let intid = ((o - GICD_IROUTER.start) / 8) as u32;
+                let route = match self.irq(accessor, intid) {
+                    Some(irq) if intid >= NR_PRIVATE => irq.route,
+                    _ => 0,
+                };
+                return match (size, o % 8) {
+                    (8, _) => route,
+                    (_, 0) => route & 0xffff_ffff,
+                    _ => route >> 32,
+                };
+            }
+            GICD_PIDR2_V2 if word && !v3 => 2 << PIDR2_ARCHREV_SHIFT,
+            GICD_PIDR2_V3 if word && v3 => 3 << PIDR2_ARCHREV_SHIFT,
+            _ => 0,
+        };
+        value.into()
+    }
+
+    pub fn dist_write(&mut self, accessor: usize, off: u64, size: u8, value: u64, kicks: &mut Kicks) {
+        if !aligned(off, size) || off >= self.dist_frame_size() {
+            return;
+        }
+        let v3 = self.model == Model::V3;
+        let word = size == 4;
+        let bytes = size == 1 || size == 4;
+        let value32 = value as u32;
+        match off {
+            GICD_CTLR if word => {
+                let new = value32 & CTLR_ENABLE_MASK;
+                if new != self.ctlr {
+                    self.ctlr = new;
+                    self.update_all(kicks);
+                }
+            }
+            o if in_range(&GICD_BITREGS, o) && word => match BitReg::at(o) {
+                Some((_, 0)) if v3 => {}
+                Some((reg, n)) => {
+                    self.write_bits(Bank { owner: accessor, accessor }, reg, 32 * n as u32, value32, kicks)
+                }
+                None => {}
+            },
+            o if in_range(&GICD_IPRIORITYR, o) && bytes => {
+                let first = (o - GICD_IPRIORITYR.start) as u32;
+                if !(v3 && first < NR_PRIVATE) {
+                    self.write_priority(accessor, first, size.into(), value32, kicks);
+                }
+            }
+            o if in_range(&GICD_ITARGETSR, o) && bytes && !v3 => {
+                self.write_targets((o - GICD_ITARGETSR.start) as u32, size.into(), value32, kicks);
+            }
+            o if in_range(&GICD_ICFGR, o) && word => {
+                let n = ((o - GICD_ICFGR.start) / 4) as u32;
+                if !(v3 && n < 2) {
+                    self.write_config(accessor, 16 * n, value32, kicks);
+                }
+            }
+            GICD_SGIR if word && !v3 => self.write_v2_sgir(accessor, value32, kicks),
+            o if (in_range(&GICD_CPENDSGIR, o) || in_range(&GICD_SPENDSGIR, o)) && bytes && !v3 => {
+                let set = in_range(&GICD_SPENDSGIR, o);
+                self.write_sgi_sources(accessor, (o & 0xf) as u32, size.into(), value32, set, kicks);
+            }
+            o if in_range(&GICD_IROUTER, o) && v3 && (size == 4 || size == 8) => {
+                let intid = ((o - GICD_IROUTER.start) / 8) as u32;
+                self.write_irouter(intid, o % 8 == 4, size, value, kicks);
+            }
+            _ => {}
+        }
+    }
+
+    fn write_irouter(&mut self, intid: u32, high: bool, size: u8, value: u64, kicks: &mut Kicks) {
+        if intid < NR_PRIVATE {
+            return;
+        }
+        let spi = (intid - NR_PRIVATE) as usize;
+        let Some(irq) = self.spis.get_mut(spi) else { return };
+        let route = match (size, high) {
+            (8, _) => value,
+            (_, false) => (irq.route & !0xffff_ffff) | (value & 0xffff_ffff),
+            (_, true) => (irq.route & 0xffff_ffff) | (value << 32),
+        } & (AFFINITY_MASK | IROUTER_IRM);
+        if route == irq.route {
+            return;
+        }
+        irq.route = route;
+        self.resolve_route(spi);
+        self.update(0, intid, kicks);
+    }
+
+    /// GICv2 `GICD_SGIR`.
+    fn write_v2_sgir(&mut self, accessor: usize, value: u32, kicks: &mut Kicks) {
+        let list = ((value >> 16) & 0xff) as u8;
+        let all = self.vcpu_mask();
+        let self_bit = if accessor < 8 { 1u8 << accessor } else { 0 };
+        let targets = match (value >> 24) & 3 {
+            0 => list & all,
+            1 => all & !self_bit,
+            2 => self_bit & all,
+            _ => 0,
+        };
+        let intid = value & 0xf;
+        for t in 0..8 {
+            if targets & (1 << t) != 0 {
+                self.raise_sgi(t, intid, accessor, kicks);
+            }
+        }
+    }
+
+    /// GICv2 `GICD_SPENDSGIR` (`set`) / `GICD_CPENDSGIR`: source bits of the
+    /// accessor's SGIs `first..first + n`.
+    fn write_sgi_sources(&mut self, accessor: usize, first: u32, n: u32, value: u32, set: bool, kicks: &mut Kicks) {
+        let mask = self.vcpu_mask();
+        for i in 0..n {
+            let intid = first + i;
+            let bits = (value >> (8 * i)) as u8 & mask;
+            if intid >= NR_SGIS || bits == 0 {
+                continue;
+            }
+            let Some(irq) = self.irq_mut(accessor, intid) else { continue };
+            let (pend, lr) = (irq.sgi_pend, irq.lr_sgi_pend);
+            if set {
+                irq.sgi_pend |= bits;
+            } else {
+                irq.sgi_pend &= !bits;
+                irq.lr_sgi_pend &= !bits;
+            }
+            if (pend, lr) != (irq.sgi_pend, irq.lr_sgi_pend) {
+                self.update(accessor, intid, kicks);
+            }
+        }
+    }
+
+    pub fn redist_read(&self, accessor: usize, off: u64, size: u8) -> u64 {
+        if self.model != Model::V3 || !aligned(off, size) {
+            return 0;
+        }
+        let Ok(idx) = usize::try_from(off / GICR_STRIDE) else { return 0 };
+        let Some(vs) = self.vcpus.get(idx) else { return 0 };
+        let frame = off % GICR_STRIDE;
+        let word = size == 4;
+        if frame < GICR_SGI_FRAME {
+            return match (frame, size) {
+                (GICR_IIDR, 4) => GIC_IIDR.into(),
+                (GICR_TYPER, 8) => self.gicr_typer(idx),
+                (GICR_TYPER, 4) => self.gicr_typer(idx) & 0xffff_ffff,
+                (f, 4) if f == GICR_TYPER + 4 => self.gicr_typer(idx) >> 32,
+                (GICR_WAKER, 4) if vs.sleep => (WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP).into(),
+                (GICR_PIDR2, 4) => (3u64) << PIDR2_ARCHREV_SHIFT,
+                // GICR_CTLR, GICR_STATUSR and the LPI registers: no LPIs yet.
+                _ => 0,
+            };
+        }
+        let g = frame - GICR_SGI_FRAME;
+        let bank = Bank { owner: idx, accessor };
+        let value = match g {
+            o if in_range(&GICD_BITREGS, o) && word => match BitReg::at(o) {
+                Some((reg, 0)) => self.read_bits(bank, reg, 0),
+                _ => 0,
+            },
+            o if in_range(&GICR_IPRIORITYR, o) && (size == 1 || word) => {
+                self.read_priority(idx, (o - GICR_IPRIORITYR.start) as u32, size.into())
+            }
+            GICR_ICFGR0 if word => self.read_config(idx, 0),
+            GICR_ICFGR1 if word => self.read_config(idx, 16),
+            _ => 0,
+        };
+        value.into()
+    }
+
+    pub fn redist_write(&mut self, accessor: usize, off: u64, size: u8, value: u64, kicks: &mut Kicks) {
+        if self.model != Model::V3 || !aligned(off, size) {
+            return;
+        }
+        let Ok(idx) = usize::try_from(off / GICR_STRIDE) else { return };
+        if idx >= self.vcpus.len() {
+            return;
+        }
+        let frame = off % GICR_STRIDE;
+        let word = size == 4;
+        let value32 = value as u32;
+        if frame < GICR_SGI_FRAME {
+            if frame == GICR_WAKER && word {
+                let sleep = value32 & WAKER_PROCESSOR_SLEEP != 0;
+                if let Some(vs) = self.vcpus.get_mut(idx) {
+                    if vs.sleep != sleep {
+                        vs.sleep = sleep;
+                        self.update_1_of_n(kicks);
+                    }
+                }
+            }
+            return;
+        }
+        let g = frame - GICR_SGI_FRAME;
+        let bank = Bank { owner: idx, accessor };
+        match g {
+            o if in_range(&GICD_BITREGS, o) && word => {
+                if let Some((reg, 0)) = BitReg::at(o) {
+                    self.write_bits(bank, reg, 0, value32, kicks);
+                }
+            }
+            o if in_range(&GICR_IPRIORITYR, o) && (size == 1 || word) => {
+                self.write_priority(idx, (o - GICR_IPRIORITYR.start) as u32, size.into(), value32, kicks);
+            }
+            GICR_ICFGR1 if word => self.write_config(idx, 16, value32, kicks),
+            _ => {}
+        }
+    }
+
+    fn gicr_typer(&self, idx: usize) -> u64 {
+        let Some(vs) = self.vcpus.get(idx) else { return 0 };
+        let aff = ((vs.mpidr >> 32) & 0xff) << 24 | (vs.mpidr & 0xff_ffff);
+        let mut typer = aff << GICR_TYPER_AFFINITY_SHIFT | (idx as u64 & 0xffff) << GICR_TYPER_PROCESSOR_NUMBER_SHIFT;
+        if idx + 1 == self.vcpus.len() {
+            typer |= GICR_TYPER_LAST;
+        }
+        typer
+    }
+
+    /// A trapped `ICC_SGI1R_EL1` (`group` 1) or `ICC_SGI0R_EL1` / `ICC_ASGI1R_EL1`
+    /// (`group` 0) write.
+    pub fn sgi_write(&mut self, accessor: usize, value: u64, group: u8, kicks: &mut Kicks) {
+        if self.model != Model::V3 || accessor >= self.vcpus.len() {
+            return;
+        }
+        let intid = ((value >> SGIR_INTID_SHIFT) & 0xf) as u32;
+        let irm = value & SGIR_IRM != 0;
+        let aff3 = (value >> SGIR_AFF3_SHIFT) & 0xff;
+        let aff2 = (value >> SGIR_AFF2_SHIFT) & 0xff;
+        let aff1 = (value >> SGIR_AFF1_SHIFT) & 0xff;
+        let rs = (value >> SGIR_RS_SHIFT) & 0xf;
+        let list = value & SGIR_TARGET_LIST_MASK;
+        for t in 0..self.vcpus.len() {
+            let hit = if irm {
+                t != accessor
+            } else {
+                let m = self.vcpus[t].mpidr;
+                let aff0 = m & 0xff;
+                (m >> 32) & 0xff == aff3
+                    && (m >> 16) & 0xff == aff2
+                    && (m >> 8) & 0xff == aff1
+                    && aff0 >> 4 == rs
+                    && list & (1 << (aff0 & 0xf)) != 0
+            };
+            if !hit {
+                continue;
+            }
+            // With DS == 1 an SGI1R write raises either group; SGI0R and
+            // ASGI1R raise only an SGI configured as group 0.
+            let group1 = self.irq(t, intid).is_some_and(|irq| irq.group1);
+            if group == 0 && group1 {
+                continue;
+            }
+            self.raise_sgi(t, intid, accessor, kicks);
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The vGIC's state behind its lock: per-interrupt state, per-vCPU ap lists,
+//! and the rules that keep an interrupt on the ap list of the vCPU it is
+//! pending or active for.
+
+use alloc::vec::Vec;
+use ferrovisor_shared::vcpu::MAX_LIST_REGS;
+
+use super::{Kicks, Model};
+
+/// SGIs and PPIs: INTIDs 0-31, banked per vCPU.
+pub const NR_PRIVATE: u32 = 32;
+/// SGIs: INTIDs 0-15.
+pub const NR_SGIS: u32 = 16;
+/// The implemented bits of an 8-bit priority (32 levels).
+pub const PRIORITY_MASK: u8 = 0xf8;
+/// `GICD_IROUTER` / `GICR_TYPER`-style affinity: Aff3 [39:32], Aff2.Aff1.Aff0 [23:0].
+pub const AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+/// `GICD_IROUTER.Interrupt_Routing_Mode`: 1-of-N.
+pub const IROUTER_IRM: u64 = 1 << 31;
+/// `GICD_CTLR` group enables (EnableGrp0, EnableGrp1).
+pub const CTLR_ENABLE_MASK: u32 = 0b11;
+
+/// One interrupt, as the distributor (or a redistributor) holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct Irq {
+    pub intid: u16,
+    pub enabled: bool,
+    /// The pending latch: an edge, a software `ISPENDR` write, an SGI.
+    pub latch: bool,
+    /// The input line of a level-sensitive (or edge, for edge detection) interrupt.
+    pub line: bool,
+    pub active: bool,
+    pub group1: bool,
+    pub priority: u8,
+    pub edge: bool,
+    /// Hardware-linked to this physical INTID.
+    pub hw: Option<u32>,
+    /// SPIs on GICv3: `GICD_IROUTER<n>` (affinity and IRM bits only).
+    pub route: u64,
+    /// SPIs on GICv2: `GICD_ITARGETSR` byte (CPU mask).
+    pub targets: u8,
+    /// SPIs on GICv3 with IRM == 0: the vCPU whose MPIDR matches `route`.
+    pub routed_to: Option<u8>,
+    /// GICv2 SGIs: pending per source CPU.
+    pub sgi_pend: u8,
+    /// GICv2 SGIs: active per source CPU.
+    pub sgi_act: u8,
+    /// The vCPU whose ap list holds this interrupt.
+    pub ap: Option<u8>,
+    /// In one (or, for a GICv2 SGI, several) list registers of the `ap` vCPU.
+    pub in_lr: bool,
+    /// The pending latch that went into the list register (given back at sync
+    /// if the list register is still pending; dropped if the guest took it or
+    /// the host cleared the pending state meanwhile).
+    pub lr_latch: bool,
+    /// GICv2 SGIs: the pending sources that went into list registers.
+    pub lr_sgi_pend: u8,
+    /// The host wrote the active state while it sat in a list register: the
+    /// list register's active state is stale.
+    pub lr_act_written: bool,
+}
+
+impl Irq {
+    /// The reset state of `intid`.
+    pub fn new(model: Model, intid: u32) -> Self {
+        let sgi = intid < NR_SGIS;
+        Irq {
+            intid: intid as u16,
+            // SGIs reset enabled (as on GIC-400 and under KVM); the rest disabled.
+            enabled: sgi,
+            latch: false,
+            line: false,
+            active: false,
+            // GICv3 guests run in Non-secure group 1; a GICv2 guest without
+            // Security Extensions sees everything in group 0 until it says otherwise.
+            group1: model == Model::V3,
+            priority: 0,
+            // SGIs are always edge; PPIs and SPIs reset level-sensitive.
+            edge: sgi,
+            hw: None,
+            route: 0,
+            targets: 0,
+            routed_to: None,
+            sgi_pend: 0,
+            sgi_act: 0,
+            ap: None,
+            in_lr: false,
+            lr_latch: false,
+            lr_sgi_pend: 0,
+            lr_act_written: false,
+        }
+    }
+
+    pub fn is_sgi(&self) -> bool {
+        u32::from(self.intid) < NR_SGIS
+    }
+
+    pub fn is_private(&self) -> bool {
+        u32::from(self.intid) < NR_PRIVATE
+    }
+
+    /// The pending state, including what sits in a list register.
+    pub fn pending(&self, model: Model) -> bool {
+        if model == Model::V2 && self.is_sgi() {
+            return self.sgi_pend | self.lr_sgi_pend_view() != 0;
+        }
+        self.latch || (self.in_lr && self.lr_latch) || (!self.edge && self.line)
+    }
+
+    fn lr_sgi_pend_view(&self) -> u8 {
+        if self.in_lr {
+            self.lr_sgi_pend
+        } else {
+            0
+        }
+    }
+
+    pub fn is_active(&self, model: Model) -> bool {
+        if model == Model::V2 && self.is_sgi() {
+            self.sgi_act != 0
+        } else {
+            self.active
+        }
+    }
+}
+
+/// What one list register holds: the interrupt and, for a GICv2 SGI, its source.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LrSlot {
+    pub intid: u16,
+    pub source: u8,
+}
+
+/// One vCPU's private interrupts and list-register bookkeeping.
+pub struct VcpuState {
+    pub mpidr: u64,
+    pub private: [Irq; NR_PRIVATE as usize],
+    /// INTIDs pending or active for this vCPU, or in its list registers.
+    pub ap_list: Vec<u16>,
+    /// What `flush` put in list registers `0..in_flight`.
+    pub lr_map: [LrSlot; MAX_LIST_REGS],
+    pub in_flight: usize,
+    /// `GICR_WAKER.ProcessorSleep`.
+    pub sleep: bool,
+}
+
+impl VcpuState {
+    fn new(model: Model, mpidr: u64) -> Self {
+        VcpuState {
+            mpidr,
+            private: core::array::from_fn(|i| Irq::new(model, i as u32)),
+            ap_list: Vec::new(),
+            lr_map: [LrSlot::default(); MAX_LIST_REGS],
+            in_flight: 0,
+            sleep: true,
+        }
+    }
+}
+
+/// Everything the vGIC lock guards.
+pub struct State {
+    pub model: Model,
+    pub nr_spis: u32,
+    /// `GICD_CTLR` EnableGrp0 (bit 0) and EnableGrp1 (bit 1).
+    pub ctlr: u32,
+    pub vcpus: Vec<VcpuState>,
+    pub spis: Vec<Irq>,
+    /// vCPUs to kick for moves done where no caller can take the kicks.
+    pub deferred: Kicks,
+}
+
+impl State {
+    pub fn new(model: Model, mpidrs: &[u64], nr_spis: u32) -> Self {
+        let mut s = State {
+            model,
+            nr_spis,
+            ctlr: 0,
+            vcpus: mpidrs.iter().map(|&m| VcpuState::new(model, m)).collect(),
+            spis: (0..nr_spis).map(|i| Irq::new(model, NR_PRIVATE + i)).collect(),
+            deferred: Kicks::default(),
+        };
+        for i in 0..s.spis.len() {
+            s.resolve_route(i);
+        }
+        s
+    }
+
+    /// Back to reset values; the wiring (hardware links, input line levels)
+    /// stays, as it belongs to the devices and not to the guest.
+    pub fn reset(&mut self) {
+        let model = self.model;
+        self.ctlr = 0;
+        self.deferred = Kicks::default();
+        let fresh = |old: &Irq| Irq { hw: old.hw, line: old.line, ..Irq::new(model, old.intid.into()) };
+        for v in &mut self.vcpus {
+            for irq in &mut v.private {
+                *irq = fresh(irq);
+            }
+            v.ap_list.clear();
+            v.in_flight = 0;
+            v.sleep = true;
+        }
+        for irq in &mut self.spis {
+            *irq = fresh(irq);
+        }
+        for i in 0..self.spis.len() {
+            self.resolve_route(i);
+        }
+        // Level lines still high are pending again, but nothing is enabled yet:
+        // no ap list needs them.
+    }
+
+    pub fn nr_vcpus(&self) -> usize {
+        self.vcpus.len()
+    }
+
+    /// Whether `intid` names an interrupt (private ones need a valid `owner`).
+    pub fn exists(&self, owner: usize, intid: u32) -> bool {
+        if intid < NR_PRIVATE {
+            owner < self.vcpus.len()
+        } else {
+            intid - NR_PRIVATE < self.nr_spis
+        }
+    }
+
+    pub fn irq(&self, owner: usize, intid: u32) -> Option<&Irq> {
+        if intid < NR_PRIVATE {
+            self.vcpus.get(owner)?.private.get(intid as usize)
+        } else {
+            self.spis.get((intid - NR_PRIVATE) as usize)
+        }
+    }
+
+    pub fn irq_mut(&mut self, owner: usize, intid: u32) -> Option<&mut Irq> {
+        if intid < NR_PRIVATE {
+            self.vcpus.get_mut(owner)?.private.get_mut(intid as usize)
+        } else {
+            self.spis.get_mut((intid - NR_PRIVATE) as usize)
+        }
+    }
+
+    pub fn group_enabled(&self, irq: &Irq) -> bool {
+        self.ctlr & (1 << u32::from(irq.group1)) != 0
+    }
+
+    /// Pending, enabled and its group forwarded by the distributor.
+    pub fn deliverable(&self, irq: &Irq) -> bool {
+        irq.enabled && irq.pending(self.model) && self.group_enabled(irq)
+    }
+
+    /// The lowest-numbered vCPU in a GICv2 CPU mask.
+    fn first_in_mask(&self, mask: u8) -> Option<usize> {
+        let mask = mask & self.vcpu_mask();
+        (mask != 0).then(|| mask.trailing_zeros() as usize)
+    }
+
+    /// GICv2: CPU-mask bits of the vCPUs that exist.
+    pub fn vcpu_mask(&self) -> u8 {
+        match self.vcpus.len() {
+            n if n >= 8 => 0xff,
+            n => ((1u16 << n) - 1) as u8,
+        }
+    }
+
+    /// The vCPU index whose MPIDR has `affinity` (Aff3.Aff2.Aff1.Aff0 in MPIDR layout).
+    pub fn vcpu_by_affinity(&self, affinity: u64) -> Option<usize> {
+        self.vcpus.iter().position(|v| v.mpidr & AFFINITY_MASK == affinity & AFFINITY_MASK)
+    }
+
+    /// Recomputes `routed_to` of SPI index `spi` from its `route`.
+    pub fn resolve_route(&mut self, spi: usize) {
+        let Some(irq) = self.spis.get(spi) else { return };
+        let to = self.vcpu_by_affinity(irq.route).and_then(|v| u8::try_from(v).ok());
+        if let Some(irq) = self.spis.get_mut(spi) {
+            irq.routed_to = to;
+        }
+    }
+
+    /// The vCPU `irq` is delivered to when it is not already held somewhere.
+    pub fn target(&self, owner: usize, irq: &Irq) -> Option<usize> {
+        if irq.is_private() {
+            return (owner < self.vcpus.len()).then_some(owner);
+        }
+        match self.model {
+            Model::V2 => self.first_in_mask(irq.targets),
+            Model::V3 if irq.route & IROUTER_IRM != 0 => {
+                // 1 of N: the first vCPU that is awake, else vCPU 0.
+                Some(self.vcpus.iter().position(|v| !v.sleep).unwrap_or(0))
+            }
+            Model::V3 => irq.routed_to.map(usize::from),
+        }
+    }
+
+    /// Which vCPU's ap list `irq` belongs on now, if any.
+    fn oracle(&self, owner: usize, irq: &Irq) -> Option<usize> {
+        if irq.in_lr {
+            // Stays with the vCPU whose list registers hold it until sync.
+            return irq.ap.map(usize::from);
+        }
+        let active = irq.is_active(self.model);
+        if active {
+            if let Some(v) = irq.ap {
+                // An active interrupt is deactivated where it was taken.
+                return Some(usize::from(v));
+            }
+        }
+        if active || self.deliverable(irq) {
+            self.target(owner, irq)
+        } else {
+            None
+        }
+    }
+
+    /// After a change to (`owner`'s) `intid`: puts it on the right ap list and
+    /// kicks the vCPU that must look at it.
+    pub fn update(&mut self, owner: usize, intid: u32, kicks: &mut Kicks) {
+        let Some(irq) = self.irq(owner, intid).copied() else { return };
+        let want = self.oracle(owner, &irq);
+        let cur = irq.ap.map(usize::from);
+        if cur == want {
+            if let Some(v) = cur {
+                kicks.add(v);
+            }
+            return;
+        }
+        if let Some(c) = cur {
+            self.remove_from_ap_list(c, irq.intid);
+        }
+        let new_ap = want.and_then(|w| u8::try_from(w).ok()).filter(|&w| usize::from(w) < self.vcpus.len());
+        if let Some(w) = new_ap {
+            if let Some(v) = self.vcpus.get_mut(usize::from(w)) {
+                v.ap_list.push(irq.intid);
+            }
+            kicks.add(usize::from(w));
+        }
+        if let Some(irq) = self.irq_mut(owner, intid) {
+            irq.ap = new_ap;
+        }
+    }
+
+    fn remove_from_ap_list(&mut self, vcpu: usize, intid: u16) {
+        if let Some(v) = self.vcpus.get_mut(vcpu) {
+            if let Some(pos) = v.ap_list.iter().position(|&i| i == intid) {
+                v.ap_list.swap_remove(pos);
+            }
+        }
+    }
+
+    /// Re-evaluates every interrupt (after a `GICD_CTLR` change).
+    pub fn update_all(&mut self, kicks: &mut Kicks) {
+        for v in 0..self.vcpus.len() {
+            for intid in 0..NR_PRIVATE {
+                self.update(v, intid, kicks);
+            }
+        }
+        for i in 0..self.nr_spis {
+            self.update(0, NR_PRIVATE + i, kicks);
+        }
+    }
+
+    /// Re-evaluates SPIs routed 1-of-N (after a `GICR_WAKER` change).
+    pub fn update_1_of_n(&mut self, kicks: &mut Kicks) {
+        if self.model != Model::V3 {
+            return;
+        }
+        for i in 0..self.nr_spis {
+            let irm = self.spis.get(i as usize).is_some_and(|irq| irq.route & IROUTER_IRM != 0);
+            if irm {
+                self.update(0, NR_PRIVATE + i, kicks);
+            }
+        }
+    }
+
+    /// Drops from `vcpu`'s ap list what no longer belongs there and moves
+    /// what belongs to another vCPU (kicked through `deferred`).
+    pub fn prune(&mut self, vcpu: usize) {
+        let mut kicks = Kicks::default();
+        let mut i = 0;
+        while let Some(&intid) = self.vcpus.get(vcpu).and_then(|v| v.ap_list.get(i)) {
+            self.update(vcpu, intid.into(), &mut kicks);
+            // A removal swaps the last entry into slot i: look at it next.
+            if self.vcpus.get(vcpu).and_then(|v| v.ap_list.get(i)) == Some(&intid) {
+                i += 1;
+            }
+        }
+        // The vCPU doing the pruning looks at its own list next anyway.
+        kicks.0 &= !(1u64.checked_shl(vcpu as u32).unwrap_or(0));
+        self.deferred.0 |= kicks.0;
+    }
+}
