@@ -24,6 +24,18 @@ pub fn timer_intid() -> u32 {
     TIMER_INTID.load(Ordering::Relaxed)
 }
 
+/// The virtual timer's INTID (PPI 11 unless the device tree says otherwise):
+/// guests own that timer; its interrupt only makes them exit.
+static VTIMER_INTID: AtomicU32 = AtomicU32::new(27);
+
+pub fn set_vtimer_intid(intid: u32) {
+    VTIMER_INTID.store(intid, Ordering::Relaxed);
+}
+
+pub fn vtimer_intid() -> u32 {
+    VTIMER_INTID.load(Ordering::Relaxed)
+}
+
 /// Called from the IRQ vector with IRQs masked.
 pub fn handle() {
     let cpu = crate::arch::aarch64::cpu::current();
@@ -44,6 +56,9 @@ pub fn handle() {
             me.ticks.fetch_add(1, Ordering::Relaxed);
             crate::sched::account_tick();
             timer::arm_in_us(TICK_US);
+        } else if intid == vtimer_intid() || intid == gic::maintenance_intid() {
+            // A guest's: the exit it caused was the point; the run loop looks
+            // at the guest's timer and list registers.
         } else {
             log::warn!("unexpected interrupt {intid}");
         }

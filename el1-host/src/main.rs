@@ -37,6 +37,7 @@ mod smp;
 #[cfg(target_os = "none")]
 mod host {
     use crate::arch::aarch64::{cpu, mmu, timer};
+    use alloc::string::String;
     use crate::{board, bootargs, console, gic, irq, mm, println, sched, selfcheck, smp, vm};
     use ferrovisor_shared::boot::{BootInfo, BOOT_INFO_MAGIC, MAX_CPUS};
     use ferrovisor_shared::dt::{Board, BoardKind, MemRegion};
@@ -138,12 +139,14 @@ mod host {
         }
         let (gicv3, its) = match gic {
             gic::Version::V2 => (false, false),
-            gic::Version::V3 { its, .. } => (true, its),
+            // The guest's ITS is the LPI work's: until then guests are told of
+            // none (an ITS node whose frame reads as zero would confuse Linux).
+            gic::Version::V3 { .. } => (true, false),
         };
         let cpus: alloc::vec::Vec<usize> =
             (0..MAX_CPUS).filter(|&c| smp::CPUS[c].online.load(core::sync::atomic::Ordering::Acquire)).collect();
-        let mut next = 0;
         let (mut started, mut refused) = (0, 0);
+        let mut vcpus = 0;
         for (id, spec) in list.vms.into_iter().enumerate() {
             let spec = match spec {
                 Ok(s) => s,
@@ -155,37 +158,31 @@ mod host {
                 }
             };
             let n = spec.vcpus as usize;
-            if builtin && next + n > cpus.len() {
-                // The demonstration set adapts to the board; what a user asked
-                // for is refused below.
-                println!("vm {}: skipped: it needs {n} vCPUs and {} CPUs are free", spec.name, cpus.len() - next);
+            if builtin && vcpus + n > cpus.len() {
+                // The demonstration set adapts to the board (every vCPU a CPU
+                // of its own); what a user asks for is time-sliced.
+                println!("vm {}: skipped: it needs {n} vCPUs and {} CPUs are free", spec.name, cpus.len() - vcpus);
                 continue;
             }
-            if next + n > cpus.len() {
-                log::error!(
-                    "vm {}: not started: it needs {n} vCPUs and only {} of {} CPUs are free (one vCPU per CPU)",
-                    spec.name,
-                    cpus.len() - next,
-                    cpus.len()
-                );
-                refused += 1;
-                vm::instance::record_refused();
-                continue;
-            }
-            match vm::instance::Vm::create(id, &spec, &cpus[next..next + n], gicv3, its) {
+            // Pinned vCPUs take CPUs in turn from where the last VM's ended.
+            let pin: Option<alloc::vec::Vec<usize>> =
+                spec.pinned.then(|| (0..n).map(|i| cpus[(vcpus + i) % cpus.len()]).collect());
+            match vm::instance::Vm::create(id, &spec, pin.as_deref(), gicv3, its) {
                 Ok(v) => {
+                    let placement = match &pin {
+                        Some(p) => alloc::format!("pinned to CPUs {p:?}"),
+                        None => String::from("on any CPU"),
+                    };
                     println!(
-                        "vm {}: {} vCPU{} on CPU{} {:?}, {} MiB, bootargs \"{}\"",
+                        "vm {}: {} vCPU{} {placement}, {} MiB, bootargs \"{}\"",
                         spec.name,
                         n,
                         if n == 1 { "" } else { "s" },
-                        if n == 1 { "" } else { "s" },
-                        &cpus[next..next + n],
                         v.ram.size >> 20,
                         spec.bootargs
                     );
                     vm::instance::publish(v);
-                    next += n;
+                    vcpus += n;
                     started += 1;
                 }
                 Err(e) => {
@@ -194,6 +191,9 @@ mod host {
                     vm::instance::record_refused();
                 }
             }
+        }
+        if vcpus > cpus.len() {
+            println!("ferrovisor: {vcpus} vCPUs on {} CPUs: time-sliced", cpus.len());
         }
         for &c in &cpus {
             if c != cpu::current() {
@@ -206,7 +206,9 @@ mod host {
     /// GIC CPU interface, timer tick, then IRQs on.
     fn per_cpu_init(index: usize) {
         cpu::set_current(index);
-        gic::init_cpu(index, &[irq::SGI_PING, irq::timer_intid()]);
+        // The guests' virtual timer is off until one runs here.
+        timer::vtimer_off();
+        gic::init_cpu(index, &[irq::SGI_PING, irq::timer_intid(), irq::vtimer_intid(), gic::maintenance_intid()]);
         timer::arm_in_us(irq::TICK_US);
         smp::mark_online();
         cpu::irq_enable();
@@ -261,6 +263,7 @@ mod host {
     fn init_interrupts(board: &Board, info: &BootInfo) -> gic::Version {
         if let Some(t) = board.timer() {
             irq::set_timer_intid(t.nonsecure_phys);
+            irq::set_vtimer_intid(t.virt);
         }
         let Some(desc) = board.gic() else { board::fail("the device tree has no GIC this host drives") };
         let mut mpidrs = [0u64; MAX_CPUS];

@@ -139,6 +139,7 @@ fn boot_on_el2(dtb: usize, board: &Board) -> Result<(), BootError> {
     unsafe { mmu::init(ram) }.map_err(|_| BootError::Msg("el2 page tables"))?;
     regs::set_vectors(boot::el2_vectors as *const () as u64);
     regs::configure_for_host();
+    crate::vgic::init(board.gic());
 
     // CPUs.
     let cpus = board.cpus();
@@ -324,6 +325,7 @@ fn hypercall(regs: &mut GeneralRegs) {
             world::flush_all();
             0
         }
+        hc::HC_VGIC_INFO => crate::vgic::nr_lrs() as i64,
         hc::SMCCC_VERSION => hc::SMCCC_VERSION_1_1,
         f if is_psci(f) => host_psci(f, [regs.x[1], regs.x[2], regs.x[3]]),
         _ => hc::SMCCC_NOT_SUPPORTED,

@@ -19,6 +19,8 @@ mod console;
 #[cfg(target_os = "none")]
 mod hyp;
 #[cfg(target_os = "none")]
+mod vgic;
+#[cfg(target_os = "none")]
 mod world;
 
 /// el2 is a bare-metal binary; on the development host only its unit tests run.

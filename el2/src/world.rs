@@ -112,6 +112,7 @@ pub fn init_cpu(index: usize) {
     c.vtcr = vtcr();
     c.pauth = has_pauth();
     TPIDR_EL2.set(cpu as u64);
+    crate::vgic::reset_cpu();
 }
 
 fn this_cpu() -> &'static mut El2Cpu {
@@ -330,6 +331,7 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     MDCR_EL2.set(cpu.host_mdcr | MDCR_TPM | MDCR_TPMCR);
     CNTHCTL_EL2.set(CNTHCTL_GUEST);
     HCR_EL2.set(guest_hcr(ctx.config.flags, cpu.pauth));
+    crate::vgic::restore(&ctx.vgic);
     isb();
 
     let reason = loop {
@@ -366,6 +368,7 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     ctx.timer.cntv_cval = CNTV_CVAL_EL0.get();
     // The guest's timer must not interrupt the host.
     CNTV_CTL_EL0.set(0);
+    crate::vgic::save(&mut ctx.vgic);
 
     // Host in.
     HCR_EL2.set(cpu.host_hcr);

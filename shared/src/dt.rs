@@ -265,6 +265,7 @@ pub enum ModuleRef<'a> {
 ///     web {                                   // the VM's name, unless given below
 ///         compatible = "ferrovisor,domain";
 ///         ferrovisor,name = "web server";     // optional (`name` is read too)
+///         ferrovisor,pinned;                  // optional: vCPU i keeps to one CPU
 ///         cpus = <2>;                         // vCPUs, one cell
 ///         memory = <0x0 0x20000>;             // KiB, 1 or 2 cells (here 128 MiB)
 ///         #address-cells = <2>;               // for the modules' reg (default 2)
@@ -303,6 +304,8 @@ pub struct DomainDesc<'a> {
     pub initrd: Option<ModuleRef<'a>>,
     /// The kernel module's `bootargs`, or "".
     pub bootargs: &'a str,
+    /// `ferrovisor,pinned` is present: each vCPU keeps to one CPU.
+    pub pinned: bool,
 }
 
 /// What is wrong with a domain node.
@@ -498,7 +501,17 @@ fn domain_desc<'a>(tree: Tree<'a>, node: Node<'a>) -> Result<DomainDesc<'a>, Dom
             problem: DomainProblem::BadBootargs,
         })?,
     };
-    Ok(DomainDesc { node: node.name, name, vcpus, memory_kib, kernel, initrd: initrd.map(|(_, m)| m), bootargs })
+    let pinned = tree.prop(node, "ferrovisor,pinned").is_some();
+    Ok(DomainDesc {
+        node: node.name,
+        name,
+        vcpus,
+        memory_kib,
+        kernel,
+        initrd: initrd.map(|(_, m)| m),
+        bootargs,
+        pinned,
+    })
 }
 
 /// A module node's `module-path` or `reg` (in the domain node's cells).
@@ -2230,6 +2243,7 @@ mod tests {
         });
         domain(w, "vm@1", 1, 1024, |w| {
             w.property_string("name", "beta").unwrap();
+            w.property_null("ferrovisor,pinned").unwrap();
             cells(w, "#address-cells", &[2]);
             cells(w, "#size-cells", &[2]);
             module(w, "module@48000000", "multiboot,kernel", |w| {
@@ -2274,6 +2288,7 @@ mod tests {
                     kernel: ModuleRef::Path("alpha/kernel"),
                     initrd: Some(ModuleRef::Path("./alpha/initrd")),
                     bootargs: "console=ttyAMA0 quiet",
+                    pinned: false,
                 }),
                 Ok(DomainDesc {
                     node: "vm@1",
@@ -2283,6 +2298,7 @@ mod tests {
                     kernel: ModuleRef::Region(r(0x4800_0000, 0x20_0000)),
                     initrd: None,
                     bootargs: "",
+                    pinned: true,
                 }),
             ]
         );

@@ -33,8 +33,12 @@ pub const HC_TLB_FLUSH_IPA: u32 = vendor_hyp(4);
 /// Invalidates every guest TLB entry of every VMID (VMID roll-over).
 pub const HC_TLB_FLUSH_ALL: u32 = vendor_hyp(5);
 
+/// Returns the number of list registers of the GIC's virtual CPU interface
+/// in x0 (0: none), which the host's vGIC fills at most.
+pub const HC_VGIC_INFO: u32 = vendor_hyp(6);
+
 /// Bumped when a call's meaning changes.
-pub const FERROVISOR_ABI_VERSION: u64 = 2;
+pub const FERROVISOR_ABI_VERSION: u64 = 3;
 
 /// SMCCC architecture calls (owner 0).
 pub const SMCCC_VERSION: u32 = 0x8000_0000;

@@ -10,7 +10,8 @@ pub mod map {
     pub const GIC_DIST: u64 = 0x0800_0000;
     pub const GIC_DIST_SIZE: u64 = 0x1_0000;
     pub const GIC_CPU: u64 = 0x0801_0000;
-    pub const GIC_CPU_SIZE: u64 = 0x1_0000;
+    /// The GICv2 CPU interface's 8 KiB, backed by the physical GICV frame.
+    pub const GIC_CPU_SIZE: u64 = 0x2000;
     pub const GIC_ITS: u64 = 0x0808_0000;
     pub const GIC_ITS_SIZE: u64 = 0x2_0000;
     pub const GIC_REDIST: u64 = 0x080a_0000;

@@ -88,9 +88,13 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
         slot.store(m, Ordering::Relaxed);
     }
     let (driver, version) = match *desc {
-        GicDesc::V2 { gicd, gicc, .. } => {
+        GicDesc::V2 { gicd, gicc, gicv, maintenance_irq, .. } => {
             GICD_BASE.store(gicd.base, Ordering::Relaxed);
             GICC_BASE.store(gicc.base, Ordering::Relaxed);
+            if let Some(v) = gicv {
+                GICV_BASE.store(v.base, Ordering::Relaxed);
+            }
+            MAINTENANCE.store(maintenance_irq.unwrap_or(DEFAULT_MAINTENANCE_INTID), Ordering::Relaxed);
             // SAFETY: addresses from the device tree, mapped as device memory,
             // and this is the only driver instance.
             let mut gic = unsafe { GicV2::new(gicd.base as *mut _, gicc.base as *mut _) };
@@ -100,8 +104,9 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
             gic.enable_group0(true);
             (Driver::V2(gic), Version::V2)
         }
-        GicDesc::V3 { gicd, gicr, its, .. } => {
+        GicDesc::V3 { gicd, gicr, its, maintenance_irq, .. } => {
             let gicr_base = gicr.base;
+            MAINTENANCE.store(maintenance_irq.unwrap_or(DEFAULT_MAINTENANCE_INTID), Ordering::Relaxed);
             // SAFETY: as above.
             let mut gic = unsafe {
                 GicV3::new(
@@ -118,7 +123,10 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
                     return Err("redistributor order does not follow the /cpus order");
                 }
                 // SAFETY: GICR_TYPER of a redistributor `gicr_typer` just found.
-                let raw = unsafe { redistributor_typer(gicr_base, cpu) };
+                let (raw, frame) = unsafe { redistributor_typer(gicr_base, cpu) };
+                if let Some(slot) = RD_BASE.get(cpu) {
+                    slot.store(frame, Ordering::Relaxed);
+                }
                 v4_1 &= raw & GICR_TYPER_VLPIS != 0 && raw & GICR_TYPER_RVPEID != 0;
             }
             // SAFETY: GICD_PIDR2 of the distributor the device tree names.
@@ -138,7 +146,7 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
 /// # Safety
 /// `gicr_base` is the mapped redistributor region with at least `cpu + 1`
 /// redistributors.
-unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> u64 {
+unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> (u64, u64) {
     // Each redistributor is an RD frame and an SGI frame (64 KiB each), plus
     // two more frames on GICv4 (VLPI and reserved).
     let mut frame = gicr_base as usize;
@@ -149,7 +157,56 @@ unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> u64 {
         frame += if typer & GICR_TYPER_VLPIS != 0 { 0x4_0000 } else { 0x2_0000 };
     }
     // SAFETY: as above.
-    unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() }
+    (unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() }, frame as u64)
+}
+
+/// Each CPU's redistributor (RD frame; the SGI frame follows it), GICv3.
+static RD_BASE: [core::sync::atomic::AtomicU64; MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
+/// The virtual CPU interface (GICv2), mapped into GICv2 guests.
+static GICV_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// PPI 9, the architected maintenance interrupt, when the device tree omits it.
+const DEFAULT_MAINTENANCE_INTID: u32 = 25;
+static MAINTENANCE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(DEFAULT_MAINTENANCE_INTID);
+const GICD_ISENABLER0: usize = 0x100;
+const GICD_ICENABLER0: usize = 0x180;
+const GICR_SGI_FRAME: usize = 0x1_0000;
+
+/// The GICv2 virtual CPU interface's physical address (`None` on GICv3 or
+/// without virtualization extensions).
+pub fn gicv_base() -> Option<u64> {
+    Some(GICV_BASE.load(Ordering::Relaxed)).filter(|&b| b != 0)
+}
+
+/// The INTID of the GIC's maintenance interrupt.
+pub fn maintenance_intid() -> u32 {
+    MAINTENANCE.load(Ordering::Relaxed)
+}
+
+/// Enables or disables private interrupt `intid` (an SGI or PPI) of the
+/// calling CPU, without the driver lock: the enable registers of private
+/// interrupts are banked per CPU (GICv2) or in the CPU's own redistributor.
+pub fn set_private_enabled(intid: u32, enable: bool) {
+    if intid >= 32 {
+        return;
+    }
+    let bit = 1u32 << intid;
+    let reg = match version() {
+        Some(Version::V3 { .. }) => {
+            let rd = RD_BASE[cpu::current() % MAX_CPUS].load(Ordering::Relaxed) as usize;
+            if rd == 0 {
+                return;
+            }
+            rd + GICR_SGI_FRAME + if enable { GICD_ISENABLER0 } else { GICD_ICENABLER0 }
+        }
+        Some(Version::V2) => {
+            GICD_BASE.load(Ordering::Relaxed) as usize + if enable { GICD_ISENABLER0 } else { GICD_ICENABLER0 }
+        }
+        None => return,
+    };
+    // SAFETY: GICR_IS/ICENABLER0 in this CPU's redistributor SGI frame, or the
+    // banked GICD_IS/ICENABLER0, both mapped as device memory; a write of one
+    // bit changes only that interrupt's enable.
+    unsafe { (reg as *mut u32).write_volatile(bit) };
 }
 
 pub fn version() -> Option<Version> {

@@ -1,12 +1,21 @@
-//! The loop every CPU runs once the host is up: find the vCPU pinned here,
-//! run it until it stops, idle otherwise.
+//! The loop every CPU runs once the host is up: a round-robin scheduler over
+//! every runnable vCPU (pinned ones only on their CPU), time-sliced by the
+//! host tick while vCPUs outnumber CPUs.
+//!
+//! A vCPU is claimed by one CPU at a time (a CAS). While there are more live
+//! vCPUs than CPUs, each tick raises `WORK_RESCHED` on the vCPU the CPU runs,
+//! which its run loop honours at the seed-000 pending-work check, and a vCPU
+//! in WFI (or powered off) gives its CPU away and sleeps (`wakeup`); a
+//! request wakes it, and so does its timer, through [`note_deadline`] and the
+//! schedulers' scan. Otherwise a blocked vCPU waits on its own CPU in `WFI`.
 
-use crate::arch::aarch64::cpu;
-use crate::sched::work::VcpuEntry;
-use crate::vm::instance::{self, Vcpu, RCU};
-use crate::{gic, irq};
+use crate::arch::aarch64::{cpu, timer};
+use crate::sched::work::{VcpuEntry, WORK_RESCHED};
+use crate::vcpu::run::Turn;
+use crate::vm::instance::{self, Vcpu, NOT_RUNNING, RCU};
+use crate::{gic, irq, smp};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 
 /// Sets `bits` in the vCPU's work word (release) and kicks it.
@@ -17,6 +26,12 @@ pub fn request(vcpu: &Vcpu, bits: u32) {
 
 /// The run-loop state of the vCPU each CPU runs, for the tick handler.
 static CURRENT: [AtomicPtr<VcpuEntry>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+/// CPUs idling in [`cpu_main`] with nothing to run.
+static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// vCPUs that have not stopped, across all VMs.
+static LIVE_VCPUS: AtomicUsize = AtomicUsize::new(0);
+/// The earliest deadline of a sleeping vCPU's timers (physical count).
+static NEXT_WAKE: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Records which vCPU this CPU runs (`None`: none).
 pub fn set_current(entry: Option<&VcpuEntry>) {
@@ -24,8 +39,29 @@ pub fn set_current(entry: Option<&VcpuEntry>) {
     CURRENT[cpu::current() % MAX_CPUS].store(p, Ordering::Release);
 }
 
+/// `n` vCPUs join the schedulers' lists.
+pub fn vcpus_added(n: usize) {
+    LIVE_VCPUS.fetch_add(n, Ordering::AcqRel);
+}
+
+/// A vCPU stopped for good.
+pub fn vcpu_gone() {
+    LIVE_VCPUS.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Whether vCPUs outnumber the online CPUs: then blocked vCPUs give their
+/// CPUs away and running ones are time-sliced.
+pub fn oversubscribed() -> bool {
+    LIVE_VCPUS.load(Ordering::Acquire) > smp::online_count()
+}
+
+/// A sleeping vCPU must run again by physical count `deadline`.
+pub fn note_deadline(deadline: u64) {
+    NEXT_WAKE.fetch_min(deadline, Ordering::AcqRel);
+}
+
 /// From the tick handler: counts the tick as guest time if this CPU's vCPU
-/// is in its guest-time window.
+/// is in its guest-time window, and ends its time slice when others wait.
 pub fn account_tick() {
     let p = CURRENT[cpu::current() % MAX_CPUS].load(Ordering::Acquire);
     // SAFETY: set by `set_current` from the vCPU's own loop on this CPU, which
@@ -33,17 +69,38 @@ pub fn account_tick() {
     // the same CPU with that loop interrupted.
     if let Some(entry) = unsafe { p.as_ref() } {
         entry.account_tick();
+        if oversubscribed() || NEXT_WAKE.load(Ordering::Acquire) <= timer::now() {
+            // This CPU runs it: the run loop sees the bit before it enters.
+            entry.raise(WORK_RESCHED);
+        }
     }
 }
 
-/// Makes the vCPU look at its work: an SGI to its CPU ends its guest run or
-/// its wait. Sent whatever mode the vCPU is in, so a vCPU between its last
-/// check (IRQs masked) and guest entry still leaves at once: the SGI stays
-/// pending and exits the guest. The fence orders the request before the SGI.
+/// Makes the vCPU look at its work: an SGI to the CPU running it ends its
+/// guest run or its wait (sent whatever mode the vCPU is in, so a vCPU
+/// between its last check and guest entry still leaves at once: the SGI
+/// stays pending and exits the guest); a sleeping vCPU is woken and an idle
+/// CPU told to pick it up. The fence orders the request before both.
 pub fn kick(vcpu: &Vcpu) {
     core::sync::atomic::fence(Ordering::SeqCst);
-    if vcpu.cpu != cpu::current() {
-        gic::send_sgi(irq::SGI_PING, vcpu.cpu);
+    let me = cpu::current();
+    let on = vcpu.running_on.load(Ordering::Acquire);
+    if on != NOT_RUNNING && on != me {
+        gic::send_sgi(irq::SGI_PING, on);
+    }
+    if vcpu.block.wake() {
+        wake_an_idle_cpu(vcpu.affinity);
+    }
+}
+
+fn wake_an_idle_cpu(affinity: Option<usize>) {
+    let me = cpu::current();
+    let target = match affinity {
+        Some(c) => Some(c),
+        None => (0..MAX_CPUS).find(|&c| IDLE[c].load(Ordering::Acquire)),
+    };
+    if let Some(c) = target.filter(|&c| c != me && c < MAX_CPUS) {
+        gic::send_sgi(irq::SGI_PING, c);
     }
 }
 
@@ -56,29 +113,79 @@ pub fn idle_wait() {
     RCU.eqs_exit(me);
 }
 
-/// Every CPU's last stop: runs the vCPUs pinned here as they come.
+/// Wakes the sleeping vCPUs whose deadline has passed and recomputes the
+/// earliest deadline left.
+fn wake_due(vms: &[Arc<instance::Vm>], now: u64) {
+    if NEXT_WAKE.load(Ordering::Acquire) > now {
+        return;
+    }
+    NEXT_WAKE.store(u64::MAX, Ordering::Release);
+    for v in vms.iter().flat_map(|vm| vm.vcpus.iter()) {
+        if !v.block.is_blocked() {
+            continue;
+        }
+        let at = v.wake_at.load(Ordering::Acquire);
+        if at <= now && v.block.wake() {
+            // Runnable now; this scan (or the next CPU's) picks it up.
+        } else if at != u64::MAX {
+            note_deadline(at);
+        }
+    }
+}
+
+/// Every CPU's last stop: runs runnable vCPUs in turn, idles otherwise.
 pub fn cpu_main() -> ! {
     let me = cpu::current();
     RCU.online(me);
+    // Where this CPU's round-robin scan starts (a position in the flattened
+    // list of every VM's vCPUs).
+    let mut cursor = 0usize;
     loop {
         let next = {
             let guard = RCU.read_lock(me);
             let vms = instance::list().read(&guard);
-            vms.iter().find_map(|vm| {
-                let i = vm.vcpus.iter().position(|v| {
-                    v.cpu == me
-                        && !v.stopped.load(Ordering::Acquire)
-                        && v.claimed.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-                })?;
-                Some((Arc::clone(vm), i))
-            })
+            wake_due(vms, timer::now());
+            let total: usize = vms.iter().map(|vm| vm.vcpus.len()).sum();
+            let mut found = None;
+            for step in 0..total {
+                let pos = (cursor + step) % total;
+                let (mut vm_i, mut i) = (0, pos);
+                while i >= vms[vm_i].vcpus.len() {
+                    i -= vms[vm_i].vcpus.len();
+                    vm_i += 1;
+                }
+                let v = &vms[vm_i].vcpus[i];
+                if !v.stopped.load(Ordering::Acquire)
+                    && v.affinity.is_none_or(|c| c == me)
+                    && !v.block.is_blocked()
+                    && v.running_on.compare_exchange(NOT_RUNNING, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                {
+                    cursor = pos + 1;
+                    found = Some((Arc::clone(&vms[vm_i]), i));
+                    break;
+                }
+            }
+            found
         };
         match next {
-            Some((vm, index)) => crate::vcpu::run::run(vm, index),
+            Some((vm, index)) => {
+                let vcpu = &vm.vcpus[index];
+                vcpu.block.resume();
+                let turn = crate::vcpu::run::run(Arc::clone(&vm), index);
+                if turn != Turn::Stopped {
+                    vcpu.running_on.store(NOT_RUNNING, Ordering::Release);
+                }
+            }
             None => {
                 RCU.note_quiescent(me);
                 cpu::irq_disable();
+                IDLE[me % MAX_CPUS].store(true, Ordering::SeqCst);
+                let deadline = NEXT_WAKE.load(Ordering::Acquire);
+                if deadline != u64::MAX {
+                    timer::arm_no_later_than(deadline);
+                }
                 idle_wait();
+                IDLE[me % MAX_CPUS].store(false, Ordering::Relaxed);
                 cpu::irq_enable();
             }
         }

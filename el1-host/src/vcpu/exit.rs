@@ -22,6 +22,17 @@ pub enum Flow {
     Stop,
     /// `SYSTEM_RESET` from this vCPU.
     Reset,
+    /// WFI with nothing to take while vCPUs wait for CPUs: give this one away.
+    Block,
+}
+
+/// An emulated GIC frame and the offset into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GicFrame {
+    Dist(u64),
+    /// From the start of the redistributor region.
+    Redist(u64),
+    Its,
 }
 
 pub struct ExitHandler<'a> {
@@ -83,8 +94,11 @@ impl ExitHandler<'_> {
                     stats.count(ExitKind::Wfi);
                     self.block_in_wfi(ctx)
                 } else {
-                    // WFE: a hint; with one vCPU per CPU there is nobody to yield to.
+                    // WFE (trapped only while vCPUs share CPUs): a hint to yield.
                     stats.count(ExitKind::Wfe);
+                    if crate::sched::oversubscribed() {
+                        crate::sched::request(self.vcpu, crate::sched::work::WORK_RESCHED);
+                    }
                     Flow::Continue
                 }
             }
@@ -149,8 +163,9 @@ impl ExitHandler<'_> {
         if in_range(map::UART, map::UART_SIZE) {
             stats.count(ExitKind::Mmio);
             if access.iss.write {
-                self.vm.uart_write(ipa - map::UART, access.write_value(ctx));
+                let kicks = self.vm.uart_write(ipa - map::UART, access.write_value(ctx));
                 access.complete_write(ctx);
+                self.vm.kick(kicks);
             } else {
                 read(ctx, self.vm.uart_read(ipa - map::UART));
             }
@@ -161,14 +176,28 @@ impl ExitHandler<'_> {
             } else {
                 read(ctx, virtio::read((ipa - map::VIRTIO) % map::VIRTIO_STRIDE));
             }
-        } else if self.in_gic(ipa) {
-            // The virtual GIC comes with the interrupts work: until then its
-            // frames read as zero and ignore writes.
-            stats.count(ExitKind::Mmio);
+        } else if let Some(frame) = self.gic_frame(ipa) {
+            stats.count(ExitKind::Gic);
+            let vgic = &self.vm.vgic;
+            let me = self.vcpu.index;
+            let size = access.iss.access_size;
             if access.iss.write {
+                let value = access.write_value(ctx);
+                let kicks = match frame {
+                    GicFrame::Dist(off) => vgic.dist_write(me, off, size, value),
+                    GicFrame::Redist(off) => vgic.redist_write(me, off, size, value),
+                    GicFrame::Its => Default::default(),
+                };
                 access.complete_write(ctx);
+                self.vm.kick(kicks);
             } else {
-                read(ctx, 0);
+                let v = match frame {
+                    GicFrame::Dist(off) => vgic.dist_read(me, off, size),
+                    GicFrame::Redist(off) => vgic.redist_read(me, off, size),
+                    // The guest's ITS is the LPI work's; until then it reads as zero.
+                    GicFrame::Its => 0,
+                };
+                read(ctx, v);
             }
         } else {
             stats.count(ExitKind::Abort);
@@ -184,15 +213,19 @@ impl ExitHandler<'_> {
         Flow::Continue
     }
 
-    fn in_gic(&self, ipa: u64) -> bool {
+    /// Which emulated GIC frame `ipa` falls in. (A GICv2 guest's CPU
+    /// interface is the hardware's GICV, mapped by stage 2: no exits.)
+    fn gic_frame(&self, ipa: u64) -> Option<GicFrame> {
         let within = |base: u64, size: u64| ipa >= base && ipa < base + size;
-        within(map::GIC_DIST, map::GIC_DIST_SIZE)
-            || if self.vm.gicv3 {
-                within(map::GIC_REDIST, map::GIC_REDIST_STRIDE * self.vm.vcpus.len() as u64)
-                    || within(map::GIC_ITS, map::GIC_ITS_SIZE)
-            } else {
-                within(map::GIC_CPU, map::GIC_CPU_SIZE)
-            }
+        if within(map::GIC_DIST, map::GIC_DIST_SIZE) {
+            Some(GicFrame::Dist(ipa - map::GIC_DIST))
+        } else if self.vm.gicv3 && within(map::GIC_REDIST, map::GIC_REDIST_STRIDE * self.vm.vcpus.len() as u64) {
+            Some(GicFrame::Redist(ipa - map::GIC_REDIST))
+        } else if self.vm.gicv3 && within(map::GIC_ITS, map::GIC_ITS_SIZE) {
+            Some(GicFrame::Its)
+        } else {
+            None
+        }
     }
 
     fn sys_reg(&self, ctx: &mut VcpuContext, esr: Esr) -> Flow {
@@ -208,6 +241,12 @@ impl ExitHandler<'_> {
                 }
                 super::inject::skip_instruction(ctx);
             }
+            sysreg::Outcome::Sgi { value, group } if self.vm.gicv3 => {
+                let kicks = self.vm.vgic.sgi_write(self.vcpu.index, value, group);
+                super::inject::skip_instruction(ctx);
+                self.vm.kick(kicks);
+            }
+            sysreg::Outcome::Sgi { .. } => inject::inject_undef(ctx),
             sysreg::Outcome::Undefined => {
                 if self.vm.first_unknown(access.reg) {
                     log::warn!(
@@ -226,24 +265,35 @@ impl ExitHandler<'_> {
         Flow::Continue
     }
 
-    /// WFI: wait until the guest has something to take (a timer of its is due)
-    /// or the vCPU is asked for something.
-    fn block_in_wfi(&self, ctx: &VcpuContext) -> Flow {
+    /// WFI: the vCPU waits until it has an interrupt to take (one made
+    /// pending, or a timer of its due) or is asked for something. While other
+    /// vCPUs wait for a CPU it gives this one away ([`Flow::Block`]).
+    fn block_in_wfi(&self, ctx: &mut VcpuContext) -> Flow {
         loop {
+            if crate::sched::oversubscribed() {
+                return Flow::Block;
+            }
             cpu::irq_disable();
-            let wake = self.vcpu.entry.pending() != 0
-                || self.vcpu.power.is_off()
-                || sysreg::vtimer_pending(&ctx.timer, cpu::virtual_count().wrapping_sub(ctx.timer.cntvoff))
-                || sysreg::ptimer_pending(&ctx.timer, timer::now());
-            if wake {
+            super::timers::sample(self.vm, self.vcpu, ctx);
+            if self.wake_from_wfi(ctx) {
                 cpu::irq_enable();
                 return Flow::Continue;
+            }
+            if let Some(deadline) = super::timers::next_deadline(&ctx.timer) {
+                timer::arm_no_later_than(deadline);
             }
             // A wake-up between the check and here leaves its IRQ pending,
             // which ends the WFI even with IRQs masked.
             crate::sched::idle_wait();
             cpu::irq_enable();
         }
+    }
+
+    /// Whether a vCPU in WFI must go back to the guest.
+    pub fn wake_from_wfi(&self, ctx: &VcpuContext) -> bool {
+        self.vcpu.entry.pending() != 0
+            || self.vcpu.power.is_off()
+            || self.vm.vgic.has_pending(self.vcpu.index, &ctx.vgic)
     }
 
     fn stop(&self, why: alloc::string::String) -> Flow {

@@ -8,3 +8,5 @@ pub mod psci;
 #[cfg(target_os = "none")]
 pub mod run;
 pub mod sysreg;
+#[cfg(target_os = "none")]
+pub mod timers;

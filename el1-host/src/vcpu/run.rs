@@ -36,6 +36,29 @@ impl EntryHw for Hw {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Done {
     Stop,
+    /// Blocked with nothing to do: the CPU goes to another vCPU.
+    Block,
+    /// Time slice over: the CPU goes to another vCPU if one waits.
+    Yield,
+}
+
+/// How a vCPU's turn on a CPU ended, for the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// The vCPU stopped for good.
+    Stopped,
+    /// It blocked (WFI or powered off) and went to sleep; a wake-up makes it
+    /// runnable again.
+    Slept,
+    /// It can run again at once (time slice over).
+    Preempted,
+}
+
+/// List registers of this machine's GIC virtual CPU interface.
+static NR_LRS: spin::Once<usize> = spin::Once::new();
+
+fn nr_lrs() -> usize {
+    *NR_LRS.call_once(hyp::vgic_list_regs)
 }
 
 struct Runner<'a> {
@@ -67,11 +90,41 @@ impl Runner<'_> {
                 // The loop consumes it and ends the run.
                 return Flow::Continue;
             }
+            if crate::sched::oversubscribed() {
+                let vcpu = self.vcpu;
+                if self.sleep(|| !vcpu.power.is_off() || vcpu.entry.pending() != 0, None) {
+                    return Flow::Done(Done::Block);
+                }
+                continue;
+            }
             cpu::irq_disable();
             if self.vcpu.power.is_off() && self.vcpu.entry.pending() == 0 {
                 crate::sched::idle_wait();
             }
             cpu::irq_enable();
+        }
+    }
+
+    /// Gives the CPU away unless `runnable` (checked after announcing the
+    /// block, so a concurrent wake-up is never lost: `sched::wakeup`).
+    /// `deadline` is when a scheduler must wake it anyway (its timers).
+    /// Returns true if the vCPU is to sleep.
+    fn sleep(&self, runnable: impl FnOnce() -> bool, deadline: Option<u64>) -> bool {
+        sleep(self.vcpu, runnable, deadline)
+    }
+
+    /// WFI with nothing to take while other vCPUs want CPUs: sleep until an
+    /// interrupt or a timer of this vCPU (or any request) needs it.
+    fn block_in_wfi(&mut self) -> Flow<Done> {
+        let (vm, vcpu) = (self.vm, self.vcpu);
+        let ctx: &VcpuContext = self.ctx();
+        super::timers::sample(vm, vcpu, ctx);
+        let deadline = super::timers::next_deadline(&ctx.timer);
+        let handler = ExitHandler { vm, vcpu };
+        if sleep(vcpu, || handler.wake_from_wfi(ctx), deadline) {
+            Flow::Done(Done::Block)
+        } else {
+            Flow::Continue
         }
     }
 
@@ -105,9 +158,12 @@ impl GuestVcpu for Runner<'_> {
     type Exit = Result<ExitReason, i64>;
     type Done = Done;
 
-    fn handle_work(&mut self, _bits: u32) -> Flow<Done> {
-        // RESCHED: one vCPU per CPU, nobody to give the CPU to. NOTIFY: the
-        // loop's next pass through `prepare` looks at what changed.
+    fn handle_work(&mut self, bits: u32) -> Flow<Done> {
+        // NOTIFY: the loop's next pass through `prepare` looks at what changed
+        // (interrupts made pending are flushed into the list registers there).
+        if bits & work::WORK_RESCHED != 0 {
+            return Flow::Done(Done::Yield);
+        }
         Flow::Continue
     }
 
@@ -122,7 +178,15 @@ impl GuestVcpu for Runner<'_> {
         }
         self.vm.perform_pending_cmo();
         let refresh = instance::vmids().refresh(&self.vm.vmid, force_all_out_and_flush);
-        self.ctx().config.vmid = refresh.vmid.into();
+        let (vm, vcpu) = (self.vm, self.vcpu);
+        let ctx = self.ctx();
+        ctx.config.vmid = refresh.vmid.into();
+        if ctx.vgic.used_lrs != 0 {
+            // Filled on an earlier pass that did not enter: take them back first.
+            vm.vgic.sync(vcpu.index, &mut ctx.vgic);
+        }
+        vm.vgic.flush(vcpu.index, &mut ctx.vgic, nr_lrs());
+        super::timers::load(vm, vcpu);
         Flow::Continue
     }
 
@@ -147,17 +211,31 @@ impl GuestVcpu for Runner<'_> {
         };
         let vm = self.vm;
         let vcpu = self.vcpu;
+        let ctx = self.ctx();
+        vm.vgic.sync(vcpu.index, &mut ctx.vgic);
+        vm.kick(vm.vgic.take_kicks());
+        super::timers::sample(vm, vcpu, ctx);
         let handler = ExitHandler { vm, vcpu };
-        match handler.handle(self.ctx(), reason) {
+        match handler.handle(ctx, reason) {
             ExitFlow::Continue => Flow::Continue,
             ExitFlow::PowerOff => Flow::Continue,
             ExitFlow::Stop => Flow::Done(Done::Stop),
+            ExitFlow::Block => self.block_in_wfi(),
             ExitFlow::Reset => {
                 self.reset();
                 Flow::Continue
             }
         }
     }
+}
+
+/// Gives the CPU away unless `runnable` (see [`Runner::sleep`]).
+fn sleep(vcpu: &Vcpu, runnable: impl FnOnce() -> bool, deadline: Option<u64>) -> bool {
+    vcpu.wake_at.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
+    if let Some(d) = deadline {
+        crate::sched::note_deadline(d);
+    }
+    matches!(vcpu.block.block(runnable), crate::sched::wakeup::BlockDecision::Sleep)
 }
 
 /// VMID roll-over: every vCPU of every VM leaves guest mode (a kick, then
@@ -167,7 +245,7 @@ fn force_all_out_and_flush() {
     let me = cpu::current();
     let guard = RCU.read_lock(me);
     for vm in instance::list().read(&guard).iter() {
-        for v in vm.vcpus.iter().filter(|v| v.cpu != me) {
+        for v in vm.vcpus.iter().filter(|v| v.running_on.load(Ordering::Acquire) != me) {
             crate::sched::kick(v);
             while v.entry.mode() != work::Mode::Outside {
                 core::hint::spin_loop();
@@ -178,9 +256,9 @@ fn force_all_out_and_flush() {
     hyp::tlb_flush_all();
 }
 
-/// Runs vCPU `index` of `vm` on this CPU until it stops; the last vCPU of a
-/// VM to stop ends it.
-pub fn run(vm: Arc<Vm>, index: usize) {
+/// Runs vCPU `index` of `vm` on this CPU (which claimed it) until it stops,
+/// sleeps or is preempted; the last vCPU of a VM to stop ends it.
+pub fn run(vm: Arc<Vm>, index: usize) -> Turn {
     let vcpu = &vm.vcpus[index];
     let me = cpu::current();
     crate::sched::set_current(Some(&vcpu.entry));
@@ -189,8 +267,13 @@ pub fn run(vm: Arc<Vm>, index: usize) {
         work::run(&mut runner, &vcpu.entry, &Hw, &RCU, me)
     };
     crate::sched::set_current(None);
-    if matches!(outcome, RunOutcome::Interrupted) {
-        vm.stats.interrupted.fetch_add(1, Ordering::Relaxed);
+    match outcome {
+        RunOutcome::Done(Done::Block) => return Turn::Slept,
+        RunOutcome::Done(Done::Yield) => return Turn::Preempted,
+        RunOutcome::Interrupted => {
+            vm.stats.interrupted.fetch_add(1, Ordering::Relaxed);
+        }
+        RunOutcome::Done(Done::Stop) => {}
     }
     let s = vcpu.entry.stats();
     vm.stats.guest_ticks.fetch_add(s.guest_ticks, Ordering::Relaxed);
@@ -199,7 +282,9 @@ pub fn run(vm: Arc<Vm>, index: usize) {
         vm.request_end(EndReason::Stopped(alloc::format!("vcpu {index} stopped")));
     }
     vcpu.stopped.store(true, Ordering::Release);
+    crate::sched::vcpu_gone();
     if vm.vcpu_stopped(vcpu) {
         instance::finish(vm);
     }
+    Turn::Stopped
 }

@@ -1,7 +1,8 @@
 //! System-register accesses the host emulates after el2 traps them: the EL1
 //! physical timer (`CNTHCTL_EL2.EL1PCEN` is clear for guests) and the GICv3
-//! SGI registers (the virtual interrupt work comes later; until then they are
-//! ignored). Anything else is unknown: the guest gets an UNDEFINED exception.
+//! SGI generation registers (trapped while `HCR_EL2.IMO` is set; the vGIC
+//! turns them into virtual SGIs). Anything else is unknown: the guest gets an
+//! UNDEFINED exception.
 
 use ferrovisor_shared::esr::{SysReg, SysRegAccess};
 use ferrovisor_shared::vcpu::TimerState;
@@ -22,6 +23,9 @@ const CTL_ISTATUS: u64 = 1 << 2;
 pub enum Outcome {
     /// Done; for a read, this value goes to the register.
     Done(u64),
+    /// A write to an SGI generation register: `value` for the vGIC, with the
+    /// group the register names.
+    Sgi { value: u64, group: u8 },
     /// The guest gets an UNDEFINED exception.
     Undefined,
 }
@@ -53,8 +57,10 @@ pub fn emulate(access: &SysRegAccess, value: u64, timer: &mut TimerState, now: u
             timer.cntp_cval = now.wrapping_add(value as u32 as i32 as i64 as u64);
             Outcome::Done(0)
         }
-    } else if !access.read && [ICC_SGI1R_EL1, ICC_ASGI1R_EL1, ICC_SGI0R_EL1].contains(&reg) {
-        Outcome::Done(0)
+    } else if !access.read && (reg == ICC_SGI1R_EL1 || reg == ICC_ASGI1R_EL1) {
+        Outcome::Sgi { value, group: 1 }
+    } else if !access.read && reg == ICC_SGI0R_EL1 {
+        Outcome::Sgi { value, group: 0 }
     } else {
         Outcome::Undefined
     }
@@ -101,6 +107,17 @@ mod tests {
         assert_eq!(emulate(&acc(SysReg::new(3, 0, 15, 0, 0), true), 0, &mut t, 0), Outcome::Undefined);
         assert_eq!(emulate(&acc(SysReg::new(3, 3, 9, 12, 0), false), 0, &mut t, 0), Outcome::Undefined, "PMCR");
         assert_eq!(emulate(&acc(ICC_SGI1R_EL1, true), 0, &mut t, 0), Outcome::Undefined, "write-only");
+    }
+
+    #[test]
+    fn sgi_writes_go_to_the_vgic() {
+        let mut t = TimerState::default();
+        assert_eq!(
+            emulate(&acc(ICC_SGI1R_EL1, false), 0x1_0005, &mut t, 0),
+            Outcome::Sgi { value: 0x1_0005, group: 1 }
+        );
+        assert_eq!(emulate(&acc(ICC_ASGI1R_EL1, false), 7, &mut t, 0), Outcome::Sgi { value: 7, group: 1 });
+        assert_eq!(emulate(&acc(ICC_SGI0R_EL1, false), 9, &mut t, 0), Outcome::Sgi { value: 9, group: 0 });
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct VmSpec {
     pub kernel: Vec<u8>,
     pub initrd: Option<Vec<u8>>,
     pub bootargs: String,
+    /// vCPU i keeps to one CPU (otherwise vCPUs run on any CPU).
+    pub pinned: bool,
 }
 
 impl fmt::Debug for VmSpec {
@@ -220,7 +222,15 @@ fn domain_spec<'a>(
     if kernel.is_empty() {
         return Err(err("the kernel is empty".into()));
     }
-    Ok(VmSpec { name: d.name.into(), vcpus: d.vcpus, mem_bytes, kernel, initrd, bootargs: d.bootargs.into() })
+    Ok(VmSpec {
+        name: d.name.into(),
+        vcpus: d.vcpus,
+        mem_bytes,
+        kernel,
+        initrd,
+        bootargs: d.bootargs.into(),
+        pinned: d.pinned,
+    })
 }
 
 /// One line of `default.vms`, before its files are looked up.
@@ -232,9 +242,10 @@ struct ManifestLine<'t> {
     kernel: &'t str,
     initrd: Option<&'t str>,
     bootargs: &'t str,
+    pinned: bool,
 }
 
-const LINE_FORMAT: &str = "name vcpus mem_mib kernel-path [initrd=path] [-- bootargs...]";
+const LINE_FORMAT: &str = "name vcpus mem_mib kernel-path [initrd=path] [pin] [-- bootargs...]";
 
 /// Parses one manifest line; `None` for a blank or comment line.
 fn parse_line(line: &str) -> Result<Option<ManifestLine<'_>>, String> {
@@ -262,15 +273,20 @@ fn parse_line(line: &str) -> Result<Option<ManifestLine<'_>>, String> {
     let mib = mem.parse::<u64>().map_err(|_| format!("mem_mib `{mem}` is not a number (MiB)"))?;
     let mem_bytes = mib.checked_mul(MIB).ok_or_else(|| format!("mem_mib {mib} is too large"))?;
     let mut initrd = None;
+    let mut pinned = false;
     for option in options {
+        if *option == "pin" {
+            pinned = true;
+            continue;
+        }
         match option.strip_prefix("initrd=") {
             Some(_) if initrd.is_some() => return Err("initrd= is given twice".into()),
             Some("") => return Err("initrd= needs a path".into()),
             Some(path) => initrd = Some(path),
-            None => return Err(format!("unknown word `{option}` (expected initrd=PATH, or -- and the bootargs)")),
+            None => return Err(format!("unknown word `{option}` (expected initrd=PATH, pin, or -- and the bootargs)")),
         }
     }
-    Ok(Some(ManifestLine { name, vcpus, mem_bytes, kernel, initrd, bootargs }))
+    Ok(Some(ManifestLine { name, vcpus, mem_bytes, kernel, initrd, bootargs, pinned }))
 }
 
 /// The VMs of a `default.vms` manifest whose files are in `bundle`, one
@@ -319,6 +335,7 @@ fn manifest_vms(text: &[u8], bundle: &Bundle<'_>) -> Vec<Placed> {
                 kernel,
                 initrd,
                 bootargs: m.bootargs.into(),
+                pinned: m.pinned,
             })
         });
         let made = made.or_else(err);
@@ -434,6 +451,7 @@ mod tests {
             kernel: kernel.to_vec(),
             initrd: initrd.map(<[u8]>::to_vec),
             bootargs: bootargs.into(),
+            pinned: false,
         }
     }
 
@@ -447,7 +465,7 @@ mod tests {
         assert_eq!(l(""), Ok(None));
         assert_eq!(l("   # just a comment -- not bootargs"), Ok(None));
         assert_eq!(
-            l("web 2 128 web/Image initrd=web/initrd -- console=ttyAMA0 root=/dev/ram # kept"),
+            l("web 2 128 web/Image initrd=web/initrd pin -- console=ttyAMA0 root=/dev/ram # kept"),
             Ok(Some(ManifestLine {
                 name: "web",
                 vcpus: 2,
@@ -455,12 +473,13 @@ mod tests {
                 kernel: "web/Image",
                 initrd: Some("web/initrd"),
                 bootargs: "console=ttyAMA0 root=/dev/ram # kept",
+                pinned: true,
             }))
         );
         let m = l("\tt 1 1 k.flat   # a test guest").unwrap().unwrap();
         assert_eq!((m.name, m.kernel, m.initrd, m.bootargs), ("t", "k.flat", None, ""));
         assert_eq!(l("t 1 1 k --").unwrap().unwrap().bootargs, "");
-        assert_eq!(l("t 1 1 k --x").unwrap_err(), "unknown word `--x` (expected initrd=PATH, or -- and the bootargs)");
+        assert_eq!(l("t 1 1 k --x").unwrap_err(), "unknown word `--x` (expected initrd=PATH, pin, or -- and the bootargs)");
         assert!(l("t 1 1").unwrap_err().starts_with("expected `name vcpus mem_mib kernel-path"));
         assert!(l("-- only bootargs").unwrap_err().contains("got 0 word(s)"));
         assert_eq!(l("t x 1 k").unwrap_err(), "vcpus `x` is not a number");
@@ -534,7 +553,7 @@ mod tests {
     }
 
     fn domain<'a>(name: &'a str, kernel: ModuleRef<'a>, initrd: Option<ModuleRef<'a>>) -> DomainDesc<'a> {
-        DomainDesc { node: name, name, vcpus: 2, memory_kib: 64 * 1024, kernel, initrd, bootargs: "quiet" }
+        DomainDesc { node: name, name, vcpus: 2, memory_kib: 64 * 1024, kernel, initrd, bootargs: "quiet", pinned: false }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::{cmo, config::VmSpec, fdt, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
 use crate::devices::map;
 use crate::devices::pl011::{LineBuffer, Pl011};
+use crate::gic::vgic::{Kicks, Model, Vgic, VgicConfig};
 use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
 use crate::rcu::{Rcu, RcuCell};
 use crate::sched::work::VcpuEntry;
@@ -68,23 +69,31 @@ impl GuestRam {
     }
 }
 
+/// [`Vcpu::running_on`] of a vCPU no CPU runs.
+pub const NOT_RUNNING: usize = usize::MAX;
+
 /// One virtual CPU of a VM.
 pub struct Vcpu {
     pub index: usize,
     pub mpidr: u64,
-    /// The physical CPU the vCPU is pinned to.
-    pub cpu: usize,
+    /// The physical CPU the vCPU is pinned to, if it is.
+    pub affinity: Option<usize>,
+    /// The CPU whose scheduler claimed it ([`NOT_RUNNING`]: none).
+    pub running_on: AtomicUsize,
+    /// Blocked (in WFI or powered off) with its CPU given away: the
+    /// schedulers skip it until a wake-up (`sched::wakeup`).
+    pub block: crate::sched::wakeup::BlockState,
+    /// Physical count by which a blocked vCPU must run again (its timers).
+    pub wake_at: AtomicU64,
     pub power: VcpuPower,
     /// Work bits, guest mode and run-loop counters (`sched::work`).
     pub entry: VcpuEntry,
     pub(crate) ctx: UnsafeCell<Box<VcpuContext>>,
-    /// Claimed by the CPU that runs it.
-    pub claimed: AtomicBool,
     pub stopped: AtomicBool,
 }
 
 // SAFETY: `ctx` is only touched by the one CPU that claimed the vCPU (the
-// claim is a CAS), or before any CPU has.
+// claim is a CAS of `running_on`), or before any CPU has.
 unsafe impl Sync for Vcpu {}
 
 pub struct Vm {
@@ -93,6 +102,8 @@ pub struct Vm {
     pub ram: GuestRam,
     pub gicv3: bool,
     stage2: spin::Mutex<Option<Stage2<HostFrames>>>,
+    /// The GIC the guest sees (distributor, redistributors, list registers).
+    pub vgic: Vgic,
     pub vmid: vmid::VmidSlot,
     pub vcpus: Vec<Vcpu>,
     uart: spin::Mutex<(Pl011, LineBuffer)>,
@@ -119,6 +130,12 @@ struct BootImages {
 
 const NO_STATUS: u64 = u64::MAX;
 
+/// The emulated PL011's interrupt (SPI 1).
+const UART_INTID: u32 = 32 + map::UART_SPI;
+
+/// SPIs of the guest's GIC (INTIDs 32..160): QEMU virt's devices use the first 48.
+const GUEST_SPIS: u32 = 128;
+
 /// Room reserved for the guest's device tree.
 const DTB_MAX: u64 = 64 * 1024;
 
@@ -136,11 +153,11 @@ impl Stage2Tlb for El2Tlb {
 }
 
 impl Vm {
-    /// Builds a VM from `spec` with its vCPUs pinned to `cpus`.
+    /// Builds a VM from `spec`, its vCPUs pinned to `pin[i]` when given.
     ///
     /// # Errors
     /// A message naming what did not fit or parse; nothing is left allocated.
-    pub fn create(id: usize, spec: &VmSpec, cpus: &[usize], gicv3: bool, its: bool) -> Result<Arc<Vm>, String> {
+    pub fn create(id: usize, spec: &VmSpec, pin: Option<&[usize]>, gicv3: bool, its: bool) -> Result<Arc<Vm>, String> {
         let size = spec.mem_bytes.next_multiple_of(2 << 20);
         let frames = (size / mm::FRAME_SIZE as u64) as usize;
         let pa = mm::frames()
@@ -148,11 +165,30 @@ impl Vm {
             .alloc(frames)
             .ok_or_else(|| alloc::format!("no {} MiB of free memory for its RAM", size >> 20))?;
         let ram = GuestRam { ipa: map::RAM, pa, size, frames };
-        let vm = Self::build(id, spec, cpus, gicv3, its, ram);
+        let vm = Self::build(id, spec, pin, gicv3, its, ram);
         vm.map(Arc::new)
     }
 
-    fn build(id: usize, spec: &VmSpec, cpus: &[usize], gicv3: bool, its: bool, ram: GuestRam) -> Result<Vm, String> {
+    fn build(
+        id: usize,
+        spec: &VmSpec,
+        pin: Option<&[usize]>,
+        gicv3: bool,
+        its: bool,
+        ram: GuestRam,
+    ) -> Result<Vm, String> {
+        let mpidrs: Vec<u64> = (0..spec.vcpus).map(|i| (1 << 31) | fdt::vcpu_mpidr(i)).collect();
+        let vgic = match Vgic::new(VgicConfig {
+            model: if gicv3 { Model::V3 } else { Model::V2 },
+            vcpu_mpidrs: mpidrs.clone(),
+            nr_spis: GUEST_SPIS,
+        }) {
+            Ok(v) => v,
+            Err(e) => {
+                free_ram(&ram);
+                return Err(alloc::format!("virtual GIC: {e}"));
+            }
+        };
         let initrd_len = spec.initrd.as_ref().map(|i| i.len() as u64);
         let layout = match loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len) {
             Ok(l) => l,
@@ -194,12 +230,24 @@ impl Vm {
             free_ram(&ram);
             return Err(alloc::format!("stage 2: {e}"));
         }
+        if !gicv3 {
+            // The GICv2 virtual CPU interface, where the guest expects its GICC.
+            let mapped = match crate::gic::gicv_base() {
+                Some(gicv) => stage2.map(map::GIC_CPU, gicv, map::GIC_CPU_SIZE, MemKind::Device, 0, &El2Tlb),
+                None => Ok(()),
+            };
+            if let Err(e) = mapped {
+                stage2.destroy(0, &El2Tlb);
+                free_ram(&ram);
+                return Err(alloc::format!("stage 2 (GICV): {e}"));
+            }
+        }
         let cntvoff = timer::now();
         let entry = layout.entry_ipa;
         let dtb_ipa = layout.dtb_ipa;
         let vcpus = (0..spec.vcpus as usize)
             .map(|i| {
-                let mpidr = (1 << 31) | fdt::vcpu_mpidr(i as u32);
+                let mpidr = mpidrs[i];
                 let config = VcpuConfig {
                     stage2_root: stage2.root_pa(),
                     vmid: 0,
@@ -210,11 +258,13 @@ impl Vm {
                 Vcpu {
                     index: i,
                     mpidr,
-                    cpu: cpus[i],
+                    affinity: pin.and_then(|p| p.get(i).copied()),
+                    running_on: AtomicUsize::new(NOT_RUNNING),
+                    block: crate::sched::wakeup::BlockState::new(),
+                    wake_at: AtomicU64::new(u64::MAX),
                     power: if i == 0 { VcpuPower::new_on() } else { VcpuPower::new_off() },
                     entry: VcpuEntry::new(),
                     ctx: UnsafeCell::new(Box::new(ctx)),
-                    claimed: AtomicBool::new(false),
                     stopped: AtomicBool::new(false),
                 }
             })
@@ -225,6 +275,7 @@ impl Vm {
             ram,
             gicv3,
             stage2: spin::Mutex::new(Some(stage2)),
+            vgic,
             vmid: vmid::VmidSlot::new(),
             running: AtomicUsize::new(vcpus.len()),
             vcpus,
@@ -285,6 +336,7 @@ impl Vm {
     /// Reloads the images for a PSCI `SYSTEM_RESET`; the caller has stopped
     /// every other vCPU of the VM.
     pub fn reload(&self) {
+        self.vgic.reset();
         self.populate(false);
     }
 
@@ -292,20 +344,37 @@ impl Vm {
         (self.boot.layout.entry_ipa, self.boot.layout.dtb_ipa)
     }
 
-    /// A byte the guest wrote to its UART's data register.
-    pub fn uart_write(&self, offset: u64, value: u64) {
+    /// A write to the guest's UART; returns the vCPUs to kick for a change
+    /// of its interrupt line.
+    pub fn uart_write(&self, offset: u64, value: u64) -> Kicks {
         let mut uart = self.uart.lock();
         let (dev, line) = &mut *uart;
+        let mut text = None;
         if let Some(byte) = dev.write(offset, value) {
-            if let Some(text) = line.push(byte) {
-                drop(uart);
-                self.console_line(&text);
-            }
+            text = line.push(byte);
         }
+        let level = dev.irq_level();
+        drop(uart);
+        if let Some(text) = text {
+            self.console_line(&text);
+        }
+        self.vgic.set_line(0, UART_INTID, level)
     }
 
     pub fn uart_read(&self, offset: u64) -> u64 {
         self.uart.lock().0.read(offset)
+    }
+
+    /// Makes the vCPUs in `kicks` look at their interrupts.
+    pub fn kick(&self, kicks: Kicks) {
+        let mut bits = kicks.0;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let Some(v) = self.vcpus.get(i) {
+                crate::sched::request(v, crate::sched::work::WORK_NOTIFY);
+            }
+        }
     }
 
     fn console_line(&self, text: &str) {
@@ -410,6 +479,7 @@ pub fn publish(vm: Arc<Vm>) {
     let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
     let mut next = list().read(&guard).clone();
     drop(guard);
+    crate::sched::vcpus_added(vm.vcpus.len());
     next.push(vm);
     VMS_LEFT.fetch_add(1, Ordering::AcqRel);
     let old = list().replace(Box::new(next));

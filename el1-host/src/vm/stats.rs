@@ -12,6 +12,8 @@ pub enum ExitKind {
     Hvc,
     Smc,
     Mmio,
+    /// MMIO to the emulated GIC.
+    Gic,
     Abort,
     SysReg,
     Wfi,
@@ -21,8 +23,8 @@ pub enum ExitKind {
     Other,
 }
 
-const KINDS: usize = 10;
-const NAMES: [&str; KINDS] = ["hvc", "smc", "mmio", "abort", "sysreg", "wfi", "wfe", "irq", "serror", "other"];
+const KINDS: usize = 11;
+const NAMES: [&str; KINDS] = ["hvc", "smc", "mmio", "gic", "abort", "sysreg", "wfi", "wfe", "irq", "serror", "other"];
 
 #[derive(Default)]
 pub struct VmStats {

@@ -4,7 +4,7 @@
 //! nothing else: that keeps the run loop's round trip short.
 
 use core::arch::asm;
-use ferrovisor_shared::hypercall::{HC_TLB_FLUSH_ALL, HC_TLB_FLUSH_IPA, HC_TLB_FLUSH_VMID, HC_VCPU_RUN};
+use ferrovisor_shared::hypercall::{HC_TLB_FLUSH_ALL, HC_TLB_FLUSH_IPA, HC_TLB_FLUSH_VMID, HC_VCPU_RUN, HC_VGIC_INFO};
 use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
 
 fn hvc(function: u32, x1: u64, x2: u64, x3: u64) -> i64 {
@@ -43,4 +43,9 @@ pub fn tlb_flush_ipa(vmid: u16, ipa: u64, size: u64) {
 /// Invalidates every guest TLB entry (VMID roll-over).
 pub fn tlb_flush_all() {
     hvc(HC_TLB_FLUSH_ALL, 0, 0, 0);
+}
+
+/// The number of GIC list registers el2 loads (0: no virtual CPU interface).
+pub fn vgic_list_regs() -> usize {
+    hvc(HC_VGIC_INFO, 0, 0, 0).clamp(0, ferrovisor_shared::vcpu::MAX_LIST_REGS as i64) as usize
 }

@@ -1,7 +1,9 @@
 //! The EL1 physical timer (`CNTP_*`), which el2 leaves to the host; guests get
 //! the virtual timer.
 
-use aarch64_cpu::registers::{Readable, Writeable, CNTFRQ_EL0, CNTPCT_EL0, CNTP_CTL_EL0, CNTP_TVAL_EL0};
+use aarch64_cpu::registers::{
+    Readable, Writeable, CNTFRQ_EL0, CNTPCT_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTP_TVAL_EL0, CNTV_CTL_EL0,
+};
 
 pub fn frequency() -> u64 {
     CNTFRQ_EL0.get().max(1)
@@ -19,4 +21,19 @@ pub fn ticks_from_us(us: u64) -> u64 {
 pub fn arm_in_us(us: u64) {
     CNTP_TVAL_EL0.set(ticks_from_us(us).min(u32::MAX as u64));
     CNTP_CTL_EL0.write(CNTP_CTL_EL0::ENABLE::SET + CNTP_CTL_EL0::IMASK::CLEAR);
+}
+
+/// Makes the timer fire at physical count `deadline` if that is sooner than
+/// it would anyway (the tick handler re-arms the tick after it).
+pub fn arm_no_later_than(deadline: u64) {
+    let armed = CNTP_CTL_EL0.matches_all(CNTP_CTL_EL0::ENABLE::SET + CNTP_CTL_EL0::IMASK::CLEAR);
+    if !armed || deadline < CNTP_CVAL_EL0.get() {
+        CNTP_CVAL_EL0.set(deadline);
+        CNTP_CTL_EL0.write(CNTP_CTL_EL0::ENABLE::SET + CNTP_CTL_EL0::IMASK::CLEAR);
+    }
+}
+
+/// Turns the virtual timer off (its state belongs to guests, which el2 loads).
+pub fn vtimer_off() {
+    CNTV_CTL_EL0.set(0);
 }

@@ -1,0 +1,58 @@
+//! The guest's timers as interrupts (DESIGN §3): the virtual timer runs in
+//! hardware while the guest does and its physical PPI makes the guest exit;
+//! the EL1 physical timer is emulated. At each exit the host samples both
+//! into the vGIC as level-sensitive lines (INTIDs 27 and 30 in the guest's
+//! device tree), so a guest that deactivates the interrupt with the timer
+//! still firing gets it again.
+
+use super::sysreg;
+use crate::arch::aarch64::{cpu, timer};
+use crate::vm::instance::{Vcpu, Vm};
+use core::sync::atomic::{AtomicU8, Ordering};
+use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::vcpu::{TimerState, VcpuContext};
+
+/// The guest's virtual timer PPI (PPI 11).
+pub const GUEST_VTIMER_INTID: u32 = 27;
+/// The guest's EL1 physical timer PPI (PPI 14).
+pub const GUEST_PTIMER_INTID: u32 = 30;
+
+/// Sets the vGIC lines of `vcpu`'s two timers from their state now.
+pub fn sample(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
+    let vcount = cpu::virtual_count().wrapping_sub(ctx.timer.cntvoff);
+    let v = sysreg::vtimer_pending(&ctx.timer, vcount);
+    let p = sysreg::ptimer_pending(&ctx.timer, timer::now());
+    // Private interrupts of this vCPU: nobody else to kick.
+    let _ = vm.vgic.set_line(vcpu.index, GUEST_VTIMER_INTID, v);
+    let _ = vm.vgic.set_line(vcpu.index, GUEST_PTIMER_INTID, p);
+}
+
+/// The physical count at which the earlier of the guest's enabled, unmasked
+/// timers fires.
+pub fn next_deadline(t: &TimerState) -> Option<u64> {
+    let armed = |ctl: u64| ctl & 0b11 == 0b01;
+    let v = armed(t.cntv_ctl).then(|| t.cntv_cval.saturating_add(t.cntvoff));
+    let p = armed(t.cntp_ctl).then_some(t.cntp_cval);
+    match (v, p) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+const PPI_UNKNOWN: u8 = 0;
+const PPI_ON: u8 = 1;
+const PPI_OFF: u8 = 2;
+/// Whether each CPU has the virtual timer's physical PPI enabled.
+static VTIMER_PPI: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(PPI_UNKNOWN) }; MAX_CPUS];
+
+/// Before entry: the virtual timer's physical PPI may make the guest exit only
+/// while its virtual interrupt is neither pending nor active; otherwise a
+/// guest with the timer still firing would exit again at once.
+pub fn load(vm: &Vm, vcpu: &Vcpu) {
+    let want = if vm.vgic.is_pending_or_active(vcpu.index, GUEST_VTIMER_INTID) { PPI_OFF } else { PPI_ON };
+    let slot = &VTIMER_PPI[cpu::current() % MAX_CPUS];
+    if slot.load(Ordering::Relaxed) != want {
+        crate::gic::set_private_enabled(crate::irq::vtimer_intid(), want == PPI_ON);
+        slot.store(want, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,199 @@
+//! The GIC virtual CPU interface at world switch (DESIGN §1, §3): the list
+//! registers, `HCR`, `VMCR` and active-priority registers the host's vGIC
+//! filled in the vCPU context go into the hardware at entry and come back at
+//! exit. GICv3 has them as `ICH_*_EL2` system registers; GICv2 (GIC-400) as
+//! the GICH MMIO frame, whose address el2 reads from the device tree.
+
+use aarch64_cpu::registers::*;
+use core::sync::atomic::{AtomicU64, Ordering};
+use ferrovisor_shared::dt::GicDesc;
+use ferrovisor_shared::vcpu::{VgicCpuState, MAX_LIST_REGS};
+
+/// Which virtual CPU interface this machine has, found at boot.
+const IF_NONE: u64 = 0;
+const IF_V3: u64 = 1;
+const IF_V2: u64 = 2;
+static INTERFACE: AtomicU64 = AtomicU64::new(IF_NONE);
+/// The GICH frame (GICv2).
+static GICH: AtomicU64 = AtomicU64::new(0);
+static NR_LRS: AtomicU64 = AtomicU64::new(0);
+
+// GICH registers (GICv2 spec, table 5-1).
+const GICH_HCR: u64 = 0x000;
+const GICH_VTR: u64 = 0x004;
+const GICH_VMCR: u64 = 0x008;
+const GICH_MISR: u64 = 0x010;
+const GICH_ELRSR0: u64 = 0x030;
+const GICH_APR: u64 = 0x0f0;
+const GICH_LR0: u64 = 0x100;
+
+/// Finds the virtual CPU interface on the boot CPU (before the host runs):
+/// the system registers when the GIC is a v3 and the CPU has them, else the
+/// device tree's GICH frame.
+pub fn init(gic: Option<GicDesc>) {
+    let (kind, lrs) = match gic {
+        Some(GicDesc::V3 { .. }) if crate::arch::regs::has_gic_sysregs() => {
+            (IF_V3, (ICH_VTR_EL2.get() & 0x1f) + 1)
+        }
+        Some(GicDesc::V2 { gich: Some(gich), .. }) => {
+            GICH.store(gich.base, Ordering::Relaxed);
+            (IF_V2, (read_gich(GICH_VTR) as u64 & 0x3f) + 1)
+        }
+        _ => (IF_NONE, 0),
+    };
+    NR_LRS.store(lrs.min(MAX_LIST_REGS as u64), Ordering::Relaxed);
+    INTERFACE.store(kind, Ordering::Relaxed);
+    reset_cpu();
+}
+
+/// The number of list registers (0: no virtual CPU interface).
+pub fn nr_lrs() -> u64 {
+    NR_LRS.load(Ordering::Relaxed)
+}
+
+/// Every list register empty and the interface off, on this CPU.
+pub fn reset_cpu() {
+    let n = nr_lrs() as usize;
+    match INTERFACE.load(Ordering::Relaxed) {
+        IF_V3 => {
+            ICH_HCR_EL2.set(0);
+            for i in 0..n {
+                write_lr_v3(i, 0);
+            }
+        }
+        IF_V2 => {
+            write_gich(GICH_HCR, 0);
+            for i in 0..n {
+                write_gich(GICH_LR0 + 4 * i as u64, 0);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Loads the guest's virtual CPU interface (entry).
+pub fn restore(s: &VgicCpuState) {
+    let used = (s.used_lrs as usize).min(nr_lrs() as usize);
+    match INTERFACE.load(Ordering::Relaxed) {
+        IF_V3 => {
+            ICH_VMCR_EL2.set(s.vmcr);
+            ICH_AP0R0_EL2.set(s.ap0r[0]);
+            ICH_AP1R0_EL2.set(s.ap1r[0]);
+            for (i, &lr) in s.lr.iter().enumerate().take(used) {
+                write_lr_v3(i, lr);
+            }
+            ICH_HCR_EL2.set(s.hcr);
+        }
+        IF_V2 => {
+            write_gich(GICH_VMCR, s.vmcr as u32);
+            write_gich(GICH_APR, s.ap1r[0] as u32);
+            for (i, &lr) in s.lr.iter().enumerate().take(used) {
+                write_gich(GICH_LR0 + 4 * i as u64, lr as u32);
+            }
+            write_gich(GICH_HCR, s.hcr as u32);
+        }
+        _ => {}
+    }
+}
+
+/// Saves the guest's virtual CPU interface and turns it off, so that its
+/// maintenance interrupt cannot fire while the host runs (exit).
+pub fn save(s: &mut VgicCpuState) {
+    let used = (s.used_lrs as usize).min(nr_lrs() as usize);
+    match INTERFACE.load(Ordering::Relaxed) {
+        IF_V3 => {
+            s.vmcr = ICH_VMCR_EL2.get();
+            s.misr = ICH_MISR_EL2.get();
+            s.elrsr = read_elrsr_v3();
+            s.ap0r[0] = ICH_AP0R0_EL2.get();
+            s.ap1r[0] = ICH_AP1R0_EL2.get();
+            for (i, lr) in s.lr.iter_mut().enumerate().take(used) {
+                *lr = read_lr_v3(i);
+                write_lr_v3(i, 0);
+            }
+            ICH_HCR_EL2.set(0);
+        }
+        IF_V2 => {
+            s.vmcr = u64::from(read_gich(GICH_VMCR));
+            s.misr = u64::from(read_gich(GICH_MISR));
+            s.elrsr = u64::from(read_gich(GICH_ELRSR0));
+            s.ap1r[0] = u64::from(read_gich(GICH_APR));
+            for (i, lr) in s.lr.iter_mut().enumerate().take(used) {
+                let at = GICH_LR0 + 4 * i as u64;
+                *lr = u64::from(read_gich(at));
+                write_gich(at, 0);
+            }
+            write_gich(GICH_HCR, 0);
+        }
+        _ => {}
+    }
+}
+
+fn read_gich(offset: u64) -> u32 {
+    let base = GICH.load(Ordering::Relaxed);
+    // SAFETY: `base` is the device tree's GICH frame, which el2's identity map
+    // covers as device memory; offsets are the architected registers.
+    unsafe { core::ptr::read_volatile((base + offset) as *const u32) }
+}
+
+fn write_gich(offset: u64, value: u32) {
+    let base = GICH.load(Ordering::Relaxed);
+    // SAFETY: as for `read_gich`; GICH is el2's alone.
+    unsafe { core::ptr::write_volatile((base + offset) as *mut u32, value) }
+}
+
+fn read_elrsr_v3() -> u64 {
+    let v: u64;
+    // SAFETY: reading ICH_ELRSR_EL2 has no side effects; aarch64-cpu has no
+    // accessor for it. Only called when the CPU has the GICv3 interface.
+    unsafe { core::arch::asm!("mrs {}, s3_4_c12_c11_5", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+macro_rules! lr_regs {
+    ($m:ident, $i:expr, $v:expr) => {
+        match $i {
+            0 => $m!(ICH_LR0_EL2, $v),
+            1 => $m!(ICH_LR1_EL2, $v),
+            2 => $m!(ICH_LR2_EL2, $v),
+            3 => $m!(ICH_LR3_EL2, $v),
+            4 => $m!(ICH_LR4_EL2, $v),
+            5 => $m!(ICH_LR5_EL2, $v),
+            6 => $m!(ICH_LR6_EL2, $v),
+            7 => $m!(ICH_LR7_EL2, $v),
+            8 => $m!(ICH_LR8_EL2, $v),
+            9 => $m!(ICH_LR9_EL2, $v),
+            10 => $m!(ICH_LR10_EL2, $v),
+            11 => $m!(ICH_LR11_EL2, $v),
+            12 => $m!(ICH_LR12_EL2, $v),
+            13 => $m!(ICH_LR13_EL2, $v),
+            14 => $m!(ICH_LR14_EL2, $v),
+            15 => $m!(ICH_LR15_EL2, $v),
+            _ => $m!(NONE, $v),
+        }
+    };
+}
+
+fn read_lr_v3(i: usize) -> u64 {
+    macro_rules! rd {
+        (NONE, $v:expr) => {
+            0
+        };
+        ($r:ident, $v:expr) => {
+            $r.get()
+        };
+    }
+    lr_regs!(rd, i, ())
+}
+
+fn write_lr_v3(i: usize, value: u64) {
+    macro_rules! wr {
+        (NONE, $v:expr) => {{
+            let _ = $v;
+        }};
+        ($r:ident, $v:expr) => {
+            $r.set($v)
+        };
+    }
+    lr_regs!(wr, i, value)
+}
