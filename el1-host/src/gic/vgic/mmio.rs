@@ -68,7 +68,7 @@ const SGIR_AFF3_SHIFT: u32 = 48;
 
 /// A naturally aligned access of 1, 2, 4 or 8 bytes.
 fn aligned(offset: u64, size: u8) -> bool {
-    matches!(size, 1 | 2 | 4 | 8) && offset % u64::from(size) == 0
+    matches!(size, 1 | 2 | 4 | 8) && offset.is_multiple_of(u64::from(size))
 }
 
 fn in_range(r: &core::ops::Range<u64>, offset: u64) -> bool {

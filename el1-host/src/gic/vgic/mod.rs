@@ -152,7 +152,7 @@ impl Vgic {
         if count > max {
             return Err(VgicError::TooManyVcpus { model: cfg.model, count, max });
         }
-        if cfg.nr_spis % 32 != 0 || cfg.nr_spis > MAX_SPIS {
+        if !cfg.nr_spis.is_multiple_of(32) || cfg.nr_spis > MAX_SPIS {
             return Err(VgicError::BadSpiCount(cfg.nr_spis));
         }
         if cfg.model == Model::V3 {
