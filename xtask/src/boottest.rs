@@ -83,6 +83,7 @@ pub fn all() -> Vec<Test> {
             tests.push(Test { name, boots: true, run: Box::new(move |c| crate::guesttest::run(c, gic, &vms)) });
         }
     }
+    tests.extend(crate::linux::tests().into_iter().map(|(name, boots, run)| Test { name, boots, run }));
     tests
 }
 

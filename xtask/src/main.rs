@@ -1,12 +1,14 @@
 //! `cargo xtask`: builds and packs Ferrovisor's image, boots it under QEMU, and
 //! runs the QEMU boot tests. See `cargo xtask --help`.
 
+mod bench;
 mod boottest;
 mod check;
 mod dtb;
 mod guestcfg;
 mod guests;
 mod guesttest;
+mod linux;
 mod pack;
 mod qemu;
 
@@ -31,6 +33,7 @@ commands:
   test [options]    build, then run the QEMU boot tests (see `cargo xtask test --help`)
   pack EL2 HOST OUT pack two ELF files into an image (what `build` does after building)
   guests            build the test guests into target/guests/<name>.flat
+  bench [options]   boot the micro-bench guest N times and tabulate its figures (`cargo xtask bench --help`)
   help              print this";
 
 const RUN_USAGE: &str = "\
@@ -666,6 +669,7 @@ fn main() -> ExitCode {
         "run" => cmd_run(args),
         "test" => cmd_test(args),
         "guests" => cmd_guests(args),
+        "bench" => bench::cmd(args),
         "pack" => match &args[..] {
             [el2, host, out] => match pack_files(&root(), Path::new(el2), Path::new(host), Path::new(out)) {
                 Ok(()) => ExitCode::SUCCESS,
