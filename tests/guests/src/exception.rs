@@ -5,8 +5,9 @@
 //! exception taken while [`catch`] runs is recorded (ESR, FAR, ELR, from
 //! which EL) and skipped: the return address moves past the instruction that
 //! caused it (for `SVC`, `HVC` and `SMC` it already points past). An
-//! `SVC` from EL0 ends [`run_at_el0`]. Anything else is a failure that ends
-//! the test with a register dump.
+//! `SVC` from EL0 ends [`run_at_el0`]. An IRQ goes to the handler
+//! [`irq::set_handler`] installed. Anything else is a failure that ends the
+//! test with a register dump.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,11 +17,13 @@ use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::esr::Esr;
 use ferrovisor_shared::trap::{ExceptionReport, GeneralRegs};
 
-use crate::{console, rt};
+use crate::{console, irq, rt};
 
 use ferrovisor_shared::trap::EL1_VECTOR_NAMES as VECTOR_NAMES;
 const SYNC_EL1_SPX: u64 = 4;
+const IRQ_EL1_SPX: u64 = 5;
 const SYNC_EL0_A64: u64 = 8;
+const IRQ_EL0_A64: u64 = 9;
 
 const EC_SVC64: u8 = 0x15;
 const EC_HVC64: u8 = 0x16;
@@ -264,6 +267,9 @@ pub unsafe fn run_at_el0(entry: usize, arg: u64) -> El0Exit {
 
 #[unsafe(no_mangle)]
 extern "C" fn guest_trap(kind: u64, frame: &mut TrapFrame) {
+    if (kind == IRQ_EL1_SPX || kind == IRQ_EL0_A64) && irq::dispatch() {
+        return;
+    }
     let esr = Esr(ESR_EL1.get());
     let sync = kind == SYNC_EL1_SPX || kind == SYNC_EL0_A64;
     let s = slot();

@@ -8,14 +8,19 @@
 //! ends with `SUMMARY:`, `EXIT: STATUS=N` and PSCI `SYSTEM_OFF`. Tests
 //! report with [`report`], [`report_skip`] and [`report_info`]; they start
 //! secondary CPUs with [`smp`] and expect exceptions with
-//! [`exception::catch`].
+//! [`exception::catch`]. Interrupts: the GIC driver [`gic`], the IRQ handler
+//! and windows [`irq`], the generic timers [`timer`]; [`bench`] turns
+//! counter readings into micro-benchmark figures.
 //!
-//! Only the pure logic ([`args`], [`cpus`], [`pattern`], [`report`]) is built
-//! on the development host, where its unit tests run.
+//! Only the pure logic ([`args`], [`bench`], [`cpus`], [`pattern`],
+//! [`report`], and [`gic`]'s encodings) is built on the development host,
+//! where its unit tests run.
 #![cfg_attr(not(test), no_std)]
 
 pub mod args;
+pub mod bench;
 pub mod cpus;
+pub mod gic;
 pub mod pattern;
 pub mod report;
 
@@ -24,6 +29,8 @@ pub mod console;
 #[cfg(target_os = "none")]
 pub mod exception;
 #[cfg(target_os = "none")]
+pub mod irq;
+#[cfg(target_os = "none")]
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod rt;
@@ -31,6 +38,8 @@ pub mod rt;
 pub mod smp;
 #[cfg(target_os = "none")]
 pub mod time;
+#[cfg(target_os = "none")]
+pub mod timer;
 
 #[cfg(target_os = "none")]
 pub use console::{exit, report, report_info, report_skip};

@@ -3,7 +3,9 @@
 //! Sub-tests: `setup` (`smp=N mem=MiB`: the device tree's CPU count and
 //! total memory), `vectors-kernel` (exceptions at EL1), `vectors-user` (a
 //! round trip through EL0), `smp` (every CPU comes up with the MPIDR its
-//! device-tree node gives), `fpu` (FP/SIMD state survives exits).
+//! device-tree node gives), `fpu` (FP/SIMD state survives exits),
+//! `progress` (every CPU spins for 200 ms of virtual time at once, and each
+//! gets a fair share of it: more vCPUs than physical CPUs all run).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -12,7 +14,7 @@ fn main() {}
 #[cfg(target_os = "none")]
 mod guest {
     use core::arch::{asm, global_asm};
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use aarch64_cpu::registers::{CurrentEL, Readable};
     use ferrovisor_shared::boot::MAX_CPUS;
@@ -28,6 +30,7 @@ mod guest {
             SubTest { name: "vectors-user", run: vectors_user },
             SubTest { name: "smp", run: smp_up },
             SubTest { name: "fpu", run: fpu },
+            SubTest { name: "progress", run: progress },
         ]
     );
 
@@ -327,5 +330,69 @@ selftest_el0_code:
         };
         report_info(format_args!("PSCI_VERSION returned x0 = {x0:#x}"));
         check_fp("PSCI_VERSION", &input, &before, &after);
+    }
+
+    /// How long every CPU counts.
+    const PROGRESS_MS: u64 = 200;
+    /// Each CPU must count at least this fraction (1/N) of the busiest CPU's count.
+    const PROGRESS_SHARE: u64 = 8;
+
+    static PROGRESS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+    static PROGRESS_DONE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+    /// The virtual counter at which every CPU starts counting (0: not yet).
+    static PROGRESS_START: AtomicU64 = AtomicU64::new(0);
+
+    /// Counts loop rounds from [`PROGRESS_START`] until [`PROGRESS_MS`] of
+    /// virtual time passed: a CPU that does not run meanwhile counts little.
+    fn count_progress(cpu: usize) {
+        let mut start = PROGRESS_START.load(Ordering::SeqCst);
+        while start == 0 {
+            core::hint::spin_loop();
+            start = PROGRESS_START.load(Ordering::SeqCst);
+        }
+        let limit = ferrovisor_test_guests::cpus::ms_to_ticks(PROGRESS_MS, time::freq());
+        let mut n = 0u64;
+        while time::counter().saturating_sub(start) < limit {
+            n += 1;
+            if n.is_multiple_of(1024) {
+                PROGRESS[cpu].store(n, Ordering::Relaxed);
+            }
+        }
+        PROGRESS[cpu].store(n, Ordering::SeqCst);
+        PROGRESS_DONE[cpu].store(true, Ordering::SeqCst);
+    }
+
+    fn progress(env: &Env) {
+        let n = smp::count().min(MAX_CPUS);
+        PROGRESS_START.store(0, Ordering::SeqCst);
+        for cpu in 0..MAX_CPUS {
+            PROGRESS[cpu].store(0, Ordering::SeqCst);
+            PROGRESS_DONE[cpu].store(false, Ordering::SeqCst);
+        }
+        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
+            if let Err(e) = smp::start(cpu, count_progress) {
+                report(false, format_args!("cpu{cpu}: CPU_ON failed: {e:?}"));
+            }
+        }
+        let up = time::wait_for(CPU_TIMEOUT_MS, || smp::secondaries().all(smp::is_up));
+        report(up.is_some(), format_args!("all {n} CPUs up within {CPU_TIMEOUT_MS} ms"));
+        PROGRESS_START.store(time::counter().max(1), Ordering::SeqCst);
+        count_progress(env.boot_cpu);
+        let done = time::wait_for(CPU_TIMEOUT_MS, || (0..n).all(|c| PROGRESS_DONE[c].load(Ordering::SeqCst)));
+        report(done.is_some(), format_args!("every CPU finished its {PROGRESS_MS} ms within {CPU_TIMEOUT_MS} ms more"));
+        let counts: [u64; MAX_CPUS] = core::array::from_fn(|c| PROGRESS[c].load(Ordering::SeqCst));
+        let max = counts[..n].iter().copied().max().unwrap_or(0);
+        let threshold = (max / PROGRESS_SHARE).max(1);
+        for cpu in 0..n {
+            let finished = PROGRESS_DONE[cpu].load(Ordering::SeqCst);
+            report(
+                finished && counts[cpu] >= threshold,
+                format_args!(
+                    "cpu{cpu}: {} rounds in {PROGRESS_MS} ms (at least 1/{PROGRESS_SHARE} of the busiest CPU's {max}: {threshold})",
+                    counts[cpu]
+                ),
+            );
+        }
+        smp::wait_all_off(CPU_TIMEOUT_MS);
     }
 }

@@ -1,0 +1,292 @@
+//! `micro-bench`: what kvm-unit-tests' arm/micro-bench measures, timed with
+//! `CNTVCT_EL0` (an `isb` before each read) and printed as
+//! `BENCH: <op> iterations=<N> ns_per_op=<ns> min=<ns> max=<ns>`.
+//!
+//! `hvc`, `mmio_read_user`, `mmio_read_vgic` and `eoi` run N = 4096
+//! operations in 16 timed batches: `ns_per_op` is the mean over all of
+//! them, `min`/`max` the fastest and slowest batch's mean. `ipi` and `timer`
+//! time each of 256 operations: `ns_per_op` is the median sample. Each op
+//! first runs a few untimed warm-up rounds; each prints a `PASS` once it ran
+//! (a hang is the harness's timeout). Under QEMU with
+//! `-icount shift=0,sleep=off` a nanosecond is one instruction.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::arch::asm;
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+    use ferrovisor_shared::boot::MAX_CPUS;
+    use ferrovisor_shared::dt::PsciMethod;
+    use ferrovisor_test_guests::bench::{self, BenchLine, Stats};
+    use ferrovisor_test_guests::cpus::ms_to_ticks;
+    use ferrovisor_test_guests::gic::{self, read32, Gic, SgiTarget};
+    use ferrovisor_test_guests::timer::Timer;
+    use ferrovisor_test_guests::{
+        guest_main, irq, println, psci, report, report_info, report_skip, smp, time, Env, SubTest,
+    };
+
+    guest_main!(
+        "micro-bench",
+        &[
+            SubTest { name: "hvc", run: hvc },
+            SubTest { name: "mmio_read_user", run: mmio_read_user },
+            SubTest { name: "mmio_read_vgic", run: mmio_read_vgic },
+            SubTest { name: "eoi", run: eoi },
+            SubTest { name: "ipi", run: ipi },
+            SubTest { name: "timer", run: timer },
+        ]
+    );
+
+    const ITERATIONS: u64 = 1 << 12;
+    const BATCHES: usize = 16;
+    const WARMUP: u64 = 64;
+    const SAMPLES: usize = 256;
+    const SAMPLE_WARMUP: usize = 8;
+    /// kvm-unit-tests' hypercall: no SMCCC service has it.
+    const UNKNOWN_FUNCTION: u64 = 0x4b00_0000;
+    /// A virtio-mmio transport's `Version` register in QEMU virt's map (ours copies it).
+    const MMIO_USER_ADDR: usize = 0x0a00_0008;
+    const TIMEOUT_MS: u64 = 1000;
+
+    fn setup() -> Option<&'static Gic> {
+        match gic::init() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                report(false, format_args!("GIC set-up: {e}"));
+                None
+            }
+        }
+    }
+
+    static FREQ_SHOWN: AtomicBool = AtomicBool::new(false);
+
+    fn print(op: &str, stats: Option<Stats>) {
+        if !FREQ_SHOWN.swap(true, Ordering::SeqCst) {
+            report_info(format_args!("CNTFRQ_EL0 {} Hz", time::freq()));
+        }
+        match stats {
+            Some(stats) => {
+                println!("{}", BenchLine { op, stats });
+                report(true, format_args!("{} iterations", stats.iterations));
+            }
+            None => {
+                report(false, "no measurement");
+            }
+        }
+    }
+
+    /// Warm-up, then [`ITERATIONS`] calls of `op` in [`BATCHES`] timed batches.
+    fn batched(name: &str, mut op: impl FnMut()) {
+        for _ in 0..WARMUP {
+            op();
+        }
+        let per_batch = ITERATIONS / BATCHES as u64;
+        let mut ticks = [0u64; BATCHES];
+        for t in &mut ticks {
+            let start = time::counter();
+            for _ in 0..per_batch {
+                op();
+            }
+            *t = time::counter() - start;
+        }
+        print(name, bench::from_batches(&ticks, per_batch, time::freq()));
+    }
+
+    fn smccc_unknown() -> u64 {
+        let x0: u64;
+        // SAFETY: an SMCCC call through the conduit the device tree names;
+        // SMCCC lets it change x0-x17, which are declared clobbered.
+        unsafe {
+            match psci::method() {
+                PsciMethod::Hvc => asm!(
+                    "hvc #0",
+                    inout("x0") UNKNOWN_FUNCTION => x0,
+                    out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _, out("x6") _,
+                    out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+                    out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                    options(nostack),
+                ),
+                PsciMethod::Smc => asm!(
+                    "smc #0",
+                    inout("x0") UNKNOWN_FUNCTION => x0,
+                    out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _, out("x6") _,
+                    out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+                    out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                    options(nostack),
+                ),
+            }
+        }
+        x0
+    }
+
+    fn hvc(_: &Env) {
+        let ret = smccc_unknown();
+        if psci::w0(ret) != -1 {
+            report(false, format_args!("hvc {UNKNOWN_FUNCTION:#x} returned {ret:#x}, not NOT_SUPPORTED"));
+        }
+        batched("hvc", || {
+            smccc_unknown();
+        });
+    }
+
+    fn mmio_read_user(_: &Env) {
+        batched("mmio_read_user", || {
+            read32(MMIO_USER_ADDR);
+        });
+    }
+
+    fn mmio_read_vgic(_: &Env) {
+        let Some(gic) = setup() else { return };
+        let iidr = gic.gicd() + gic::GICD_IIDR;
+        batched("mmio_read_vgic", || {
+            read32(iidr);
+        });
+    }
+
+    fn eoi(_: &Env) {
+        let Some(gic) = setup() else { return };
+        batched("eoi", || gic.eoi_spurious());
+    }
+
+    // ---- ipi ----
+
+    const SGI_BENCH: u32 = 1;
+    const SGI_STOP: u32 = 15;
+    static RECEIVED: AtomicU64 = AtomicU64::new(0);
+    static READY: AtomicBool = AtomicBool::new(false);
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    fn ipi_handler() {
+        let Some(gic) = gic::get() else { return };
+        let iar = gic.ack();
+        if iar.is_spurious() {
+            return;
+        }
+        if iar.intid() == SGI_BENCH {
+            RECEIVED.fetch_add(1, Ordering::SeqCst);
+        }
+        gic.eoi(iar);
+    }
+
+    fn ipi_receiver(_: usize) {
+        let Some(gic) = gic::get() else { return };
+        if gic.cpu_init().is_err() {
+            return;
+        }
+        READY.store(true, Ordering::SeqCst);
+        irq::wfi_until(600_000, || STOP.load(Ordering::SeqCst));
+    }
+
+    fn ipi(_: &Env) {
+        let Some(target) = smp::secondaries().find(|&c| c < MAX_CPUS) else {
+            report_skip("needs a second CPU");
+            return;
+        };
+        let Some(gic) = setup() else { return };
+        READY.store(false, Ordering::SeqCst);
+        STOP.store(false, Ordering::SeqCst);
+        RECEIVED.store(0, Ordering::SeqCst);
+        irq::set_handler(Some(ipi_handler));
+        if let Err(e) = smp::start(target, ipi_receiver) {
+            report(false, format_args!("cpu{target}: CPU_ON failed: {e:?}"));
+            irq::set_handler(None);
+            return;
+        }
+        if time::wait_for(TIMEOUT_MS, || READY.load(Ordering::SeqCst)).is_none() {
+            report(false, format_args!("cpu{target} did not set up its GIC"));
+        }
+        let mut samples = [0u64; SAMPLES];
+        let mut lost = false;
+        for i in 0..SAMPLE_WARMUP + SAMPLES {
+            let before = RECEIVED.load(Ordering::SeqCst);
+            let start = time::counter();
+            gic.send_sgi(SGI_BENCH, SgiTarget::Cpu(target));
+            let arrived = time::wait_for(TIMEOUT_MS, || {
+                // A hint, not a trap: QEMU's round-robin TCG (as under
+                // -icount) moves to the next vCPU on it, so the receiver
+                // runs at once instead of at the end of this one's time slice.
+                // SAFETY: `yield` has no architectural effect.
+                unsafe { asm!("yield", options(nomem, nostack)) };
+                RECEIVED.load(Ordering::SeqCst) != before
+            });
+            let end = time::counter();
+            if arrived.is_none() {
+                lost = true;
+                break;
+            }
+            if let Some(s) = i.checked_sub(SAMPLE_WARMUP).and_then(|i| samples.get_mut(i)) {
+                *s = end - start;
+            }
+        }
+        if lost {
+            report(false, format_args!("ipi: an SGI to cpu{target} was not taken within {TIMEOUT_MS} ms"));
+        } else {
+            print("ipi", bench::from_samples(&mut samples, time::freq()));
+        }
+        STOP.store(true, Ordering::SeqCst);
+        gic.send_sgi(SGI_STOP, SgiTarget::Cpu(target));
+        smp::wait_done(target, TIMEOUT_MS);
+        smp::wait_all_off(TIMEOUT_MS);
+        irq::set_handler(None);
+    }
+
+    // ---- timer ----
+
+    static TIMER_INTID: AtomicU32 = AtomicU32::new(0);
+    static FIRED_AT: AtomicU64 = AtomicU64::new(0);
+    static FIRED: AtomicU64 = AtomicU64::new(0);
+
+    fn timer_handler() {
+        let now = Timer::Virt.counter();
+        let Some(gic) = gic::get() else { return };
+        let iar = gic.ack();
+        if iar.is_spurious() {
+            return;
+        }
+        if iar.intid() == TIMER_INTID.load(Ordering::SeqCst) {
+            Timer::Virt.stop();
+            FIRED_AT.store(now, Ordering::SeqCst);
+            FIRED.fetch_add(1, Ordering::SeqCst);
+        }
+        gic.eoi(iar);
+    }
+
+    /// From the virtual timer's deadline to its handler's first counter read,
+    /// waking from `WFI`.
+    fn timer(_: &Env) {
+        let Some(gic) = setup() else { return };
+        let intid = Timer::Virt.intid();
+        TIMER_INTID.store(intid, Ordering::SeqCst);
+        FIRED.store(0, Ordering::SeqCst);
+        Timer::Virt.stop();
+        gic.enable(intid);
+        irq::set_handler(Some(timer_handler));
+        let ahead = ms_to_ticks(1, time::freq()) / 10;
+        let mut samples = [0u64; SAMPLES];
+        let mut lost = false;
+        for i in 0..SAMPLE_WARMUP + SAMPLES {
+            let before = FIRED.load(Ordering::SeqCst);
+            let cval = Timer::Virt.counter() + ahead;
+            Timer::Virt.arm_at(cval);
+            if irq::wfi_until(TIMEOUT_MS, || FIRED.load(Ordering::SeqCst) != before).is_none() {
+                lost = true;
+                break;
+            }
+            if let Some(s) = i.checked_sub(SAMPLE_WARMUP).and_then(|i| samples.get_mut(i)) {
+                *s = FIRED_AT.load(Ordering::SeqCst).saturating_sub(cval);
+            }
+        }
+        Timer::Virt.stop();
+        gic.disable(intid);
+        irq::set_handler(None);
+        if lost {
+            report(false, format_args!("timer: the virtual timer's INTID {intid} was not taken"));
+        } else {
+            print("timer", bench::from_samples(&mut samples, time::freq()));
+        }
+    }
+}
