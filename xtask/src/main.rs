@@ -289,12 +289,10 @@ fn finish_guests(mut drafts: Vec<GuestDraft>, m: &Machine) -> Result<Vec<GuestSp
             None => guestcfg::default_name(&kernel),
         };
         let vcpus = d.vcpus.unwrap_or(1);
-        let max = m.smp.min(guestcfg::MAX_VCPUS);
+        // More vCPUs than CPUs is fine: the hypervisor time-slices them.
+        let max = guestcfg::MAX_VCPUS;
         if vcpus == 0 {
             return Err(format!("guest `{name}`: --vcpus must be at least 1"));
-        }
-        if vcpus > m.smp {
-            return Err(format!("guest `{name}`: --vcpus {vcpus} is more than the board's {} CPUs (--smp)", m.smp));
         }
         if vcpus > max {
             return Err(format!("guest `{name}`: --vcpus {vcpus} is more than {max}, the most a VM may have"));
@@ -813,8 +811,7 @@ mod tests {
             (&["--append", "x", "--vcpus", "1"], "--append, --vcpus are for a guest, but there is no --guest FILE"),
             (&["--guest"], "--guest needs a value"),
             (&["--guest", "k", "--vcpus", "0"], "guest `k`: --vcpus must be at least 1"),
-            (&["--guest", "k", "--vcpus", "5"], "--vcpus 5 is more than the board's 4 CPUs (--smp)"),
-            (&["--smp", "12", "--guest", "k", "--vcpus", "9"], "--vcpus 9 is more than 8, the most a VM may have"),
+            (&["--guest", "k", "--vcpus", "9"], "--vcpus 9 is more than 8, the most a VM may have"),
             (&["--guest", "k", "--mem", "0"], "--mem 0 MiB is too small"),
             (&["--guest", "k", "--mem", "-1"], "--mem takes a number"),
             (&["--guest", "k", "--vcpus", "1", "--vcpus", "2"], "--vcpus is given twice for one guest"),

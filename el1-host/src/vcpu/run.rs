@@ -77,13 +77,7 @@ impl Runner<'_> {
     /// it is asked to stop.
     fn wait_for_power_on(&mut self) -> Flow<Done> {
         loop {
-            if let Some((pc, context_id)) = self.vcpu.power.take_start() {
-                let vm = self.vm;
-                let ctx = self.ctx();
-                let config = ctx.config;
-                let counters = ctx.counters;
-                *ctx = VcpuContext::reset(pc, context_id, config, vm.cntvoff);
-                ctx.counters = counters;
+            if self.take_start() {
                 return Flow::Continue;
             }
             if self.vcpu.entry.pending() & work::WORK_STOP != 0 {
@@ -103,6 +97,19 @@ impl Runner<'_> {
             }
             cpu::irq_enable();
         }
+    }
+
+    /// Resets the context to the entry point of a `CPU_ON` that started this
+    /// vCPU, if one did since it last looked.
+    fn take_start(&mut self) -> bool {
+        let Some((pc, context_id)) = self.vcpu.power.take_start() else { return false };
+        let vm = self.vm;
+        let ctx = self.ctx();
+        let config = ctx.config;
+        let counters = ctx.counters;
+        *ctx = VcpuContext::reset(pc, context_id, config, vm.cntvoff);
+        ctx.counters = counters;
+        true
     }
 
     /// Gives the CPU away unless `runnable` (checked after announcing the
@@ -168,6 +175,8 @@ impl GuestVcpu for Runner<'_> {
     }
 
     fn prepare(&mut self) -> Flow<Done> {
+        // A CPU_ON that arrived while this vCPU slept elsewhere: start it.
+        self.take_start();
         if self.vcpu.power.is_off() {
             if let Flow::Done(d) = self.wait_for_power_on() {
                 return Flow::Done(d);
