@@ -292,6 +292,11 @@ impl Vgic {
         self.state.lock().has_pending(vcpu, cpu_if)
     }
 
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        self.state.lock().check_invariants();
+    }
+
     /// `SYSTEM_RESET`: every register back to its reset value. Hardware links
     /// and input line levels (the devices' wiring) stay.
     pub fn reset(&self) {

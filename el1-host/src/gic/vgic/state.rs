@@ -388,3 +388,43 @@ impl State {
         self.deferred.0 |= kicks.0;
     }
 }
+
+#[cfg(test)]
+impl State {
+    /// The ap-list bookkeeping holds together: each listed interrupt names
+    /// the list it is on, once; outside list registers each interrupt is on
+    /// the list of the vCPU it is to be delivered to (or deactivated on), and
+    /// on none if neither; list-register residents belong to a vCPU with
+    /// list registers in flight.
+    pub fn check_invariants(&self) {
+        for (v, vs) in self.vcpus.iter().enumerate() {
+            for (k, &intid) in vs.ap_list.iter().enumerate() {
+                assert!(!vs.ap_list[..k].contains(&intid), "INTID {intid} twice on vCPU {v}'s list");
+                let irq = self.irq(v, intid.into()).expect("listed INTID exists");
+                assert_eq!(irq.ap.map(usize::from), Some(v), "INTID {intid} on vCPU {v}'s list");
+            }
+        }
+        for irq in &self.spis {
+            let to = self.vcpu_by_affinity(irq.route).and_then(|v| u8::try_from(v).ok());
+            assert_eq!(irq.routed_to, to, "SPI {} routed by {:#x}", irq.intid, irq.route);
+        }
+        let private = self.vcpus.iter().enumerate().flat_map(|(v, vs)| vs.private.iter().map(move |irq| (v, irq)));
+        let spis = self.spis.iter().map(|irq| (0, irq));
+        for (owner, irq) in private.chain(spis) {
+            if let Some(a) = irq.ap {
+                let vs = &self.vcpus[usize::from(a)];
+                assert!(vs.ap_list.contains(&irq.intid), "INTID {} says vCPU {a}", irq.intid);
+                if irq.is_private() {
+                    assert_eq!(usize::from(a), owner);
+                }
+            }
+            if irq.in_lr {
+                let a = irq.ap.expect("a list-register resident is listed");
+                assert_ne!(self.vcpus[usize::from(a)].in_flight, 0);
+            } else {
+                // Listed exactly where it is to be delivered (or deactivated).
+                assert_eq!(irq.ap.map(usize::from), self.oracle(owner, irq), "INTID {} of vCPU {owner}", irq.intid);
+            }
+        }
+    }
+}

@@ -775,6 +775,32 @@ fn retargeting_while_in_a_list_register_moves_at_sync() {
 }
 
 #[test]
+fn retargeting_a_waiting_interrupt_moves_it_at_once() {
+    let vm = VgicCpuState { vmcr: vmcr_open(), ..Default::default() };
+    // GICv2: ITARGETSR.
+    let g = v2(3);
+    enable_groups(&g);
+    setup_spi(&g, SPI, 0, 0);
+    assert_eq!(dset(&g, ISPENDR, SPI), Kicks(1));
+    assert_eq!(g.dist_write(0, ITARGETSR + u64::from(SPI), 1, 0b110), Kicks(1 << 1));
+    assert!(!g.has_pending(0, &vm) && g.has_pending(1, &vm));
+    // GICv3: IROUTER, and 1 of N following GICR_WAKER.
+    let g = v3(3);
+    enable_groups(&g);
+    setup_spi(&g, SPI, 0, 0);
+    dset(&g, ISPENDR, SPI);
+    assert_eq!(g.dist_write(0, IROUTER + 8 * u64::from(SPI), 8, 2), Kicks(1 << 2));
+    assert!(!g.has_pending(0, &vm) && g.has_pending(2, &vm));
+    // Everyone asleep: vCPU 0 takes 1-of-N interrupts.
+    assert_eq!(g.dist_write(0, IROUTER + 8 * u64::from(SPI), 8, 1 << 31), Kicks(1));
+    assert_eq!(g.redist_write(1, rd(1) + GICR_WAKER, 4, 0), Kicks(1 << 1));
+    assert!(!g.has_pending(0, &vm) && g.has_pending(1, &vm));
+    // A new priority reorders the list registers of the vCPU it waits for.
+    assert_eq!(g.dist_write(0, IPRIORITYR + u64::from(SPI), 1, 0x80), Kicks(1 << 1));
+    assert_eq!(g.dist_write(0, IPRIORITYR + u64::from(SPI + 1), 1, 0x80), Kicks(0));
+}
+
+#[test]
 fn v2_list_registers() {
     let g = v2(3);
     enable_groups(&g);
@@ -926,53 +952,115 @@ mod random {
 
     #[derive(Clone, Debug)]
     enum Op {
-        DistRead { vcpu: usize, off: u64, size: u8 },
-        DistWrite { vcpu: usize, off: u64, size: u8, value: u64 },
-        RedistRead { vcpu: usize, off: u64, size: u8 },
-        RedistWrite { vcpu: usize, off: u64, size: u8, value: u64 },
-        Sgi { vcpu: usize, value: u64, group: u8 },
-        Line { vcpu: usize, intid: u32, level: bool },
-        Hw { vcpu: usize, intid: u32, pintid: Option<u32> },
-        Run { vcpu: usize, nr_lrs: usize, states: [u8; 16], vmcr: u64 },
+        DistRead {
+            vcpu: usize,
+            off: u64,
+            size: u8,
+        },
+        DistWrite {
+            vcpu: usize,
+            off: u64,
+            size: u8,
+            value: u64,
+        },
+        RedistRead {
+            vcpu: usize,
+            off: u64,
+            size: u8,
+        },
+        RedistWrite {
+            vcpu: usize,
+            off: u64,
+            size: u8,
+            value: u64,
+        },
+        Sgi {
+            vcpu: usize,
+            value: u64,
+            group: u8,
+        },
+        Line {
+            vcpu: usize,
+            intid: u32,
+            level: bool,
+        },
+        Hw {
+            vcpu: usize,
+            intid: u32,
+            pintid: Option<u32>,
+        },
+        Run {
+            vcpu: usize,
+            nr_lrs: usize,
+            states: [u8; 16],
+            vmcr: u64,
+        },
+        /// A register write aimed at one interrupt's field (dense in the
+        /// states that matter: enabled, pending, routed, retargeted).
+        Field {
+            vcpu: usize,
+            kind: u8,
+            intid: u32,
+            value: u64,
+        },
         Reset,
     }
 
+    /// Mostly the registers that exist (so that random sequences enable,
+    /// route and raise interrupts), sometimes anything.
     fn offset() -> impl Strategy<Value = u64> {
-        prop_oneof![0u64..0x1000, 0u64..0x1_0000, 0x1_0000u64..0x1_1000, 0u64..0x8_0000, any::<u64>()]
+        let bitreg = (1u64..8, 0u64..4).prop_map(|(r, w)| 0x80 * r + 4 * w);
+        let dist = prop_oneof![
+            Just(0u64),
+            bitreg.clone(),
+            (0x400u64..0x480),
+            (0x800u64..0x880),
+            (0xc00u64..0xc20),
+            Just(0xf00),
+            (0xf10u64..0xf30),
+            (32u64..100).prop_map(|n| 0x6000 + 8 * n),
+        ];
+        let sgi_frame = prop_oneof![bitreg, 0x400u64..0x420, Just(0xc00), Just(0xc04)];
+        let redist = prop_oneof![
+            (0u64..5).prop_map(|v| v * 0x2_0000 + 0x14),
+            (0u64..5, sgi_frame).prop_map(|(v, o)| v * 0x2_0000 + 0x1_0000 + o),
+        ];
+        prop_oneof![4 => dist, 4 => redist, 1 => 0u64..0x1_0000, 1 => 0u64..0xa_0000, 1 => any::<u64>()]
+    }
+
+    fn value() -> impl Strategy<Value = u64> {
+        prop_oneof![any::<u64>(), 0u64..8, Just(1 << 31), Just(u64::MAX)]
+    }
+
+    fn size() -> impl Strategy<Value = u8> {
+        prop_oneof![4 => Just(4u8), 1 => Just(1), 1 => Just(8), 1 => 0u8..10]
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let vcpu = 0usize..5;
-        let size = 0u8..10;
+        // Mostly vCPUs that may exist, sometimes any index at all.
+        let vcpu = prop_oneof![8 => 0usize..5, 1 => any::<usize>()];
+        let intid = prop_oneof![4 => 16u32..100, 1 => 0u32..1100];
+        let sgi = prop_oneof![
+            (0u64..16, any::<u16>(), any::<bool>())
+                .prop_map(|(i, list, irm)| i << 24 | u64::from(list) | u64::from(irm) << 40),
+            any::<u64>(),
+        ];
         prop_oneof![
-            (vcpu.clone(), offset(), size.clone()).prop_map(|(vcpu, off, size)| Op::DistRead { vcpu, off, size }),
-            (vcpu.clone(), offset(), size.clone(), any::<u64>()).prop_map(|(vcpu, off, size, value)| Op::DistWrite {
-                vcpu,
-                off,
-                size,
-                value
-            }),
-            (vcpu.clone(), offset(), size.clone()).prop_map(|(vcpu, off, size)| Op::RedistRead { vcpu, off, size }),
-            (vcpu.clone(), offset(), size, any::<u64>()).prop_map(|(vcpu, off, size, value)| Op::RedistWrite {
-                vcpu,
-                off,
-                size,
-                value
-            }),
-            (vcpu.clone(), any::<u64>(), 0u8..3).prop_map(|(vcpu, value, group)| Op::Sgi { vcpu, value, group }),
-            (vcpu.clone(), 0u32..1100, any::<bool>()).prop_map(|(vcpu, intid, level)| Op::Line { vcpu, intid, level }),
-            (vcpu.clone(), 0u32..1100, proptest::option::of(0u32..2000)).prop_map(|(vcpu, intid, pintid)| Op::Hw {
-                vcpu,
-                intid,
-                pintid
-            }),
-            (vcpu, 0usize..20, any::<[u8; 16]>(), any::<u64>()).prop_map(|(vcpu, nr_lrs, states, vmcr)| Op::Run {
-                vcpu,
-                nr_lrs,
-                states,
-                vmcr
-            }),
-            Just(Op::Reset),
+            2 => (vcpu.clone(), offset(), size()).prop_map(|(vcpu, off, size)| Op::DistRead { vcpu, off, size }),
+            4 => (vcpu.clone(), offset(), size(), value())
+                .prop_map(|(vcpu, off, size, value)| Op::DistWrite { vcpu, off, size, value }),
+            2 => (vcpu.clone(), offset(), size()).prop_map(|(vcpu, off, size)| Op::RedistRead { vcpu, off, size }),
+            4 => (vcpu.clone(), offset(), size(), value())
+                .prop_map(|(vcpu, off, size, value)| Op::RedistWrite { vcpu, off, size, value }),
+            2 => (vcpu.clone(), sgi, 0u8..3).prop_map(|(vcpu, value, group)| Op::Sgi { vcpu, value, group }),
+            2 => (vcpu.clone(), intid.clone(), any::<bool>()).prop_map(|(vcpu, intid, level)| Op::Line { vcpu, intid, level }),
+            1 => (vcpu.clone(), intid, proptest::option::of(0u32..2000))
+                .prop_map(|(vcpu, intid, pintid)| Op::Hw { vcpu, intid, pintid }),
+            3 => (vcpu, 0usize..20, any::<[u8; 16]>(), any::<u64>())
+                .prop_map(|(vcpu, nr_lrs, states, vmcr)| Op::Run { vcpu, nr_lrs, states, vmcr }),
+            8 => (0usize..5, 0u8..13, few_intids(), value())
+                .prop_map(|(vcpu, kind, intid, value)| Op::Field { vcpu, kind, intid, value }),
+            1 => Just(Op::Reset),
         ]
     }
 
@@ -1017,21 +1105,67 @@ mod random {
                 let _ = g.has_pending(vcpu, c);
                 assert_eq!(g.take_kicks().0 >> n, 0);
             }
+            Op::Field { vcpu, kind, intid, value } => {
+                let k = field_write(g, vcpu, kind, intid, value);
+                assert_eq!(k.0 >> n, 0);
+            }
             Op::Reset => g.reset(),
         }
     }
 
+    /// A handful of interrupts of each kind, so that one sequence often
+    /// hits the same interrupt several times.
+    fn few_intids() -> impl Strategy<Value = u32> {
+        prop_oneof![4 => prop::sample::select(&[1u32, 2, 27, 30, 32, 33, 34][..]), 1 => 0u32..40]
+    }
+
+    /// Writes field `kind` of `intid` (through `vcpu`'s redistributor for a
+    /// private interrupt on GICv3).
+    fn field_write(g: &Vgic, vcpu: usize, kind: u8, intid: u32, value: u64) -> Kicks {
+        let v3 = g.model() == Model::V3;
+        let private_v3 = v3 && intid < 32;
+        let write = |off: u64, size: u8, val: u64| {
+            if private_v3 {
+                g.redist_write(vcpu, sgi(vcpu) + off, size, val)
+            } else {
+                g.dist_write(vcpu, off, size, val)
+            }
+        };
+        match kind {
+            0..=6 => write(0x80 * (u64::from(kind) + 1) + 4 * u64::from(intid / 32), 4, 1 << (intid % 32)),
+            7 => write(IPRIORITYR + u64::from(intid), 1, value & 0xff),
+            8 if v3 => g.dist_write(vcpu, IROUTER + 8 * u64::from(intid), 8, value & (7 | 1 << 31)),
+            8 => g.dist_write(vcpu, ITARGETSR + u64::from(intid), 1, value & 0xff),
+            9 => g.dist_write(vcpu, CTLR, 4, value & 3),
+            10 if v3 => g.redist_write(vcpu, rd(vcpu) + GICR_WAKER, 4, value & 2),
+            11 => {
+                let off = ICFGR + 4 * u64::from(intid / 16);
+                write(off, 4, value & 0xaaaa_aaaa)
+            }
+            _ => g.set_line(vcpu, intid, value & 1 != 0),
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
         #[test]
-        fn random_accesses_never_panic(v3_model: bool, n in 1usize..5, ops in proptest::collection::vec(op(), 1..80)) {
+        fn random_accesses_never_panic(
+            v3_model: bool,
+            n in 1usize..5,
+            enabled: bool,
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
             let model = if v3_model { Model::V3 } else { Model::V2 };
             let mpidrs = (0..n).map(|i| (i as u64 & 3) | (i as u64 >> 2) << 8).collect();
             let g = Vgic::new(VgicConfig { model, vcpu_mpidrs: mpidrs, nr_spis: 64 }).unwrap();
             let mut cpus = alloc::vec![VgicCpuState::default(); n];
+            if enabled {
+                enable_groups(&g);
+            }
             for op in &ops {
                 apply(&g, &mut cpus, op);
+                g.check_invariants();
             }
             // Whatever happened, every vCPU can still run.
             for (v, c) in cpus.iter_mut().enumerate() {
