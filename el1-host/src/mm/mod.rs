@@ -35,10 +35,47 @@ pub fn frames() -> &'static spin::Mutex<FrameAllocator> {
     &FRAMES
 }
 
-/// The host's heap: the global allocator on the board, a plain static in host
-/// builds (whose tests use the standard allocator).
-#[cfg_attr(target_os = "none", global_allocator)]
+/// The host's heap: small blocks (behind [`ALLOC`] on the board; a plain
+/// static in host builds, whose tests use the standard allocator).
 static HEAP: HostHeap = HostHeap::new();
+
+/// Blocks at least this big come straight from [`frames`]: guest images of
+/// tens of MiB would otherwise need a buddy block of twice their size.
+const LARGE_ALLOC: usize = 256 * 1024;
+
+/// The global allocator: large page-aligned-or-less blocks from the frame
+/// allocator, the rest from the buddy heap.
+struct HostAlloc;
+
+#[cfg_attr(target_os = "none", global_allocator)]
+static ALLOC: HostAlloc = HostAlloc;
+
+fn large_frames(layout: core::alloc::Layout) -> Option<usize> {
+    (layout.size() >= LARGE_ALLOC && layout.align() <= FRAME_SIZE).then(|| layout.size().div_ceil(FRAME_SIZE))
+}
+
+// SAFETY: large blocks are whole frames the frame allocator handed out (frame
+// aligned, so any alignment up to a frame holds) and that go back to it with
+// the same count, computed from the same layout; the rest is HostHeap's.
+unsafe impl core::alloc::GlobalAlloc for HostAlloc {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        match large_frames(layout) {
+            Some(n) => FRAMES.lock().alloc(n).map_or(core::ptr::null_mut(), |pa| pa as usize as *mut u8),
+            // SAFETY: GlobalAlloc's contract, passed on.
+            None => unsafe { HEAP.alloc(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        match large_frames(layout) {
+            Some(n) => {
+                FRAMES.lock().dealloc(ptr as usize as PhysAddr, n);
+            }
+            // SAFETY: GlobalAlloc's contract, passed on.
+            None => unsafe { HEAP.dealloc(ptr, layout) },
+        }
+    }
+}
 
 /// Adds `[start, start + size)` to the host heap.
 ///

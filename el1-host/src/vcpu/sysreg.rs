@@ -57,9 +57,10 @@ pub fn emulate(access: &SysRegAccess, value: u64, timer: &mut TimerState, now: u
             timer.cntp_cval = now.wrapping_add(value as u32 as i32 as i64 as u64);
             Outcome::Done(0)
         }
-    } else if !access.read && (reg == ICC_SGI1R_EL1 || reg == ICC_ASGI1R_EL1) {
+    } else if !access.read && reg == ICC_SGI1R_EL1 {
         Outcome::Sgi { value, group: 1 }
-    } else if !access.read && reg == ICC_SGI0R_EL1 {
+    } else if !access.read && (reg == ICC_SGI0R_EL1 || reg == ICC_ASGI1R_EL1) {
+        // With one security state (GICD_CTLR.DS = 1) ASGI1R acts as SGI0R.
         Outcome::Sgi { value, group: 0 }
     } else {
         Outcome::Undefined
@@ -116,7 +117,7 @@ mod tests {
             emulate(&acc(ICC_SGI1R_EL1, false), 0x1_0005, &mut t, 0),
             Outcome::Sgi { value: 0x1_0005, group: 1 }
         );
-        assert_eq!(emulate(&acc(ICC_ASGI1R_EL1, false), 7, &mut t, 0), Outcome::Sgi { value: 7, group: 1 });
+        assert_eq!(emulate(&acc(ICC_ASGI1R_EL1, false), 7, &mut t, 0), Outcome::Sgi { value: 7, group: 0 });
         assert_eq!(emulate(&acc(ICC_SGI0R_EL1, false), 9, &mut t, 0), Outcome::Sgi { value: 9, group: 0 });
     }
 

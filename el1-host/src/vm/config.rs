@@ -204,17 +204,20 @@ fn domain_spec<'a>(
     let mut module = |m: ModuleRef<'a>, what: &str| -> Result<Vec<u8>, ConfigError> {
         match m {
             ModuleRef::Path(path) => match bundle {
-                Some(b) => b.get(path).map(<[u8]>::to_vec).ok_or_else(|| {
-                    err(format!("{what} module-path \"{}\" is not a file in the guest bundle", printable(path)))
-                }),
+                Some(b) => b
+                    .get(path)
+                    .ok_or_else(|| {
+                        err(format!("{what} module-path \"{}\" is not a file in the guest bundle", printable(path)))
+                    })
+                    .and_then(|bytes| try_copy(bytes, what).map_err(err)),
                 None => Err(err(format!(
                     "{what} module-path \"{}\" needs a guest bundle (the host's initrd), and there is none",
                     printable(path)
                 ))),
             },
             ModuleRef::Region(r) => read_host(r)
-                .map(<[u8]>::to_vec)
-                .map_err(|why| err(format!("{what} at {:#x}+{:#x} cannot be read: {why}", r.base, r.size))),
+                .map_err(|why| err(format!("{what} at {:#x}+{:#x} cannot be read: {why}", r.base, r.size)))
+                .and_then(|bytes| try_copy(bytes, what).map_err(err)),
         }
     };
     let kernel = module(d.kernel, "kernel")?;
@@ -320,8 +323,8 @@ fn manifest_vms(text: &[u8], bundle: &Bundle<'_>) -> Vec<Placed> {
         let file = |path: &str, what: &str| {
             bundle
                 .get(path)
-                .map(<[u8]>::to_vec)
                 .ok_or_else(|| format!("{what} `{path}` is not a file in the guest bundle"))
+                .and_then(|bytes| try_copy(bytes, what))
         };
         let made = file(m.kernel, "kernel").and_then(|kernel| {
             if kernel.is_empty() {
@@ -342,6 +345,16 @@ fn manifest_vms(text: &[u8], bundle: &Bundle<'_>) -> Vec<Placed> {
         vms.push((place, made));
     }
     vms
+}
+
+/// A copy of a module, or a message if the host has no memory for one (a
+/// guest image must not bring the hypervisor down).
+fn try_copy(bytes: &[u8], what: &str) -> Result<Vec<u8>, String> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(bytes.len())
+        .map_err(|_| format!("no host memory for a copy of its {what} ({} KiB)", bytes.len() >> 10))?;
+    v.extend_from_slice(bytes);
+    Ok(v)
 }
 
 /// Checks the name, vCPU count and memory size of one VM.
