@@ -78,9 +78,14 @@ pub fn all() -> Vec<Test> {
         t("run-options", false, run_options),
     ];
     tests.push(Test { name: "run-guest-status".into(), boots: true, run: Box::new(crate::guesttest::run_status) });
-    for gic in [3, 2] {
-        for (name, vms) in crate::guesttest::tests(gic) {
-            tests.push(Test { name, boots: true, run: Box::new(move |c| crate::guesttest::run(c, gic, &vms)) });
+    for gic in [3, 2, 4] {
+        for t in crate::guesttest::tests(gic) {
+            let (smp, vms) = (t.smp, t.vms);
+            tests.push(Test {
+                name: t.name,
+                boots: true,
+                run: Box::new(move |c| crate::guesttest::run(c, gic, smp, &vms)),
+            });
         }
     }
     tests.extend(crate::linux::tests().into_iter().map(|(name, boots, run)| Test { name, boots, run }));

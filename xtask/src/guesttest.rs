@@ -31,7 +31,7 @@ impl Vm {
 }
 
 /// The guest tests, by GIC version.
-pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
+pub fn tests(gic: u8) -> Vec<GuestTest> {
     let mut selftest_setup = Vm::new("selftest", "selftest", "setup smp=2 mem=256", 2);
     selftest_setup.mem_mib = 256;
     selftest_setup.expect = &["PASS: selftest: setup: "];
@@ -67,16 +67,62 @@ pub fn tests(gic: u8) -> Vec<(String, Vec<Vm>)> {
     two_a.expect = &["PASS: selftest: vectors-kernel: "];
     let mut two_b = Vm::new("second", "hostile", "", 2);
     two_b.expect = &["PASS: hostile: "];
+    let mut gic_vm = Vm::new("gic", "gic", "", 4);
+    gic_vm.expect = &[
+        "PASS: gic: ipi: to all but self",
+        "PASS: gic: ipi: to self",
+        "PASS: gic: active: EOImode 1: DIR deactivates it",
+        "PASS: gic: dist: ",
+    ];
+    let mut timer = Vm::new("timer", "timer", "", 2);
+    timer.expect = &["PASS: timer: vtimer: ", "PASS: timer: ptimer: ", "PASS: timer: wfi: "];
+    let mut bench = Vm::new("micro-bench", "micro-bench", "", 2);
+    bench.expect = &[
+        "BENCH: hvc ",
+        "BENCH: mmio_read_user ",
+        "BENCH: mmio_read_vgic ",
+        "BENCH: eoi ",
+        "BENCH: ipi ",
+        "BENCH: timer ",
+    ];
+    // Oversubscribed: 4 vCPUs on 2 CPUs, every one must make progress, and
+    // IPIs, timers and CPU_ON work across the time-slicing.
+    let mut over_selftest = Vm::new("selftest", "selftest", "", 4);
+    over_selftest.expect = &["PASS: selftest: smp: ", "PASS: selftest: progress: "];
+    over_selftest.host_expect = &["ferrovisor: 4 vCPUs on 2 CPUs: time-sliced"];
+    let mut over_gic = Vm::new("gic", "gic", "ipi", 4);
+    over_gic.expect = &["PASS: gic: ipi: to all but self"];
+    let mut over_timer = Vm::new("timer", "timer", "", 4);
+    over_timer.expect = &["PASS: timer: wfi: "];
     let v = |s: &str| format!("guest-{s}-gicv{gic}");
-    vec![
-        (v("selftest-setup"), vec![selftest_setup]),
-        (v("selftest"), vec![selftest]),
-        (v("psci"), vec![psci]),
-        (v("cmo"), vec![cmo]),
-        (v("cmo-reset"), vec![cmo_reset]),
-        (v("hostile"), vec![hostile]),
-        (v("two-vms"), vec![two_a, two_b]),
-    ]
+    let mut tests = vec![
+        GuestTest::new(v("selftest-setup"), vec![selftest_setup]),
+        GuestTest::new(v("selftest"), vec![selftest]),
+        GuestTest::new(v("psci"), vec![psci]),
+        GuestTest::new(v("cmo"), vec![cmo]),
+        GuestTest::new(v("cmo-reset"), vec![cmo_reset]),
+        GuestTest::new(v("hostile"), vec![hostile]),
+        GuestTest::new(v("two-vms"), vec![two_a, two_b]),
+        GuestTest::new(v("gic"), vec![gic_vm]),
+        GuestTest::new(v("timer"), vec![timer]),
+        GuestTest::new(v("micro-bench"), vec![bench]),
+        GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed"), vec![over_selftest]) },
+    ];
+    tests.push(GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed-gic-timer"), vec![over_gic, over_timer]) });
+    tests
+}
+
+/// A guest test: its VMs, on virt with `smp` CPUs.
+pub struct GuestTest {
+    pub name: String,
+    pub smp: u32,
+    pub vms: Vec<Vm>,
+}
+
+impl GuestTest {
+    fn new(name: String, vms: Vec<Vm>) -> Self {
+        Self { name, smp: 4, vms }
+    }
 }
 
 static GUESTS: OnceLock<Result<Vec<(String, PathBuf)>, String>> = OnceLock::new();
@@ -98,9 +144,9 @@ fn pattern_file(dir: &Path, len: usize) -> Result<PathBuf, Failure> {
     Ok(path)
 }
 
-/// Boots the VMs on virt with `gic` at `-smp 4` and checks every verdict.
-pub fn run(ctx: &Ctx, gic: u8, vms: &[Vm]) -> Result<(), Failure> {
-    let machine = Machine { gic, smp: 4, ..Machine::default() };
+/// Boots the VMs on virt with `gic` at `-smp smp` and checks every verdict.
+pub fn run(ctx: &Ctx, gic: u8, smp: u32, vms: &[Vm]) -> Result<(), Failure> {
+    let machine = Machine { gic, smp, ..Machine::default() };
     std::fs::create_dir_all(&ctx.work).map_err(|e| Failure::plain(e.to_string()))?;
     let mut specs = Vec::new();
     for vm in vms {
@@ -184,13 +230,21 @@ pub fn run_status(ctx: &Ctx) -> Result<(), Failure> {
     if code != 3 || !out.contains("selftest: EXIT: STATUS=3") {
         return Err(Failure { reason: format!("a failing guest: expected exit 3, got {code}"), log: out });
     }
-    // Two VMs, the second with an initrd that cannot fit in its 1 MiB: it is
-    // refused with a message, the first runs and passes, and the run fails.
-    let big_initrd = pattern_file(&ctx.work, 2 << 20)?.display().to_string();
+    // Two VMs, the second an arm64 Image whose header claims 1 GiB: the
+    // hypervisor refuses it with a message, the first runs and passes, and the
+    // run fails.
+    let mut header = vec![0u8; 4096];
+    header[8..16].copy_from_slice(&0x8_0000u64.to_le_bytes()); // text_offset
+    header[16..24].copy_from_slice(&(1u64 << 30).to_le_bytes()); // image_size
+    header[24..32].copy_from_slice(&0xau64.to_le_bytes()); // LE, 4 KiB pages
+    header[56..60].copy_from_slice(b"ARM\x64");
+    let huge = ctx.work.join("huge.Image");
+    std::fs::write(&huge, &header).map_err(|e| Failure::plain(format!("{}: {e}", huge.display())))?;
+    let huge = huge.display().to_string();
     let out = std::process::Command::new(&ctx.xtask)
         .args(["run", "--image", &image, "--smp", "4", "--timeout", "60"])
         .args(["--guest", &guest, "--name", "big", "--vcpus", "4", "--append", "setup smp=4"])
-        .args(["--guest", &guest, "--name", "extra", "--mem", "1", "--initrd", &big_initrd])
+        .args(["--guest", &huge, "--name", "extra", "--mem", "16"])
         .output()
         .map_err(|e| Failure::plain(format!("cannot run {}: {e}", ctx.xtask.display())))?;
     let (code, text) = (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned());
