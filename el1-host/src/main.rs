@@ -90,12 +90,14 @@ mod host {
         if !ok {
             board::power_off(1);
         }
+        vm::instance::starting();
         let (started, refused) = start_vms(&board, gic_version);
         if started == 0 {
             println!("ferrovisor: no guests to run");
             let ok = online == info.cpu_count as usize && refused == 0;
             board::power_off(if ok { 0 } else { 1 })
         }
+        vm::instance::starting_done();
         sched::cpu_main()
     }
 
@@ -111,8 +113,9 @@ mod host {
     static DEFAULT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-guests.cpio"));
 
     /// Creates and publishes the VMs the device tree (or a bundle) asks for;
-    /// returns how many started and how many were refused. One vCPU per CPU
-    /// for now: a VM that does not fit in the CPUs left is refused.
+    /// returns how many started and how many were refused. vCPUs may
+    /// outnumber CPUs (they are time-sliced); a VM whose memory or images do
+    /// not fit is refused.
     fn start_vms(board: &Board, gic: gic::Version) -> (usize, usize) {
         use vm::config::{self, Source};
         // SAFETY: the initrd and module ranges were kept out of the frame

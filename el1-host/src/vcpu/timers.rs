@@ -17,14 +17,25 @@ pub const GUEST_VTIMER_INTID: u32 = 27;
 /// The guest's EL1 physical timer PPI (PPI 14).
 pub const GUEST_PTIMER_INTID: u32 = 30;
 
-/// Sets the vGIC lines of `vcpu`'s two timers from their state now.
+const VTIMER_LINE: u8 = 1 << 0;
+const PTIMER_LINE: u8 = 1 << 1;
+
+/// Sets the vGIC lines of `vcpu`'s two timers from their state now. Only the
+/// vCPU's own loop drives these lines, so `vcpu.timer_lines` knows their
+/// levels and only a change costs a vGIC call.
 pub fn sample(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
     let vcount = cpu::virtual_count().wrapping_sub(ctx.timer.cntvoff);
     let v = sysreg::vtimer_pending(&ctx.timer, vcount);
     let p = sysreg::ptimer_pending(&ctx.timer, timer::now());
-    // Private interrupts of this vCPU: nobody else to kick.
-    let _ = vm.vgic.set_line(vcpu.index, GUEST_VTIMER_INTID, v);
-    let _ = vm.vgic.set_line(vcpu.index, GUEST_PTIMER_INTID, p);
+    let now = if v { VTIMER_LINE } else { 0 } | if p { PTIMER_LINE } else { 0 };
+    let was = vcpu.timer_lines.swap(now, Ordering::Relaxed);
+    if (was ^ now) & VTIMER_LINE != 0 {
+        // A private interrupt of this vCPU: nobody else to kick.
+        let _ = vm.vgic.set_line(vcpu.index, GUEST_VTIMER_INTID, v);
+    }
+    if (was ^ now) & PTIMER_LINE != 0 {
+        let _ = vm.vgic.set_line(vcpu.index, GUEST_PTIMER_INTID, p);
+    }
 }
 
 /// The physical count at which the earlier of the guest's enabled, unmasked
@@ -49,8 +60,19 @@ static VTIMER_PPI: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(PPI_UNKNOWN) };
 /// while its virtual interrupt is neither pending nor active; otherwise a
 /// guest with the timer still firing would exit again at once.
 pub fn load(vm: &Vm, vcpu: &Vcpu) {
-    let want = if vm.vgic.is_pending_or_active(vcpu.index, GUEST_VTIMER_INTID) { PPI_OFF } else { PPI_ON };
     let slot = &VTIMER_PPI[cpu::current() % MAX_CPUS];
+    let line = vcpu.timer_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
+    let want = if line {
+        PPI_OFF
+    } else if slot.load(Ordering::Relaxed) == PPI_ON {
+        // The line is low, so the timer cannot fire before the guest exits
+        // anyway; an interrupt still active then is caught at that exit.
+        return;
+    } else if vm.vgic.is_pending_or_active(vcpu.index, GUEST_VTIMER_INTID) {
+        PPI_OFF
+    } else {
+        PPI_ON
+    };
     if slot.load(Ordering::Relaxed) != want {
         crate::gic::set_private_enabled(crate::irq::vtimer_intid(), want == PPI_ON);
         slot.store(want, Ordering::Relaxed);

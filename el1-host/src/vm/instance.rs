@@ -85,6 +85,8 @@ pub struct Vcpu {
     pub block: crate::sched::wakeup::BlockState,
     /// Physical count by which a blocked vCPU must run again (its timers).
     pub wake_at: AtomicU64,
+    /// The levels of its timers' vGIC lines (`vcpu::timers`).
+    pub timer_lines: core::sync::atomic::AtomicU8,
     pub power: VcpuPower,
     /// Work bits, guest mode and run-loop counters (`sched::work`).
     pub entry: VcpuEntry,
@@ -262,6 +264,7 @@ impl Vm {
                     running_on: AtomicUsize::new(NOT_RUNNING),
                     block: crate::sched::wakeup::BlockState::new(),
                     wake_at: AtomicU64::new(u64::MAX),
+                    timer_lines: core::sync::atomic::AtomicU8::new(0),
                     power: if i == 0 { VcpuPower::new_on() } else { VcpuPower::new_off() },
                     entry: VcpuEntry::new(),
                     ctx: UnsafeCell::new(Box::new(ctx)),
@@ -521,6 +524,22 @@ pub fn finish(vm: Arc<Vm>) {
     }
     drop(vm);
     VERDICTS.lock().push(verdict);
+    one_less();
+}
+
+/// Holds the board up while VMs are being created: a VM that starts running
+/// (on another CPU) and ends before the next one is published must not be
+/// taken for the last. Paired with [`starting_done`].
+pub fn starting() {
+    VMS_LEFT.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Every VM is published (or refused); powers off if all have ended already.
+pub fn starting_done() {
+    one_less();
+}
+
+fn one_less() {
     if VMS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
         let status = outcome::board_status(VERDICTS.lock().iter().copied());
         println!("ferrovisor: all VMs ended");

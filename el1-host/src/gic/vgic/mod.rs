@@ -20,6 +20,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 use ferrovisor_shared::vcpu::VgicCpuState;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 
 mod lr;
@@ -133,6 +134,14 @@ pub struct Vgic {
     model: Model,
     nr_vcpus: usize,
     state: Mutex<State>,
+    /// Per vCPU: its ap list may be non-empty. Set (under the lock) whenever
+    /// an operation kicks the vCPU, cleared by a `flush` that found the list
+    /// empty, so `flush` and `sync` of an idle vCPU, the common exit, take no
+    /// lock. A setter publishes it before the request and kick that make the
+    /// vCPU flush again (release/acquire through the request bits).
+    listed: Vec<AtomicBool>,
+    /// `State::deferred` is not empty.
+    deferred: AtomicBool,
 }
 
 impl Vgic {
@@ -167,6 +176,8 @@ impl Vgic {
             model: cfg.model,
             nr_vcpus: count,
             state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis)),
+            listed: (0..count).map(|_| AtomicBool::new(true)).collect(),
+            deferred: AtomicBool::new(false),
         })
     }
 
@@ -176,6 +187,24 @@ impl Vgic {
 
     pub fn nr_vcpus(&self) -> usize {
         self.nr_vcpus
+    }
+
+    /// Marks the vCPUs in `kicks` as maybe having interrupts listed.
+    fn mark(&self, kicks: Kicks) -> Kicks {
+        for v in kicks.iter() {
+            if let Some(f) = self.listed.get(v) {
+                f.store(true, Ordering::Release);
+            }
+        }
+        kicks
+    }
+
+    /// After `flush`/`sync` under the lock: kicks they deferred.
+    fn note_deferred(&self, s: &State) {
+        if !s.deferred.is_empty() {
+            self.mark(s.deferred);
+            self.deferred.store(true, Ordering::Release);
+        }
     }
 
     /// A guest read of the distributor by `vcpu`; `offset` from the frame's
@@ -189,8 +218,9 @@ impl Vgic {
     /// accesses are ignored).
     pub fn dist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
         let mut kicks = Kicks::default();
-        self.state.lock().dist_write(vcpu, offset, size, value, &mut kicks);
-        kicks
+        let mut s = self.state.lock();
+        s.dist_write(vcpu, offset, size, value, &mut kicks);
+        self.mark(kicks)
     }
 
     /// GICv3 only: `offset` from the base of the whole redistributor region;
@@ -203,8 +233,9 @@ impl Vgic {
     /// See [`Vgic::redist_read`].
     pub fn redist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
         let mut kicks = Kicks::default();
-        self.state.lock().redist_write(vcpu, offset, size, value, &mut kicks);
-        kicks
+        let mut s = self.state.lock();
+        s.redist_write(vcpu, offset, size, value, &mut kicks);
+        self.mark(kicks)
     }
 
     /// A trapped SGI generation register write from `vcpu` (GICv3):
@@ -213,8 +244,9 @@ impl Vgic {
     /// `group` 0 raise it only if it is configured as group 0.
     pub fn sgi_write(&self, vcpu: usize, value: u64, group: u8) -> Kicks {
         let mut kicks = Kicks::default();
-        self.state.lock().sgi_write(vcpu, value, group, &mut kicks);
-        kicks
+        let mut s = self.state.lock();
+        s.sgi_write(vcpu, value, group, &mut kicks);
+        self.mark(kicks)
     }
 
     /// A device's interrupt line (an SPI, or a PPI of `vcpu`) is at `level`.
@@ -237,7 +269,7 @@ impl Vgic {
         if before != (irq.pending(model), irq.latch) {
             s.update(vcpu, intid, &mut kicks);
         }
-        kicks
+        self.mark(kicks)
     }
 
     /// Links virtual `intid` (a PPI of `vcpu`, or an SPI) to physical
@@ -266,7 +298,17 @@ impl Vgic {
     /// `nr_lrs` list registers (1-16) hold. List registers from an earlier
     /// flush not yet synced are folded back first.
     pub fn flush(&self, vcpu: usize, cpu_if: &mut VgicCpuState, nr_lrs: usize) {
-        self.state.lock().flush(vcpu, cpu_if, nr_lrs);
+        let listed = self.listed.get(vcpu);
+        if cpu_if.used_lrs == 0 && !listed.is_some_and(|f| f.load(Ordering::Acquire)) {
+            cpu_if.hcr = lr::HCR_EN;
+            return;
+        }
+        let mut s = self.state.lock();
+        s.flush(vcpu, cpu_if, nr_lrs);
+        if let Some(f) = listed.filter(|_| s.ap_list_is_empty(vcpu)) {
+            f.store(false, Ordering::Relaxed);
+        }
+        self.note_deferred(&s);
     }
 
     /// After exit: folds the list registers the last flush filled (as el2
@@ -274,13 +316,22 @@ impl Vgic {
     /// Interrupts that moved to another vCPU are kicked through
     /// [`Vgic::take_kicks`].
     pub fn sync(&self, vcpu: usize, cpu_if: &mut VgicCpuState) {
-        self.state.lock().sync(vcpu, cpu_if);
+        if cpu_if.used_lrs == 0 {
+            // Nothing was in flight (the last flush filled no list register).
+            return;
+        }
+        let mut s = self.state.lock();
+        s.sync(vcpu, cpu_if);
+        self.note_deferred(&s);
     }
 
     /// Kicks owed from `flush` and `sync` (an interrupt retargeted while it
     /// sat in a list register moves to its new vCPU there). Cleared on read;
     /// call after `sync`.
     pub fn take_kicks(&self) -> Kicks {
+        if !self.deferred.swap(false, Ordering::Acquire) {
+            return Kicks::default();
+        }
         core::mem::take(&mut self.state.lock().deferred)
     }
 
@@ -301,5 +352,8 @@ impl Vgic {
     /// and input line levels (the devices' wiring) stay.
     pub fn reset(&self) {
         self.state.lock().reset();
+        for f in &self.listed {
+            f.store(true, Ordering::Release);
+        }
     }
 }

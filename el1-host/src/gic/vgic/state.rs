@@ -338,6 +338,12 @@ impl State {
         }
     }
 
+    /// Whether `vcpu` has nothing pending or active (and nothing in its list
+    /// registers).
+    pub fn ap_list_is_empty(&self, vcpu: usize) -> bool {
+        self.vcpus.get(vcpu).is_none_or(|v| v.ap_list.is_empty() && v.in_flight == 0)
+    }
+
     fn remove_from_ap_list(&mut self, vcpu: usize, intid: u16) {
         if let Some(v) = self.vcpus.get_mut(vcpu) {
             if let Some(pos) = v.ap_list.iter().position(|&i| i == intid) {

@@ -1175,3 +1175,42 @@ mod random {
         }
     }
 }
+
+/// The lock-free fast path of `flush`/`sync` for a vCPU with nothing listed
+/// never hides an interrupt made pending later, by another vCPU or a device.
+#[test]
+fn idle_fast_path_never_hides_a_new_interrupt() {
+    for g in [v3(2), v2(2)] {
+        enable_groups(&g);
+        let model = g.model();
+        let mut c = VgicCpuState { vmcr: vmcr_open(), ..Default::default() };
+        // Nothing pending: flush and sync leave the list registers empty.
+        g.flush(1, &mut c, 4);
+        assert_eq!(c.used_lrs, 0);
+        g.sync(1, &mut c);
+        g.flush(1, &mut c, 4);
+        assert_eq!((c.used_lrs, c.hcr & HCR_EN), (0, HCR_EN), "{model:?}");
+        // A device raises an SPI routed to vCPU 1: the next flush has it.
+        setup_spi(&g, 40, 1, 0x80);
+        assert!(g.set_line(0, 40, true).contains(1));
+        g.flush(1, &mut c, 4);
+        assert_eq!(lrs(&c).iter().map(|&lr| vintid(model, lr)).collect::<Vec<_>>(), [40], "{model:?}");
+        // The guest takes and finishes it; the line drops.
+        g.set_line(0, 40, false);
+        c.lr[0] = with_state(model, c.lr[0], 0);
+        g.sync(1, &mut c);
+        g.flush(1, &mut c, 4);
+        assert_eq!(c.used_lrs, 0, "{model:?}: nothing left");
+        // Idle again; then an SGI from vCPU 0.
+        match model {
+            Model::V3 => {
+                g.sgi_write(0, (3 << 24) | (1 << 1), 1);
+            }
+            Model::V2 => {
+                g.dist_write(0, 0xf00, 4, (0b10 << 16) | 3);
+            }
+        }
+        g.flush(1, &mut c, 4);
+        assert_eq!(lrs(&c).iter().map(|&lr| vintid(model, lr)).collect::<Vec<_>>(), [3], "{model:?}: the SGI");
+    }
+}
