@@ -58,7 +58,6 @@ use crate::rcu::sync::{const_unless_loom, fence, AtomicU32, Ordering};
 /// Request bits of one vCPU: set by anyone (release), tested and cleared by
 /// the vCPU (acquire).
 #[derive(Debug)]
-#[cfg_attr(target_os = "none", allow(dead_code, reason = "the run loop adopts them with the scheduler work"))]
 pub struct Requests {
     bits: AtomicU32,
 }
@@ -69,7 +68,6 @@ impl Default for Requests {
     }
 }
 
-#[cfg_attr(target_os = "none", allow(dead_code, reason = "the run loop adopts them with the scheduler work"))]
 impl Requests {
     const_unless_loom! {
         /// No request pending.
@@ -87,6 +85,7 @@ impl Requests {
 
     /// Whether any of `bits` is set (acquire: what the requester wrote before
     /// setting it is visible after this returns `true`). Does not clear.
+    #[cfg_attr(target_os = "none", allow(dead_code, reason = "kvm_test_request's shape, for the loom models"))]
     pub fn test(&self, bits: u32) -> bool {
         self.load(Ordering::Acquire) & bits != 0
     }

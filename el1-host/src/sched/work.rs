@@ -39,6 +39,7 @@
 
 use crate::rcu::sync::{fence, AtomicU32, Ordering};
 use crate::rcu::Rcu;
+use crate::sched::wakeup::Requests;
 use core::sync::atomic::{AtomicBool as StatBool, AtomicU64 as StatU64, Ordering::Relaxed};
 
 /// Yield the CPU to the host scheduler before entering.
@@ -149,7 +150,8 @@ pub struct RunStats {
 /// runs on.
 #[derive(Debug)]
 pub struct VcpuEntry {
-    work: AtomicU32,
+    /// The request bits (seed 004: made with release, taken with acquire).
+    work: Requests,
     mode: AtomicU32,
     /// Linux's `PF_VCPU`: guest time is being accounted.
     in_guest_time: StatBool,
@@ -171,7 +173,7 @@ impl Default for VcpuEntry {
 impl VcpuEntry {
     pub fn new() -> Self {
         Self {
-            work: AtomicU32::new(0),
+            work: Requests::new(),
             mode: AtomicU32::new(MODE_OUTSIDE),
             in_guest_time: StatBool::new(false),
             guest_since: StatU64::new(0),
@@ -188,7 +190,7 @@ impl VcpuEntry {
     /// vCPU is in guest mode: the caller must then send an IPI (SGI) to the CPU
     /// that runs it. Bits outside [`WORK_MASK`] are ignored.
     pub fn raise(&self, bits: u32) -> bool {
-        self.work.fetch_or(bits & WORK_MASK, Ordering::Release);
+        self.work.make(bits & WORK_MASK);
         self.kick()
     }
 
@@ -204,7 +206,7 @@ impl VcpuEntry {
 
     /// The pending work bits (acquire).
     pub fn pending(&self) -> u32 {
-        self.work.load(Ordering::Acquire)
+        self.work.pending()
     }
 
     pub fn mode(&self) -> Mode {
@@ -270,11 +272,11 @@ fn handle_pending_work<V: GuestVcpu>(vcpu: &mut V, entry: &VcpuEntry) -> Option<
             return None;
         }
         if bits & WORK_STOP != 0 {
-            entry.work.fetch_and(!WORK_STOP, Ordering::Acquire);
+            entry.work.take(WORK_STOP);
             entry.interrupted.fetch_add(1, Relaxed);
             return Some(RunOutcome::Interrupted);
         }
-        let taken = entry.work.fetch_and(!bits, Ordering::Acquire) & bits;
+        let taken = entry.work.take(bits);
         entry.work_iterations.fetch_add(1, Relaxed);
         if let Flow::Done(d) = vcpu.handle_work(taken) {
             return Some(RunOutcome::Done(d));
