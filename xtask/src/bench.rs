@@ -296,6 +296,7 @@ fn prepare(root: &Path, o: &Opts, guest: &Path) -> Result<(Vec<String>, String),
         bootargs: String::new(),
         vcpus: VCPUS,
         mem_mib: GUEST_MEM_MIB,
+        pinned: false,
     };
     guestcfg::check_files(std::slice::from_ref(&spec))?;
     let p = guestcfg::prepare(root, &m, &[spec])?;

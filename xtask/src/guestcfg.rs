@@ -38,6 +38,8 @@ pub struct GuestSpec {
     pub bootargs: String,
     pub vcpus: u32,
     pub mem_mib: u32,
+    /// vCPU i keeps to one CPU (`ferrovisor,pinned`).
+    pub pinned: bool,
 }
 
 /// The files [`prepare`] wrote.
@@ -208,6 +210,9 @@ pub fn domain_nodes_dts(specs: &[GuestSpec], nodes: &[String]) -> String {
             out += &format!("\t\t\tferrovisor,name = {};\n", dts_string(&g.name));
         }
         out += &format!("\t\t\tcpus = <{}>;\n", g.vcpus);
+        if g.pinned {
+            out += "\t\t\tferrovisor,pinned;\n";
+        }
         out += &format!("\t\t\tmemory = <{:#x} {:#x}>;\n", kib >> 32, kib & 0xffff_ffff);
         out += "\n\t\t\tkernel {\n";
         out += "\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n";
@@ -442,6 +447,7 @@ mod tests {
             bootargs: "console=ttyAMA0 x=\"a b\" c\\d".into(),
             vcpus: 2,
             mem_mib: 64,
+            pinned: false,
         }
     }
 
@@ -610,6 +616,7 @@ mod tests {
             bootargs: String::new(),
             vcpus: 1,
             mem_mib,
+            pinned: false,
         };
         assert_eq!(check_files(&[g(&k, Some(&empty), 64)]), Ok(()));
         // 0x8_0000 + 3 MiB rounds up to 4 MiB, and 2 MiB for the device tree.
@@ -646,6 +653,7 @@ mod tests {
                 bootargs: "a \"b\"".into(),
                 vcpus: 2,
                 mem_mib: 64,
+                pinned: false,
             },
             GuestSpec {
                 name: "two 2".into(),
@@ -654,6 +662,7 @@ mod tests {
                 bootargs: String::new(),
                 vcpus: 1,
                 mem_mib: 16,
+                pinned: false,
             },
         ];
         let machine = Machine { smp: 2, mem_mib: 512, ..Machine::default() };

@@ -22,11 +22,23 @@ pub struct Vm {
     pub expect: &'static [&'static str],
     /// Lines of the hypervisor's own that must appear.
     pub host_expect: &'static [&'static str],
+    /// `ferrovisor,pinned`.
+    pub pinned: bool,
 }
 
 impl Vm {
     const fn new(name: &'static str, guest: &'static str, bootargs: &'static str, vcpus: u32) -> Self {
-        Self { name, guest, bootargs, vcpus, mem_mib: 64, initrd_pattern: None, expect: &[], host_expect: &[] }
+        Self {
+            name,
+            guest,
+            bootargs,
+            vcpus,
+            mem_mib: 64,
+            initrd_pattern: None,
+            expect: &[],
+            host_expect: &[],
+            pinned: false,
+        }
     }
 }
 
@@ -92,6 +104,10 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
     over_selftest.host_expect = &["ferrovisor: 4 vCPUs on 2 CPUs: time-sliced"];
     let mut over_gic = Vm::new("gic", "gic", "ipi", 4);
     over_gic.expect = &["PASS: gic: ipi: to all but self"];
+    let mut pinned = Vm::new("pinned", "selftest", "smp", 4);
+    pinned.pinned = true;
+    pinned.expect = &["PASS: selftest: smp: "];
+    pinned.host_expect = &["vm pinned: 4 vCPUs pinned to CPUs [0, 1, 2, 3]"];
     let mut over_timer = Vm::new("timer", "timer", "", 4);
     over_timer.expect = &["PASS: timer: wfi: "];
     let v = |s: &str| format!("guest-{s}-gicv{gic}");
@@ -106,6 +122,7 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         GuestTest::new(v("gic"), vec![gic_vm]),
         GuestTest::new(v("timer"), vec![timer]),
         GuestTest::new(v("micro-bench"), vec![bench]),
+        GuestTest::new(v("pinned"), vec![pinned]),
         GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed"), vec![over_selftest]) },
     ];
     tests.push(GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed-gic-timer"), vec![over_gic, over_timer]) });
@@ -158,6 +175,7 @@ pub fn run(ctx: &Ctx, gic: u8, smp: u32, vms: &[Vm]) -> Result<(), Failure> {
             bootargs: vm.bootargs.into(),
             vcpus: vm.vcpus,
             mem_mib: vm.mem_mib,
+            pinned: vm.pinned,
         });
     }
     let prepared = guestcfg::prepare(&ctx.root, &machine, &specs).map_err(Failure::plain)?;

@@ -338,6 +338,7 @@ fn under_hypervisor(ctx: &Ctx, gic: u8, names: &[&str]) -> Result<(), Failure> {
             bootargs: BOOTARGS.into(),
             vcpus: VCPUS,
             mem_mib: MEM_MIB,
+            pinned: false,
         })
         .collect();
     guestcfg::check_files(&specs).map_err(Failure::plain)?;

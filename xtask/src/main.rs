@@ -62,6 +62,7 @@ the first --guest, apply to that VM; give --guest again for more VMs):
   --initrd FILE         the guest's initrd (default: none)
   --vcpus N             its vCPUs, 1 to 8 and at most --smp (default: 1)
   --mem MiB             its memory (default: 128)
+  --pin                 keep its vCPU i on one CPU (default: any CPU)
   --name NAME           its name: printable ASCII, no spaces, at most 32
                         characters (default: FILE's stem)
 
@@ -250,6 +251,7 @@ struct GuestDraft {
     append: Option<String>,
     vcpus: Option<u32>,
     mem: Option<u32>,
+    pin: bool,
     /// The guest options given, in order, for the message when --guest is missing.
     given: Vec<String>,
 }
@@ -305,7 +307,7 @@ fn finish_guests(mut drafts: Vec<GuestDraft>, m: &Machine) -> Result<Vec<GuestSp
             return Err(format!("two guests are named `{name}`: give each its own --name"));
         }
         let bootargs = d.append.unwrap_or_default();
-        guests.push(GuestSpec { name, kernel, initrd: d.initrd, bootargs, vcpus, mem_mib });
+        guests.push(GuestSpec { name, kernel, initrd: d.initrd, bootargs, vcpus, mem_mib, pinned: d.pin });
     }
     let total: u64 = guests.iter().map(|g| u64::from(g.mem_mib)).sum();
     let (ram, what) = match m.board {
@@ -346,6 +348,12 @@ fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
                 } else {
                     last.kernel = Some(file);
                 }
+            }
+            "--pin" => {
+                a.flag(&opt)?;
+                let d = drafts.last_mut().expect("there is always a draft");
+                d.given.push(opt.clone());
+                d.pin = true;
             }
             "--append" | "--initrd" | "--vcpus" | "--mem" | "--name" => {
                 let d = drafts.last_mut().expect("there is always a draft");
@@ -768,6 +776,7 @@ mod tests {
             bootargs: bootargs.into(),
             vcpus,
             mem_mib,
+            pinned: false,
         }
     }
 
