@@ -37,8 +37,8 @@ mod smp;
 #[cfg(target_os = "none")]
 mod host {
     use crate::arch::aarch64::{cpu, mmu, timer};
-    use alloc::string::String;
     use crate::{board, bootargs, console, gic, irq, mm, println, sched, selfcheck, smp, vm};
+    use alloc::string::String;
     use ferrovisor_shared::boot::{BootInfo, BOOT_INFO_MAGIC, MAX_CPUS};
     use ferrovisor_shared::dt::{Board, BoardKind, MemRegion};
 

@@ -32,9 +32,7 @@ const GICH_LR0: u64 = 0x100;
 /// device tree's GICH frame.
 pub fn init(gic: Option<GicDesc>) {
     let (kind, lrs) = match gic {
-        Some(GicDesc::V3 { .. }) if crate::arch::regs::has_gic_sysregs() => {
-            (IF_V3, (ICH_VTR_EL2.get() & 0x1f) + 1)
-        }
+        Some(GicDesc::V3 { .. }) if crate::arch::regs::has_gic_sysregs() => (IF_V3, (ICH_VTR_EL2.get() & 0x1f) + 1),
         Some(GicDesc::V2 { gich: Some(gich), .. }) => {
             GICH.store(gich.base, Ordering::Relaxed);
             (IF_V2, (read_gich(GICH_VTR) as u64 & 0x3f) + 1)

@@ -125,8 +125,10 @@ fn wake_due(vms: &[Arc<instance::Vm>], now: u64) {
             continue;
         }
         let at = v.wake_at.load(Ordering::Acquire);
-        if at <= now && v.block.wake() {
-            // Runnable now; this scan (or the next CPU's) picks it up.
+        if at <= now {
+            // Runnable again (unless a waker got there first): this scan, or
+            // the next CPU's, picks it up.
+            let _ = v.block.wake();
         } else if at != u64::MAX {
             note_deadline(at);
         }

@@ -492,7 +492,10 @@ mod tests {
         let m = l("\tt 1 1 k.flat   # a test guest").unwrap().unwrap();
         assert_eq!((m.name, m.kernel, m.initrd, m.bootargs), ("t", "k.flat", None, ""));
         assert_eq!(l("t 1 1 k --").unwrap().unwrap().bootargs, "");
-        assert_eq!(l("t 1 1 k --x").unwrap_err(), "unknown word `--x` (expected initrd=PATH, pin, or -- and the bootargs)");
+        assert_eq!(
+            l("t 1 1 k --x").unwrap_err(),
+            "unknown word `--x` (expected initrd=PATH, pin, or -- and the bootargs)"
+        );
         assert!(l("t 1 1").unwrap_err().starts_with("expected `name vcpus mem_mib kernel-path"));
         assert!(l("-- only bootargs").unwrap_err().contains("got 0 word(s)"));
         assert_eq!(l("t x 1 k").unwrap_err(), "vcpus `x` is not a number");
@@ -566,7 +569,16 @@ mod tests {
     }
 
     fn domain<'a>(name: &'a str, kernel: ModuleRef<'a>, initrd: Option<ModuleRef<'a>>) -> DomainDesc<'a> {
-        DomainDesc { node: name, name, vcpus: 2, memory_kib: 64 * 1024, kernel, initrd, bootargs: "quiet", pinned: false }
+        DomainDesc {
+            node: name,
+            name,
+            vcpus: 2,
+            memory_kib: 64 * 1024,
+            kernel,
+            initrd,
+            bootargs: "quiet",
+            pinned: false,
+        }
     }
 
     #[test]

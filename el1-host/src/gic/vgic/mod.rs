@@ -19,8 +19,8 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use ferrovisor_shared::vcpu::VgicCpuState;
 use core::sync::atomic::{AtomicBool, Ordering};
+use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
 mod lr;
