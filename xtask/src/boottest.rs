@@ -78,15 +78,17 @@ pub fn all() -> Vec<Test> {
         t("run-options", false, run_options),
     ];
     tests.push(Test { name: "run-guest-status".into(), boots: true, run: Box::new(crate::guesttest::run_status) });
-    for gic in [3, 2, 4] {
-        for t in crate::guesttest::tests(gic) {
-            let (smp, vms) = (t.smp, t.vms);
-            tests.push(Test {
-                name: t.name,
-                boots: true,
-                run: Box::new(move |c| crate::guesttest::run(c, gic, smp, &vms)),
-            });
-        }
+    let guest_tests = [3, 2, 4]
+        .into_iter()
+        .flat_map(|gic| crate::guesttest::tests(gic).into_iter().map(move |t| (gic, t)))
+        .chain(crate::guesttest::raspi_tests().into_iter().map(|t| (2, t)));
+    for (gic, t) in guest_tests {
+        let (board, smp, vms) = (t.board, t.smp, t.vms);
+        tests.push(Test {
+            name: t.name,
+            boots: true,
+            run: Box::new(move |c| crate::guesttest::run(c, board, gic, smp, &vms)),
+        });
     }
     tests.extend(crate::linux::tests().into_iter().map(|(name, boots, run)| Test { name, boots, run }));
     tests
