@@ -196,6 +196,7 @@ impl GuestVcpu for Runner<'_> {
         }
         vm.vgic.flush(vcpu.index, &mut ctx.vgic, nr_lrs());
         super::timers::load(vm, vcpu);
+        super::timers::arm_ptimer(&ctx.timer);
         Flow::Continue
     }
 

@@ -50,6 +50,15 @@ pub fn next_deadline(t: &TimerState) -> Option<u64> {
     }
 }
 
+/// Before entry: the emulated physical timer has no hardware behind it, so
+/// the host's own timer is armed for its deadline (the guest exits then and
+/// the next sample raises its interrupt).
+pub fn arm_ptimer(t: &TimerState) {
+    if t.cntp_ctl & 0b11 == 0b01 {
+        timer::arm_no_later_than(t.cntp_cval);
+    }
+}
+
 const PPI_UNKNOWN: u8 = 0;
 const PPI_ON: u8 = 1;
 const PPI_OFF: u8 = 2;
