@@ -77,6 +77,7 @@ pub fn all() -> Vec<Test> {
         t("dtb-truncated", true, |c| dtb_bad(c, |f| f.truncated.clone())),
         t("run-options", false, run_options),
     ];
+    tests.push(Test { name: "sdcard-image".into(), boots: true, run: Box::new(crate::sdcard::test_image) });
     tests.push(Test { name: "run-guest-status".into(), boots: true, run: Box::new(crate::guesttest::run_status) });
     let guest_tests = [3, 2, 4]
         .into_iter()

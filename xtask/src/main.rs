@@ -11,6 +11,7 @@ mod guesttest;
 mod linux;
 mod pack;
 mod qemu;
+mod sdcard;
 
 use std::env;
 use std::fs;
@@ -34,6 +35,7 @@ commands:
   pack EL2 HOST OUT pack two ELF files into an image (what `build` does after building)
   guests            build the test guests into target/guests/<name>.flat
   bench [options]   boot the micro-bench guest N times and tabulate its figures (`cargo xtask bench --help`)
+  sdcard [options]  write a Raspberry Pi 4 SD-card image (`cargo xtask sdcard --help`)
   help              print this";
 
 const RUN_USAGE: &str = "\
@@ -676,6 +678,7 @@ fn main() -> ExitCode {
         "test" => cmd_test(args),
         "guests" => cmd_guests(args),
         "bench" => bench::cmd(args),
+        "sdcard" => sdcard::cmd(args),
         "pack" => match &args[..] {
             [el2, host, out] => match pack_files(&root(), Path::new(el2), Path::new(host), Path::new(out)) {
                 Ok(()) => ExitCode::SUCCESS,
