@@ -56,9 +56,15 @@ pub fn handle() {
             me.ticks.fetch_add(1, Ordering::Relaxed);
             crate::sched::account_tick();
             timer::arm_in_us(TICK_US);
-        } else if intid == vtimer_intid() || intid == gic::maintenance_intid() {
-            // A guest's: the exit it caused was the point; the run loop looks
-            // at the guest's timer and list registers.
+        } else if intid == vtimer_intid() {
+            // A guest's timer, hardware-linked: it stays active until the
+            // guest deactivates its virtual copy (`vcpu::timers`).
+            crate::vcpu::timers::physical_fired();
+            gic::drop_priority(ack);
+            continue;
+        } else if intid == gic::maintenance_intid() {
+            // The exit it caused was the point: the run loop reads the list
+            // registers.
         } else {
             log::warn!("unexpected interrupt {intid}");
         }

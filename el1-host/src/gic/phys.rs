@@ -167,8 +167,6 @@ static GICV_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64:
 /// PPI 9, the architected maintenance interrupt, when the device tree omits it.
 const DEFAULT_MAINTENANCE_INTID: u32 = 25;
 static MAINTENANCE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(DEFAULT_MAINTENANCE_INTID);
-const GICD_ISENABLER0: usize = 0x100;
-const GICD_ICENABLER0: usize = 0x180;
 const GICR_SGI_FRAME: usize = 0x1_0000;
 
 /// The GICv2 virtual CPU interface's physical address (`None` on GICv3 or
@@ -182,31 +180,28 @@ pub fn maintenance_intid() -> u32 {
     MAINTENANCE.load(Ordering::Relaxed)
 }
 
-/// Enables or disables private interrupt `intid` (an SGI or PPI) of the
-/// calling CPU, without the driver lock: the enable registers of private
+/// Sets or clears the active state of private interrupt `intid` of the
+/// calling CPU, without the driver lock: the registers of private
 /// interrupts are banked per CPU (GICv2) or in the CPU's own redistributor.
-pub fn set_private_enabled(intid: u32, enable: bool) {
+pub fn set_private_active(intid: u32, active: bool) {
     if intid >= 32 {
         return;
     }
-    let bit = 1u32 << intid;
+    let off = if active { GICD_ISACTIVER0 } else { GICD_ICACTIVER0 };
     let reg = match version() {
         Some(Version::V3 { .. }) => {
             let rd = RD_BASE[cpu::current() % MAX_CPUS].load(Ordering::Relaxed) as usize;
             if rd == 0 {
                 return;
             }
-            rd + GICR_SGI_FRAME + if enable { GICD_ISENABLER0 } else { GICD_ICENABLER0 }
+            rd + GICR_SGI_FRAME + off
         }
-        Some(Version::V2) => {
-            GICD_BASE.load(Ordering::Relaxed) as usize + if enable { GICD_ISENABLER0 } else { GICD_ICENABLER0 }
-        }
+        Some(Version::V2) => GICD_BASE.load(Ordering::Relaxed) as usize + off,
         None => return,
     };
-    // SAFETY: GICR_IS/ICENABLER0 in this CPU's redistributor SGI frame, or the
-    // banked GICD_IS/ICENABLER0, both mapped as device memory; a write of one
-    // bit changes only that interrupt's enable.
-    unsafe { (reg as *mut u32).write_volatile(bit) };
+    // SAFETY: GICR_IS/ICACTIVER0 of this CPU's redistributor, or the banked
+    // GICD_IS/ICACTIVER0; one bit changes only that interrupt's state.
+    unsafe { (reg as *mut u32).write_volatile(1 << intid) };
 }
 
 pub fn version() -> Option<Version> {
@@ -251,6 +246,37 @@ pub fn init_cpu(cpu: usize, private: &[u32]) {
             GicCpuInterface::set_priority_mask(0xff);
         }
     });
+    split_priority_drop_and_deactivation();
+}
+
+const ICC_CTLR_EOIMODE: u64 = 1 << 1;
+const GICC_CTLR: usize = 0x0;
+const GICC_CTLR_EOIMODE: u32 = 1 << 9;
+const GICC_DIR: usize = 0x1000;
+const GICD_ISACTIVER0: usize = 0x300;
+const GICD_ICACTIVER0: usize = 0x380;
+
+/// EOImode 1 on this CPU's interface: an EOI only drops the running
+/// priority and a separate deactivation ends the interrupt, so the host can
+/// leave a guest's hardware-linked interrupt (the virtual timer's) active
+/// for the guest to deactivate through its list register.
+fn split_priority_drop_and_deactivation() {
+    match version() {
+        Some(Version::V3 { .. }) => {
+            use aarch64_cpu::registers::{Readable, ICC_CTLR_EL1};
+            let ctlr = ICC_CTLR_EL1.get() | ICC_CTLR_EOIMODE;
+            // SAFETY: ICC_CTLR_EL1 (aarch64-cpu only reads it); setting
+            // EOImode changes only how this CPU's EOIs behave.
+            unsafe { core::arch::asm!("msr s3_0_c12_c12_4, {}", "isb", in(reg) ctlr, options(nostack, preserves_flags)) };
+        }
+        Some(Version::V2) => {
+            let ctlr = (GICC_BASE.load(Ordering::Relaxed) as usize + GICC_CTLR) as *mut u32;
+            // SAFETY: this CPU's banked GICC_CTLR of the interface `init`
+            // mapped; setting EOImode(NS) changes only how EOIs behave.
+            unsafe { ctlr.write_volatile(ctlr.read_volatile() | GICC_CTLR_EOIMODE) };
+        }
+        None => {}
+    }
 }
 
 /// A byte register of the GICv2 distributor (arm-gic has no ITARGETSR read).
@@ -297,6 +323,33 @@ pub fn acknowledge() -> Option<Ack> {
 
 /// Ends (drops priority and deactivates) an acknowledged interrupt.
 pub fn end_of_interrupt(ack: Ack) {
+    drop_priority(ack);
+    deactivate(ack);
+}
+
+/// Deactivates an acknowledged interrupt whose priority was dropped.
+pub fn deactivate(ack: Ack) {
+    match version() {
+        Some(Version::V3 { .. }) => {
+            // SAFETY: ICC_DIR_EL1 (aarch64-cpu has no accessor) deactivates
+            // the interrupt this CPU acknowledged, as EOImode 1 asks.
+            unsafe {
+                core::arch::asm!("msr s3_0_c12_c11_1, {}", in(reg) u64::from(ack.iar), options(nostack, preserves_flags))
+            };
+        }
+        Some(Version::V2) => {
+            // SAFETY: GICC_DIR of this CPU's banked interface, with the
+            // GICC_IAR value the interrupt was acknowledged with.
+            unsafe { ((GICC_BASE.load(Ordering::Relaxed) as usize + GICC_DIR) as *mut u32).write_volatile(ack.iar) };
+        }
+        None => {}
+    }
+}
+
+/// Drops the running priority of an acknowledged interrupt (EOImode 1: it
+/// stays active until [`deactivate`], or until a guest deactivates it
+/// through a hardware-linked list register).
+pub fn drop_priority(ack: Ack) {
     match version() {
         Some(Version::V3 { .. }) => {
             if let Ok(id) = IntId::try_from(ack.iar) {

@@ -2,13 +2,13 @@
 //! hardware while the guest does and its physical PPI makes the guest exit;
 //! the EL1 physical timer is emulated. At each exit the host samples both
 //! into the vGIC as level-sensitive lines (INTIDs 27 and 30 in the guest's
-//! device tree), so a guest that deactivates the interrupt with the timer
-//! still firing gets it again.
+//! device tree). The virtual timer's interrupt is hardware-linked to its
+//! physical PPI, which the host leaves active for the guest to deactivate.
 
 use super::sysreg;
 use crate::arch::aarch64::{cpu, timer};
 use crate::vm::instance::{Vcpu, Vm};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::vcpu::{TimerState, VcpuContext};
 
@@ -54,36 +54,51 @@ pub fn next_deadline(t: &TimerState) -> Option<u64> {
 /// the host's own timer is armed for its deadline (the guest exits then and
 /// the next sample raises its interrupt).
 pub fn arm_ptimer(t: &TimerState) {
-    if t.cntp_ctl & 0b11 == 0b01 {
+    // A deadline already passed was sampled into the line at the last exit;
+    // arming the host's timer for it would only bring the guest straight out.
+    if t.cntp_ctl & 0b11 == 0b01 && t.cntp_cval > timer::now() {
         timer::arm_no_later_than(t.cntp_cval);
     }
 }
 
-const PPI_UNKNOWN: u8 = 0;
-const PPI_ON: u8 = 1;
-const PPI_OFF: u8 = 2;
-/// Whether each CPU has the virtual timer's physical PPI enabled.
-static VTIMER_PPI: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(PPI_UNKNOWN) }; MAX_CPUS];
+/// Whether each CPU's physical virtual-timer PPI is active, as far as the
+/// host knows: set when the host acknowledges it for a guest, and by [`load`].
+/// A guest's deactivation through its hardware-linked list register clears
+/// the hardware state behind the host's back; `load` then writes the state
+/// again, which is harmless.
+static PHYS_ACTIVE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
-/// Before entry: the virtual timer's physical PPI may make the guest exit only
-/// while its virtual interrupt is neither pending nor active; otherwise a
-/// guest with the timer still firing would exit again at once.
+/// From the IRQ handler: the virtual timer's PPI fired while a guest ran and
+/// the host acknowledged it without deactivating it.
+pub fn physical_fired() {
+    PHYS_ACTIVE[cpu::current() % MAX_CPUS].store(true, Ordering::Relaxed);
+}
+
+/// The guest's virtual timer interrupt is hardware-linked (DESIGN §3): its
+/// list register carries HW = 1 and the physical PPI, so the guest's
+/// deactivation deactivates the physical interrupt, with no exit.
+pub fn link(vm: &Vm) {
+    for i in 0..vm.vcpus.len() {
+        vm.vgic.set_hw(i, GUEST_VTIMER_INTID, Some(crate::irq::vtimer_intid()));
+    }
+}
+
+/// Before entry, after the vGIC flush: the physical PPI is active exactly
+/// while this vCPU's virtual timer interrupt is pending or active, so a timer
+/// that still fires does not bring the guest straight back out, and the
+/// state another vCPU left on this CPU does not leak into this one.
 pub fn load(vm: &Vm, vcpu: &Vcpu) {
-    let slot = &VTIMER_PPI[cpu::current() % MAX_CPUS];
+    let slot = &PHYS_ACTIVE[cpu::current() % MAX_CPUS];
     let line = vcpu.timer_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
-    let want = if line {
-        PPI_OFF
-    } else if slot.load(Ordering::Relaxed) == PPI_ON {
-        // The line is low, so the timer cannot fire before the guest exits
-        // anyway; an interrupt still active then is caught at that exit.
+    let was = slot.load(Ordering::Relaxed);
+    if !line && !was {
+        // Nothing pending (the line is low) and nothing left active here: an
+        // interrupt still active in the guest is caught at the next exit.
         return;
-    } else if vm.vgic.is_pending_or_active(vcpu.index, GUEST_VTIMER_INTID) {
-        PPI_OFF
-    } else {
-        PPI_ON
-    };
-    if slot.load(Ordering::Relaxed) != want {
-        crate::gic::set_private_enabled(crate::irq::vtimer_intid(), want == PPI_ON);
+    }
+    let want = vm.vgic.is_pending_or_active(vcpu.index, GUEST_VTIMER_INTID);
+    if want != was || want {
+        crate::gic::set_private_active(crate::irq::vtimer_intid(), want);
         slot.store(want, Ordering::Relaxed);
     }
 }

@@ -293,6 +293,7 @@ impl Vm {
             boot: BootImages { kernel: spec.kernel.clone(), initrd: spec.initrd.clone(), dtb, layout },
             cntvoff,
         };
+        crate::vcpu::timers::link(&vm);
         vm.populate(true);
         Ok(vm)
     }
