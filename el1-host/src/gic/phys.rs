@@ -94,7 +94,7 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
             if let Some(v) = gicv {
                 GICV_BASE.store(v.base, Ordering::Relaxed);
             }
-            MAINTENANCE.store(maintenance_irq.unwrap_or(DEFAULT_MAINTENANCE_INTID), Ordering::Relaxed);
+            MAINTENANCE.store(maintenance_intid_or_default(maintenance_irq), Ordering::Relaxed);
             // SAFETY: addresses from the device tree, mapped as device memory,
             // and this is the only driver instance.
             let mut gic = unsafe { GicV2::new(gicd.base as *mut _, gicc.base as *mut _) };
@@ -106,7 +106,7 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
         }
         GicDesc::V3 { gicd, gicr, its, maintenance_irq, .. } => {
             let gicr_base = gicr.base;
-            MAINTENANCE.store(maintenance_irq.unwrap_or(DEFAULT_MAINTENANCE_INTID), Ordering::Relaxed);
+            MAINTENANCE.store(maintenance_intid_or_default(maintenance_irq), Ordering::Relaxed);
             // SAFETY: as above.
             let mut gic = unsafe {
                 GicV3::new(
@@ -173,6 +173,18 @@ const GICR_SGI_FRAME: usize = 0x1_0000;
 /// without virtualization extensions).
 pub fn gicv_base() -> Option<u64> {
     Some(GICV_BASE.load(Ordering::Relaxed)).filter(|&b| b != 0)
+}
+
+/// The device tree's maintenance interrupt, or INTID 25 (PPI 9, where every
+/// GIC-400 and GICv3 implementation we know puts it) with a warning: older
+/// Raspberry Pi device trees leave it out.
+fn maintenance_intid_or_default(dt: Option<u32>) -> u32 {
+    dt.unwrap_or_else(|| {
+        log::warn!(
+            "the device tree names no GIC maintenance interrupt: taking INTID {DEFAULT_MAINTENANCE_INTID} (PPI 9)"
+        );
+        DEFAULT_MAINTENANCE_INTID
+    })
 }
 
 /// The INTID of the GIC's maintenance interrupt.
