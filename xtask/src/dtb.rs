@@ -163,6 +163,45 @@ pub fn make_stub_files(dir: &Path, machine: &Machine) -> Result<StubFiles, Strin
     Ok(StubFiles { stub, valid, no_memory, truncated })
 }
 
+/// Removes the `interrupts` property (the maintenance interrupt) from the
+/// GIC node of `dts`, as `dtc -O dts` writes it. Returns the new text, or
+/// `None` if the GIC node has no such property.
+pub fn remove_gic_maintenance(dts: &str) -> Option<String> {
+    let mut out = String::with_capacity(dts.len());
+    let (mut in_gic, mut removed) = (false, false);
+    for line in dts.lines() {
+        let t = line.trim();
+        if t.starts_with("interrupt-controller@") && t.ends_with('{') {
+            in_gic = true;
+        } else if in_gic && t == "};" {
+            in_gic = false;
+        } else if in_gic && t.starts_with("interrupts = ") {
+            removed = true;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    removed.then_some(out)
+}
+
+/// The Pi 4 device tree at `src` without its GIC maintenance interrupt (as
+/// older Pi device trees are), written into `dir`.
+///
+/// # Errors
+/// dtc failed, or the tree's GIC names no maintenance interrupt to remove.
+pub fn pi_dtb_without_maintenance(src: &Path, dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let dts = dir.join("pi-no-maintenance.dts");
+    let out = dir.join("pi-no-maintenance.dtb");
+    dtc(&["-I", "dtb", "-O", "dts", "-o", path_str(&dts)?, path_str(src)?], "dtc (decompile)")?;
+    let text = std::fs::read_to_string(&dts).map_err(|e| format!("{}: {e}", dts.display()))?;
+    let edited = remove_gic_maintenance(&text).ok_or("the Pi device tree's GIC has no `interrupts` to remove")?;
+    std::fs::write(&dts, edited).map_err(|e| format!("{}: {e}", dts.display()))?;
+    dtc(&["-I", "dts", "-O", "dtb", "-o", path_str(&out)?, path_str(&dts)?], "dtc (recompile)")?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +259,14 @@ mod tests {
         assert_eq!(out.matches('{').count(), out.matches('}').count());
         assert!(out.ends_with("\t};\n\n};\n"), "{out}");
         assert_eq!(remove_root_children(DTS, "nothing@").0, DTS);
+    }
+
+    #[test]
+    fn removes_only_the_gic_interrupts() {
+        let dts = "/ {\n\tsoc {\n\t\tinterrupt-controller@40041000 {\n\t\t\tcompatible = \"arm,gic-400\";\n\t\t\tinterrupts = <0x01 0x09 0xf04>;\n\t\t};\n\t\tserial@7e201000 {\n\t\t\tinterrupts = <0x00 0x79 0x04>;\n\t\t};\n\t};\n};\n";
+        let out = remove_gic_maintenance(dts).unwrap();
+        assert!(!out.contains("0x09 0xf04"));
+        assert!(out.contains("interrupts = <0x00 0x79 0x04>;"), "other nodes keep theirs");
+        assert_eq!(remove_gic_maintenance(&out), None);
     }
 }
