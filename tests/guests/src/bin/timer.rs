@@ -2,7 +2,7 @@
 //! secondary CPU.
 //!
 //! Sub-tests: `vtimer` (`CNTV_CVAL` 10 ms ahead: its PPI is taken once, with
-//! `ISTATUS` set, not before the deadline and within 100 ms of it; the
+//! `ISTATUS` set, not before the deadline and within 1 s of it; the
 //! handler masks the timer), `ptimer` (the same with `CNTP_*` against
 //! `CNTPCT`), `wfi` (`WFI` with the virtual timer 20 ms ahead returns no
 //! earlier than the deadline, with the timer's interrupt pending).
@@ -32,7 +32,11 @@ mod guest {
 
     const CPU_TIMEOUT_MS: u64 = 5000;
     const DEADLINE_MS: u64 = 10;
-    const LATE_MS: u64 = 100;
+    /// A bound that catches a timer left for some later event (or none), not
+    /// a latency target (that is micro-bench's): emulated CPUs on a busy
+    /// machine, QEMU raspi4b's single-threaded TCG most of all, can lose
+    /// the host CPU for over 100 ms of guest time.
+    const LATE_MS: u64 = 1000;
     const WFI_MS: u64 = 20;
 
     /// What the handler saw, per CPU.
