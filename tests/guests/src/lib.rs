@@ -21,6 +21,7 @@ pub mod args;
 pub mod bench;
 pub mod cpus;
 pub mod gic;
+pub mod its;
 pub mod pattern;
 pub mod report;
 

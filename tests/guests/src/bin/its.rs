@@ -1,0 +1,417 @@
+//! `its`: the GICv3 Interrupt Translation Service as a guest sees it.
+//!
+//! Sub-tests: `introspection` (the ITS's registers and tables as the
+//! architecture describes them, LPI support in the distributor and the
+//! redistributors), `trigger` (collections on every CPU, `INT` delivers each
+//! LPI to its collection's CPU only, `INV` after a priority and after an
+//! enable change, `CLEAR`, `MOVI`, `DISCARD`). Without an ITS in the device
+//! tree (GICv2, or a GICv3 without one) every sub-test is a SKIP.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
+
+#[cfg(target_os = "none")]
+mod guest {
+    use core::fmt;
+    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use ferrovisor_shared::boot::MAX_CPUS;
+    use ferrovisor_test_guests::gic::{self, read32, read64, write32, write64, Version};
+    use ferrovisor_test_guests::its::{self, Baser, Command, ItsError, TableType};
+    use ferrovisor_test_guests::{guest_main, irq, report, report_info, report_skip, rt, smp, time, Env, SubTest};
+
+    guest_main!(
+        "its",
+        &[SubTest { name: "introspection", run: introspection }, SubTest { name: "trigger", run: trigger }]
+    );
+
+    const CPU_TIMEOUT_MS: u64 = 2000;
+    /// How long an LPI may take to arrive.
+    const LPI_TIMEOUT_MS: u64 = 1000;
+    /// How long to watch for an LPI that must not come, or for extra copies.
+    const SETTLE_MS: u64 = 50;
+
+    /// The GIC, or a SKIP when there is no ITS to test.
+    fn its_base() -> Option<usize> {
+        let gic = match gic::init() {
+            Ok(g) => g,
+            Err(e) => {
+                report(false, format_args!("GIC set-up: {e}"));
+                return None;
+            }
+        };
+        match (gic.version(), its::base()) {
+            (Version::V3, Some(b)) => Some(b),
+            (Version::V3, None) => {
+                report_skip("no ITS (arm,gic-v3-its) under the GICv3 node");
+                None
+            }
+            (Version::V2, _) => {
+                report_skip("GICv2: no ITS");
+                None
+            }
+        }
+    }
+
+    // ---- introspection ----
+
+    fn introspection(_: &Env) {
+        let Some(base) = its_base() else { return };
+        let Some(gic) = gic::get() else { return };
+
+        let gicd_typer = read32(gic.gicd() + gic::GICD_TYPER);
+        let id_bits = its::gicd_id_bits(gicd_typer);
+        report(
+            gicd_typer & its::GICD_TYPER_LPIS != 0 && id_bits >= its::LPI_ID_BITS,
+            format_args!("GICD_TYPER.LPIS set, IDbits {id_bits} (at least 14) ({gicd_typer:#x})"),
+        );
+        let mut plpis = 0;
+        let mut frames = 0;
+        for (_, t) in gic.redistributors() {
+            frames += 1;
+            plpis += usize::from(t.0 & its::GICR_TYPER_PLPIS != 0);
+        }
+        report(
+            frames == smp::count() && plpis == frames,
+            format_args!("GICR_TYPER.PLPIS set on {plpis} of {frames} redistributors ({} CPUs)", smp::count()),
+        );
+
+        let typer = its::ItsTyper(read64(base + its::GITS_TYPER));
+        report(typer.physical(), format_args!("GITS_TYPER.Physical is set ({:#x})", typer.0));
+        let ite = typer.itt_entry_size();
+        report((2..=16).contains(&ite), format_args!("GITS_TYPER.ITT_entry_size: {ite} bytes per ITE"));
+        let events = typer.event_id_bits();
+        report(events >= 2, format_args!("GITS_TYPER.ID_bits: {events} EventID bits"));
+        let devices = typer.device_id_bits();
+        report(devices >= 2, format_args!("GITS_TYPER.Devbits: {devices} DeviceID bits"));
+        report_info(format_args!(
+            "GITS_TYPER.PTA {} (collections name redistributors by {}), HCC {}, {} collection ID bits",
+            u8::from(typer.pta()),
+            if typer.pta() { "address" } else { "processor number" },
+            typer.hcc(),
+            typer.collection_id_bits()
+        ));
+        write64(base + its::GITS_TYPER, !typer.0);
+        let after = read64(base + its::GITS_TYPER);
+        report(after == typer.0, format_args!("GITS_TYPER is read-only ({:#x}, after a write {after:#x})", typer.0));
+
+        let iidr = read32(base + its::GITS_IIDR);
+        write32(base + its::GITS_IIDR, !iidr);
+        let iidr_after = read32(base + its::GITS_IIDR);
+        report(
+            iidr != 0 && iidr_after == iidr,
+            format_args!("GITS_IIDR {iidr:#x}: not zero, read-only ({iidr_after:#x} after a write)"),
+        );
+        let arch = (read32(base + its::GITS_PIDR2) >> 4) & 0xf;
+        report(arch == 3 || arch == 4, format_args!("GITS_PIDR2.ArchRev {arch} (want 3 or 4)"));
+
+        let mut device = 0;
+        let mut collection = 0;
+        let mut sizes_ok = true;
+        for n in 0..8 {
+            let b = Baser(read64(base + its::GITS_BASER + 8 * n));
+            let ty = b.table_type();
+            match ty {
+                TableType::Device => device += 1,
+                TableType::Collection => collection += 1,
+                _ => {}
+            }
+            if ty != TableType::Unimplemented {
+                sizes_ok &= b.entry_size() >= 2;
+                report_info(format_args!("GITS_BASER{n}: {ty:?}, {} bytes per entry ({:#x})", b.entry_size(), b.0));
+            }
+        }
+        report(
+            device == 1 && collection == 1 && sizes_ok,
+            format_args!(
+                "GITS_BASER<n>: one Device table ({device}), one Collection table ({collection}), entries of 2 bytes or more"
+            ),
+        );
+        let ctlr = read32(base + its::GITS_CTLR);
+        if ctlr & its::GITS_CTLR_ENABLED == 0 {
+            report(ctlr & its::GITS_CTLR_QUIESCENT != 0, format_args!("GITS_CTLR: disabled and quiescent ({ctlr:#x})"));
+        } else {
+            report_info(format_args!("GITS_CTLR {ctlr:#x}: already enabled"));
+        }
+    }
+
+    // ---- trigger ----
+
+    const DEVICE: u32 = 2;
+    /// LPI `LPI_BASE + e` is `DEVICE`'s event `e` (one per CPU).
+    const LPIS: usize = MAX_CPUS;
+
+    /// Per CPU, how often each of our LPIs was taken.
+    static TAKEN: [[AtomicU32; LPIS]; MAX_CPUS] = [const { [const { AtomicU32::new(0) }; LPIS] }; MAX_CPUS];
+    /// Per CPU, the running priority right after the last acknowledge.
+    static PRIORITY: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
+    /// Interrupts other than our LPIs, by CPU.
+    static OTHER: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+    static READY: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    fn count_lpi() {
+        let Some(gic) = gic::get() else { return };
+        let cpu = rt::cpu_index() % MAX_CPUS;
+        let iar = gic.ack();
+        if iar.is_spurious() {
+            return;
+        }
+        PRIORITY[cpu].store(gic.running_priority(), Ordering::SeqCst);
+        match iar.intid().checked_sub(its::LPI_BASE).and_then(|i| TAKEN[cpu].get(i as usize)) {
+            Some(n) => {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+            None => {
+                OTHER[cpu].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        gic.eoi(iar);
+    }
+
+    fn clear_counts() {
+        for cpu in 0..MAX_CPUS {
+            for n in &TAKEN[cpu] {
+                n.store(0, Ordering::SeqCst);
+            }
+            PRIORITY[cpu].store(u32::MAX, Ordering::SeqCst);
+        }
+    }
+
+    fn taken(cpu: usize, event: u32) -> u32 {
+        TAKEN[cpu % MAX_CPUS].get(event as usize).map_or(0, |n| n.load(Ordering::SeqCst))
+    }
+
+    /// `cpu0=1 cpu1=0 ...` for one LPI.
+    struct Counts(u32);
+
+    impl fmt::Display for Counts {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            for cpu in 0..smp::count().min(MAX_CPUS) {
+                write!(f, "{}cpu{cpu}={}", if cpu > 0 { " " } else { "" }, taken(cpu, self.0))?;
+            }
+            Ok(())
+        }
+    }
+
+    fn receiver(cpu: usize) {
+        let Some(gic) = gic::get() else { return };
+        if let Err(e) = gic.cpu_init() {
+            report(false, format_args!("cpu{cpu}: GIC set-up: {e}"));
+            return;
+        }
+        READY[cpu].store(true, Ordering::SeqCst);
+        irq::wfi_until(60_000, || STOP.load(Ordering::SeqCst));
+    }
+
+    /// Waits for `event`'s LPI on `to` (or, with `None`, for it not to come
+    /// in [`SETTLE_MS`]), the boot CPU taking IRQs in windows meanwhile;
+    /// true when it arrived exactly once on `to` and nowhere else.
+    fn arrives(event: u32, to: Option<usize>) -> bool {
+        let n = smp::count().min(MAX_CPUS);
+        let arrived = match to {
+            Some(cpu) => irq::wait(LPI_TIMEOUT_MS, || taken(cpu, event) > 0).is_some(),
+            None => true,
+        };
+        irq::wait(SETTLE_MS, || false);
+        arrived && (0..n).all(|c| taken(c, event) == u32::from(Some(c) == to))
+    }
+
+    fn sent(what: &str, r: Result<(), ItsError>) -> bool {
+        if let Err(e) = &r {
+            report(false, format_args!("{what}: {e}"));
+        }
+        r.is_ok()
+    }
+
+    fn trigger(env: &Env) {
+        if its_base().is_none() {
+            return;
+        }
+        let Some(gic) = gic::get() else { return };
+        let boot = env.boot_cpu;
+        let n = smp::count().min(MAX_CPUS);
+        clear_counts();
+        STOP.store(false, Ordering::SeqCst);
+        for r in &READY {
+            r.store(false, Ordering::SeqCst);
+        }
+        READY[boot].store(true, Ordering::SeqCst);
+        irq::set_handler(Some(count_lpi));
+        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
+            if let Err(e) = smp::start(cpu, receiver) {
+                report(false, format_args!("cpu{cpu}: CPU_ON failed: {e:?}"));
+            }
+        }
+        let ready = |c: usize| READY[c].load(Ordering::SeqCst);
+        let all = time::wait_for(CPU_TIMEOUT_MS, || (0..n).all(ready)).is_some();
+        report(all, format_args!("every CPU set up its GIC within {CPU_TIMEOUT_MS} ms ({n} CPUs)"));
+
+        match its::init() {
+            Ok(its) => {
+                report(true, "LPIs enabled on every redistributor, ITS tables and command queue set up");
+                deliveries(its, n, &ready);
+            }
+            Err(e) => {
+                report(false, format_args!("ITS set-up: {e}"));
+            }
+        }
+
+        let other: u32 = OTHER.iter().map(|o| o.load(Ordering::SeqCst)).sum();
+        report(other == 0, format_args!("no interrupt but our LPIs was taken ({other})"));
+        STOP.store(true, Ordering::SeqCst);
+        // Wake the receivers' WFI with an SGI each.
+        for cpu in smp::secondaries() {
+            gic.send_sgi(15, gic::SgiTarget::Cpu(cpu));
+        }
+        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
+            smp::wait_done(cpu, CPU_TIMEOUT_MS);
+        }
+        smp::wait_all_off(CPU_TIMEOUT_MS);
+        irq::set_handler(None);
+    }
+
+    fn deliveries(its: &its::Its, n: usize, ready: &dyn Fn(usize) -> bool) {
+        let lpi = |event: u32| its::LPI_BASE + event;
+        let cpus = (0..n).filter(|&c| ready(c));
+        let mut setup: [Command; 2 * MAX_CPUS + 2] = [Command::sync(its::RdBase::ProcessorNumber(0)); 2 * MAX_CPUS + 2];
+        let mut k = 0;
+        setup[k] = Command::mapd(DEVICE, its.itt_event_bits(), its.itt(0), true);
+        k += 1;
+        for cpu in cpus.clone() {
+            let Some(rd) = its.rdbase(cpu) else { continue };
+            its.set_lpi_property(lpi(cpu as u32), gic::DEFAULT_PRIORITY, true);
+            setup[k] = Command::mapc(cpu as u16, rd, true);
+            setup[k + 1] = Command::mapti(DEVICE, cpu as u32, lpi(cpu as u32), cpu as u16);
+            k += 2;
+        }
+        if !sent("MAPD, MAPC and MAPTI for each CPU", its.send_all(&setup[..k])) {
+            return;
+        }
+        for cpu in cpus.clone() {
+            let Some(rd) = its.rdbase(cpu) else { continue };
+            if !sent("INVALL and SYNC", its.send_all(&[Command::invall(cpu as u16), Command::sync(rd)])) {
+                return;
+            }
+        }
+        report(
+            true,
+            format_args!("device {DEVICE} mapped with {} EventID bits; a collection per CPU", its.itt_event_bits()),
+        );
+
+        // INT: each CPU's LPI reaches that CPU alone, at its priority.
+        for cpu in cpus.clone() {
+            clear_counts();
+            let event = cpu as u32;
+            if !sent("INT", its.send(Command::int(DEVICE, event))) {
+                return;
+            }
+            let once = arrives(event, Some(cpu));
+            let prio = PRIORITY[cpu].load(Ordering::SeqCst);
+            report(
+                once && prio == u32::from(gic::DEFAULT_PRIORITY),
+                format_args!(
+                    "INT event {event}: LPI {} taken once by cpu{cpu} (ICC_IAR1_EL1), by no other, priority {prio:#x} ({})",
+                    lpi(event),
+                    Counts(event)
+                ),
+            );
+        }
+
+        let last = (0..n).filter(|&c| ready(c)).last().unwrap_or(0);
+        let event = last as u32;
+
+        // INV after a priority change.
+        let new_prio = 0x40;
+        its.set_lpi_property(lpi(event), new_prio, true);
+        clear_counts();
+        if !sent("INV, INT", its.send_all(&[Command::inv(DEVICE, event), Command::int(DEVICE, event)])) {
+            return;
+        }
+        let once = arrives(event, Some(last));
+        let prio = PRIORITY[last].load(Ordering::SeqCst);
+        report(
+            once && prio == u32::from(new_prio),
+            format_args!(
+                "priority {new_prio:#x} + INV: LPI {} taken by cpu{last} at running priority {prio:#x}",
+                lpi(event)
+            ),
+        );
+
+        // INV after disabling: INT leaves it pending, not delivered; enabling + INV delivers it.
+        its.set_lpi_property(lpi(event), gic::DEFAULT_PRIORITY, false);
+        clear_counts();
+        if !sent("INV, INT", its.send_all(&[Command::inv(DEVICE, event), Command::int(DEVICE, event)])) {
+            return;
+        }
+        report(
+            arrives(event, None),
+            format_args!("disabled + INV: INT does not deliver LPI {} ({})", lpi(event), Counts(event)),
+        );
+        its.set_lpi_property(lpi(event), gic::DEFAULT_PRIORITY, true);
+        if !sent("INV", its.send(Command::inv(DEVICE, event))) {
+            return;
+        }
+        report(
+            arrives(event, Some(last)),
+            format_args!("enabled + INV: the pending LPI {} reaches cpu{last} ({})", lpi(event), Counts(event)),
+        );
+
+        // CLEAR removes the pending state of a disabled LPI.
+        its.set_lpi_property(lpi(event), gic::DEFAULT_PRIORITY, false);
+        clear_counts();
+        let cmds = [Command::inv(DEVICE, event), Command::int(DEVICE, event), Command::clear(DEVICE, event)];
+        if !sent("INV, INT, CLEAR", its.send_all(&cmds)) {
+            return;
+        }
+        its.set_lpi_property(lpi(event), gic::DEFAULT_PRIORITY, true);
+        if !sent("INV", its.send(Command::inv(DEVICE, event))) {
+            return;
+        }
+        report(
+            arrives(event, None),
+            format_args!("INT then CLEAR while disabled: enabled + INV delivers nothing ({})", Counts(event)),
+        );
+
+        // MOVI: event 0 moves to the last CPU's collection.
+        let moved = 0u32;
+        let from = 0usize;
+        if last != from && ready(from) {
+            clear_counts();
+            let Some(rd) = its.rdbase(last) else { return };
+            let cmds = [Command::movi(DEVICE, moved, last as u16), Command::sync(rd), Command::int(DEVICE, moved)];
+            if !sent("MOVI, SYNC, INT", its.send_all(&cmds)) {
+                return;
+            }
+            report(
+                arrives(moved, Some(last)),
+                format_args!(
+                    "MOVI to collection {last}: LPI {} taken by cpu{last} alone ({})",
+                    lpi(moved),
+                    Counts(moved)
+                ),
+            );
+        } else {
+            report_skip("MOVI: one CPU");
+        }
+
+        // DISCARD: the event's mapping is gone; INT on it is a command error (which may stall the queue).
+        clear_counts();
+        if !sent("DISCARD", its.send(Command::discard(DEVICE, moved))) {
+            return;
+        }
+        let r = its.send(Command::int(DEVICE, moved));
+        let none = arrives(moved, None);
+        report(none, format_args!("DISCARD: INT on the discarded event delivers nothing ({})", Counts(moved)));
+        match r {
+            Ok(()) => report_info("INT after DISCARD: consumed without a stall"),
+            Err(ItsError::Stalled { creadr }) => {
+                report_info(format_args!("INT after DISCARD: the queue stalled (GITS_CREADR {creadr:#x})"))
+            }
+            Err(e) => {
+                report(false, format_args!("INT after DISCARD: {e}"));
+            }
+        }
+    }
+}
