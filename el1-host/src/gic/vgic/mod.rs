@@ -23,6 +23,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
+pub mod its;
 mod lr;
 mod mmio;
 mod regs;

@@ -1,0 +1,1040 @@
+//! The emulated ITS (GICv3 Interrupt Translation Service, IHI 0069 chapters
+//! 5 and 6) one VM sees: its registers, command queue and translation
+//! tables, as plain logic. The caller holds the lock, gives guest memory
+//! through [`GuestMemory`] and applies the returned [`Effect`]s to the vGIC.
+//!
+//! Choices the architecture leaves to the implementation:
+//! - Device, collection and interrupt translation tables are kept in host
+//!   memory. Their in-memory formats are IMPLEMENTATION DEFINED, so the
+//!   memory the guest gives through `GITS_BASER0` (devices), `GITS_BASER1`
+//!   (collections) and MAPD's ITT address is never read nor written, and a
+//!   guest cannot corrupt or grow our state beyond the bounds below.
+//! - `GITS_TYPER.HCC` is 0 with a collection table in `GITS_BASER1` (Linux
+//!   then needs no other path for more vCPUs than held collections).
+//! - `GITS_TYPER.PTA` is 0: MAPC and SYNC name a vCPU index
+//!   (`GICR_TYPER.Processor_Number`).
+//! - A command with bad parameters is dropped and counted, and the queue
+//!   goes on. A command that cannot be read from guest memory, or a
+//!   `GITS_CWRITER` beyond the queue, stalls the queue (`GITS_CREADR.Stalled`)
+//!   until `GITS_CWRITER.Retry` or a `GITS_CBASER` write.
+//! - Commands complete within the `GITS_CWRITER` write, so SYNC only checks
+//!   its target.
+#![cfg_attr(target_os = "none", allow(dead_code, reason = "wired into the run loop by the LPI work"))]
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use super::{GIC_IIDR, MAX_VCPUS};
+
+pub const GITS_CTLR: u64 = 0x0000;
+pub const GITS_IIDR: u64 = 0x0004;
+pub const GITS_TYPER: u64 = 0x0008;
+pub const GITS_CBASER: u64 = 0x0080;
+pub const GITS_CWRITER: u64 = 0x0088;
+pub const GITS_CREADR: u64 = 0x0090;
+pub const GITS_BASER0: u64 = 0x0100;
+pub const GITS_BASER1: u64 = 0x0108;
+pub const GITS_PIDR2: u64 = 0xffe8;
+/// In the second 64 KiB frame.
+pub const GITS_TRANSLATER: u64 = 0x1_0040;
+/// Both frames (control and translation).
+pub const ITS_SIZE: u64 = 0x2_0000;
+
+/// DeviceID width (`GITS_TYPER.Devbits` + 1).
+pub const DEVICE_ID_BITS: u32 = 16;
+/// EventID width (`GITS_TYPER.IDbits` + 1), the largest MAPD Size + 1.
+pub const EVENT_ID_BITS: u32 = 16;
+/// ICID width (`GITS_TYPER.CIDbits` + 1, with CIL == 1).
+pub const ICID_BITS: u32 = 8;
+/// Most devices mapped at once: a bound on host memory, below 2^Devbits.
+pub const MAX_DEVICES: usize = 4096;
+/// Most events mapped at once over all devices: a bound on host memory.
+pub const MAX_ITES: usize = 1 << 16;
+/// First LPI INTID.
+pub const LPI_BASE: u32 = 8192;
+/// Bytes per entry reported for ITTs, device and collection tables.
+const ENTRY_SIZE: u64 = 8;
+const COMMAND_SIZE: u64 = 32;
+
+const CTLR_ENABLED: u64 = 1 << 0;
+const CTLR_QUIESCENT: u64 = 1 << 31;
+
+const CBASER_VALID: u64 = 1 << 63;
+/// Valid, InnerCache, OuterCache, Physical_Address[51:12], Shareability, Size.
+const CBASER_RW: u64 = CBASER_VALID | (7 << 59) | (7 << 53) | field(51, 12) | (3 << 10) | 0xff;
+const CBASER_PA: u64 = field(51, 12);
+const CQ_OFFSET: u64 = field(19, 5);
+const CWRITER_RETRY: u64 = 1 << 0;
+const CREADR_STALLED: u64 = 1 << 0;
+
+const BASER_VALID: u64 = 1 << 63;
+/// Valid, InnerCache, OuterCache, Physical_Address[47:12], Shareability,
+/// Page_Size, Size. Indirect (bit 62) is RAZ/WI: flat tables only.
+const BASER_RW: u64 = BASER_VALID | (7 << 59) | (7 << 53) | field(47, 12) | (3 << 10) | (3 << 8) | 0xff;
+const BASER_TYPE_SHIFT: u32 = 56;
+const BASER_TYPE_DEVICES: u64 = 1;
+const BASER_TYPE_COLLECTIONS: u64 = 4;
+const BASER_ENTRY_SIZE_SHIFT: u32 = 48;
+
+/// Bits `hi` down to `lo` set.
+const fn field(hi: u32, lo: u32) -> u64 {
+    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
+}
+
+/// A [`decode`] failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// The command number (DW0 bits [7:0]) is none we implement (VMAPP,
+    /// VSYNC... or reserved).
+    Unknown(u8),
+}
+
+/// One ITS command, fields named as in IHI 0069 §6.3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Clear {
+        device_id: u32,
+        event_id: u32,
+    },
+    Discard {
+        device_id: u32,
+        event_id: u32,
+    },
+    Int {
+        device_id: u32,
+        event_id: u32,
+    },
+    Inv {
+        device_id: u32,
+        event_id: u32,
+    },
+    Invall {
+        icid: u16,
+    },
+    /// `rdbase` is the target vCPU index (PTA == 0).
+    Mapc {
+        icid: u16,
+        rdbase: u64,
+        valid: bool,
+    },
+    /// `size` is the EventID width minus one; `itt_addr` keeps bits [51:8].
+    Mapd {
+        device_id: u32,
+        size: u8,
+        itt_addr: u64,
+        valid: bool,
+    },
+    Mapi {
+        device_id: u32,
+        event_id: u32,
+        icid: u16,
+    },
+    Mapti {
+        device_id: u32,
+        event_id: u32,
+        pintid: u32,
+        icid: u16,
+    },
+    Movi {
+        device_id: u32,
+        event_id: u32,
+        icid: u16,
+    },
+    Sync {
+        rdbase: u64,
+    },
+}
+
+const CMD_MOVI: u8 = 0x01;
+const CMD_INT: u8 = 0x03;
+const CMD_CLEAR: u8 = 0x04;
+const CMD_SYNC: u8 = 0x05;
+const CMD_MAPD: u8 = 0x08;
+const CMD_MAPC: u8 = 0x09;
+const CMD_MAPTI: u8 = 0x0a;
+const CMD_MAPI: u8 = 0x0b;
+const CMD_INV: u8 = 0x0c;
+const CMD_INVALL: u8 = 0x0d;
+const CMD_DISCARD: u8 = 0x0f;
+
+/// Decodes one command (four little-endian doublewords DW0..DW3). Reserved
+/// fields are ignored.
+///
+/// # Errors
+///
+/// [`CommandError::Unknown`] for a command number we do not implement.
+pub fn decode(cmd: &[u64; 4]) -> Result<Command, CommandError> {
+    let [dw0, dw1, dw2, _] = *cmd;
+    let device_id = (dw0 >> 32) as u32;
+    let event_id = dw1 as u32;
+    let icid = dw2 as u16;
+    let rdbase = (dw2 & field(51, 16)) >> 16;
+    let valid = dw2 & (1 << 63) != 0;
+    Ok(match dw0 as u8 {
+        CMD_MOVI => Command::Movi { device_id, event_id, icid },
+        CMD_INT => Command::Int { device_id, event_id },
+        CMD_CLEAR => Command::Clear { device_id, event_id },
+        CMD_SYNC => Command::Sync { rdbase },
+        CMD_MAPD => Command::Mapd { device_id, size: (dw1 & 0x1f) as u8, itt_addr: dw2 & field(51, 8), valid },
+        CMD_MAPC => Command::Mapc { icid, rdbase, valid },
+        CMD_MAPTI => Command::Mapti { device_id, event_id, pintid: (dw1 >> 32) as u32, icid },
+        CMD_MAPI => Command::Mapi { device_id, event_id, icid },
+        CMD_INV => Command::Inv { device_id, event_id },
+        CMD_INVALL => Command::Invall { icid },
+        CMD_DISCARD => Command::Discard { device_id, event_id },
+        other => return Err(CommandError::Unknown(other)),
+    })
+}
+
+/// The guest's memory as the ITS reaches it (by IPA).
+#[allow(clippy::result_unit_err, reason = "the only failure is \"not guest memory\"")]
+pub trait GuestMemory {
+    /// Fills `buf` from guest memory at `ipa`.
+    ///
+    /// # Errors
+    ///
+    /// Any byte of `ipa..ipa + buf.len()` is not guest RAM.
+    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()>;
+    /// Writes `buf` to guest memory at `ipa`.
+    ///
+    /// # Errors
+    ///
+    /// Any byte of `ipa..ipa + buf.len()` is not guest RAM.
+    fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()>;
+}
+
+/// What the vGIC must do after a command or translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    SetPending {
+        vcpu: usize,
+        intid: u32,
+    },
+    ClearPending {
+        vcpu: usize,
+        intid: u32,
+    },
+    /// The LPI now belongs to `to`; a pending state moves with it.
+    Move {
+        intid: u32,
+        from: usize,
+        to: usize,
+    },
+    /// Re-read the LPI's configuration (priority, enable) from memory.
+    Invalidate {
+        vcpu: usize,
+        intid: u32,
+    },
+    /// Re-read the configuration of every LPI of `vcpu`.
+    InvalidateAll {
+        vcpu: usize,
+    },
+}
+
+/// Why a command was dropped or the queue stalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    UnknownCommand,
+    /// DeviceID beyond Devbits or the device table (`GITS_BASER0`).
+    DeviceOutOfRange,
+    UnmappedDevice,
+    /// EventID beyond the device's MAPD Size, or a MAPD Size beyond IDbits.
+    EventOutOfRange,
+    UnmappedEvent,
+    /// ICID beyond CIDbits or the collection table (`GITS_BASER1`).
+    BadCollection,
+    UnmappedCollection,
+    /// pINTID not an LPI this VM has.
+    BadIntid,
+    /// MAPC or SYNC naming no vCPU.
+    BadTarget,
+    /// [`MAX_DEVICES`] or [`MAX_ITES`] reached.
+    TableFull,
+    /// A command could not be read from guest memory (the queue stalled).
+    QueueOutsideMemory,
+    /// `GITS_CWRITER` beyond the queue (the queue stalled).
+    WriterOutOfRange,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 12] = [
+        DropReason::UnknownCommand,
+        DropReason::DeviceOutOfRange,
+        DropReason::UnmappedDevice,
+        DropReason::EventOutOfRange,
+        DropReason::UnmappedEvent,
+        DropReason::BadCollection,
+        DropReason::UnmappedCollection,
+        DropReason::BadIntid,
+        DropReason::BadTarget,
+        DropReason::TableFull,
+        DropReason::QueueOutsideMemory,
+        DropReason::WriterOutOfRange,
+    ];
+}
+
+/// An ITS configuration that cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItsError {
+    BadVcpuCount(usize),
+    /// LPI INTID width outside 14..=32.
+    BadLpiIdBits(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ite {
+    intid: u32,
+    icid: u16,
+}
+
+#[derive(Debug)]
+struct Device {
+    event_bits: u32,
+    events: BTreeMap<u32, Ite>,
+}
+
+/// One VM's ITS.
+#[derive(Debug)]
+pub struct Its {
+    nr_vcpus: usize,
+    lpi_id_bits: u32,
+    enabled: bool,
+    cbaser: u64,
+    /// Byte offsets into the queue, multiples of 32, `creadr` < queue size.
+    cwriter: u64,
+    creadr: u64,
+    stalled: bool,
+    baser: [u64; 2],
+    devices: BTreeMap<u32, Device>,
+    /// ICID -> vCPU.
+    collections: Vec<Option<usize>>,
+    nr_ites: usize,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl Its {
+    /// An ITS for `nr_vcpus` vCPUs whose LPIs are INTIDs
+    /// `LPI_BASE..1 << lpi_id_bits` (`GICD_TYPER.IDbits` + 1).
+    ///
+    /// # Errors
+    ///
+    /// [`ItsError::BadVcpuCount`] for 0 or more than [`MAX_VCPUS`] vCPUs,
+    /// [`ItsError::BadLpiIdBits`] for an INTID width outside 14..=32.
+    pub fn new(nr_vcpus: usize, lpi_id_bits: u32) -> Result<Its, ItsError> {
+        if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
+            return Err(ItsError::BadVcpuCount(nr_vcpus));
+        }
+        if !(14..=32).contains(&lpi_id_bits) {
+            return Err(ItsError::BadLpiIdBits(lpi_id_bits));
+        }
+        let baser_ro = |kind: u64| (kind << BASER_TYPE_SHIFT) | ((ENTRY_SIZE - 1) << BASER_ENTRY_SIZE_SHIFT);
+        Ok(Its {
+            nr_vcpus,
+            lpi_id_bits,
+            enabled: false,
+            cbaser: 0,
+            cwriter: 0,
+            creadr: 0,
+            stalled: false,
+            baser: [baser_ro(BASER_TYPE_DEVICES), baser_ro(BASER_TYPE_COLLECTIONS)],
+            devices: BTreeMap::new(),
+            collections: alloc::vec![None; 1 << ICID_BITS],
+            nr_ites: 0,
+            drops: [0; DropReason::ALL.len()],
+        })
+    }
+
+    /// Commands dropped (or stalls) for `reason` since creation.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn typer() -> u64 {
+        let physical = 1;
+        let itt_entry_size = (ENTRY_SIZE - 1) << 4;
+        let id_bits = u64::from(EVENT_ID_BITS - 1) << 8;
+        let devbits = u64::from(DEVICE_ID_BITS - 1) << 13;
+        let cid_bits = u64::from(ICID_BITS - 1) << 32;
+        let cil = 1 << 36;
+        physical | itt_entry_size | id_bits | devbits | cid_bits | cil
+    }
+
+    /// A guest read of `size` (4 or 8) bytes at `offset` into the ITS frames;
+    /// RAZ for anything else.
+    pub fn mmio_read(&self, offset: u64, size: u8) -> u64 {
+        if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
+            return 0;
+        }
+        let word = self.reg64(offset & !7) >> ((offset & 4) * 8);
+        if size == 4 {
+            word & 0xffff_ffff
+        } else {
+            word
+        }
+    }
+
+    /// A guest write of `size` (4 or 8) bytes at `offset` into the ITS
+    /// frames: processes the command queue when the write asks for it and
+    /// returns what the vGIC must do. Writes to `GITS_TRANSLATER` are ignored
+    /// here: the DeviceID comes from the device model, which calls
+    /// [`Its::translate`].
+    pub fn mmio_write<M: GuestMemory + ?Sized>(&mut self, mem: &M, offset: u64, size: u8, value: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
+            return effects;
+        }
+        let aligned = offset & !7;
+        let (shift, mask) = if size == 4 { ((offset & 4) * 8, 0xffff_ffffu64) } else { (0, u64::MAX) };
+        let old = self.reg64(aligned);
+        let new = (old & !(mask << shift)) | ((value & mask) << shift);
+        match aligned {
+            GITS_CTLR => {
+                let was = self.enabled;
+                self.enabled = new & CTLR_ENABLED != 0;
+                if self.enabled && !was {
+                    self.process(mem, &mut effects);
+                }
+            }
+            GITS_CBASER if !self.enabled => {
+                self.cbaser = new & CBASER_RW;
+                self.creadr = 0;
+                self.cwriter = 0;
+                self.stalled = false;
+            }
+            GITS_CWRITER => {
+                self.cwriter = new & CQ_OFFSET;
+                if new & CWRITER_RETRY != 0 {
+                    self.stalled = false;
+                }
+                self.process(mem, &mut effects);
+            }
+            GITS_BASER0 | GITS_BASER1 if !self.enabled => {
+                let n = ((aligned - GITS_BASER0) / 8) as usize;
+                self.baser[n] = (self.baser[n] & !BASER_RW) | (new & BASER_RW);
+            }
+            _ => {}
+        }
+        effects
+    }
+
+    fn reg64(&self, aligned: u64) -> u64 {
+        match aligned {
+            GITS_CTLR => {
+                let quiescent = if self.enabled { 0 } else { CTLR_QUIESCENT };
+                u64::from(self.enabled) | quiescent | (u64::from(GIC_IIDR) << 32)
+            }
+            GITS_TYPER => Its::typer(),
+            GITS_CBASER => self.cbaser,
+            GITS_CWRITER => self.cwriter,
+            GITS_CREADR => self.creadr | if self.stalled { CREADR_STALLED } else { 0 },
+            GITS_BASER0 => self.baser[0],
+            GITS_BASER1 => self.baser[1],
+            // BASER2..7 are RAZ/WI (Type 0, unimplemented).
+            GITS_PIDR2 => 3 << 4,
+            _ => 0,
+        }
+    }
+
+    /// The vCPU and LPI a write of `event_id` to `GITS_TRANSLATER` by
+    /// device `device_id` makes pending; `None` (the write is ignored) when
+    /// the ITS is disabled or the event, its device or its collection is not
+    /// mapped.
+    pub fn translate(&self, device_id: u32, event_id: u32) -> Option<(usize, u32)> {
+        if !self.enabled {
+            return None;
+        }
+        let ite = self.ite(device_id, event_id).ok()?;
+        Some((self.target(ite.icid).ok()?, ite.intid))
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        let n = &mut self.drops[reason as usize];
+        *n = n.saturating_add(1);
+    }
+
+    fn queue_size(&self) -> u64 {
+        ((self.cbaser & 0xff) + 1) * 4096
+    }
+
+    /// Runs the commands between `GITS_CREADR` and `GITS_CWRITER`. Ends:
+    /// each step moves `creadr` one command nearer `cwriter`, both being
+    /// 32-byte aligned and inside the queue.
+    fn process<M: GuestMemory + ?Sized>(&mut self, mem: &M, effects: &mut Vec<Effect>) {
+        if !self.enabled || self.stalled || self.cbaser & CBASER_VALID == 0 {
+            return;
+        }
+        let size = self.queue_size();
+        if self.cwriter >= size {
+            self.stalled = true;
+            self.count(DropReason::WriterOutOfRange);
+            return;
+        }
+        let base = self.cbaser & CBASER_PA;
+        while self.creadr != self.cwriter {
+            let mut raw = [0u8; COMMAND_SIZE as usize];
+            if mem.read(base + self.creadr, &mut raw).is_err() {
+                self.stalled = true;
+                self.count(DropReason::QueueOutsideMemory);
+                return;
+            }
+            let mut words = [0u64; 4];
+            for (word, bytes) in words.iter_mut().zip(raw.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(bytes);
+                *word = u64::from_le_bytes(b);
+            }
+            let result = match decode(&words) {
+                Ok(cmd) => self.execute(cmd, effects),
+                Err(CommandError::Unknown(_)) => Err(DropReason::UnknownCommand),
+            };
+            if let Err(reason) = result {
+                self.count(reason);
+            }
+            self.creadr = (self.creadr + COMMAND_SIZE) % size;
+        }
+    }
+
+    /// Entries a flat table described by a `GITS_BASER<n>` value holds.
+    fn table_entries(baser: u64) -> u64 {
+        if baser & BASER_VALID == 0 {
+            return 0;
+        }
+        let page = match (baser >> 8) & 3 {
+            0 => 4096,
+            1 => 16384,
+            _ => 65536,
+        };
+        ((baser & 0xff) + 1) * page / ENTRY_SIZE
+    }
+
+    fn ite(&self, device_id: u32, event_id: u32) -> Result<Ite, DropReason> {
+        let device = self.devices.get(&device_id).ok_or(DropReason::UnmappedDevice)?;
+        if u64::from(event_id) >> device.event_bits != 0 {
+            return Err(DropReason::EventOutOfRange);
+        }
+        device.events.get(&event_id).copied().ok_or(DropReason::UnmappedEvent)
+    }
+
+    fn check_icid(&self, icid: u16) -> Result<(), DropReason> {
+        if usize::from(icid) >= self.collections.len() || u64::from(icid) >= Its::table_entries(self.baser[1]) {
+            return Err(DropReason::BadCollection);
+        }
+        Ok(())
+    }
+
+    fn target(&self, icid: u16) -> Result<usize, DropReason> {
+        self.check_icid(icid)?;
+        self.collections[usize::from(icid)].ok_or(DropReason::UnmappedCollection)
+    }
+
+    fn execute(&mut self, cmd: Command, effects: &mut Vec<Effect>) -> Result<(), DropReason> {
+        match cmd {
+            Command::Mapd { device_id, size, itt_addr: _, valid } => {
+                let limit = Its::table_entries(self.baser[0]).min(1 << DEVICE_ID_BITS);
+                if u64::from(device_id) >= limit {
+                    return Err(DropReason::DeviceOutOfRange);
+                }
+                let event_bits = u32::from(size) + 1;
+                if valid && event_bits > EVENT_ID_BITS {
+                    return Err(DropReason::EventOutOfRange);
+                }
+                if valid && !self.devices.contains_key(&device_id) && self.devices.len() >= MAX_DEVICES {
+                    return Err(DropReason::TableFull);
+                }
+                // A new ITT (or none) replaces the old one: its LPIs stop being pending.
+                if let Some(old) = self.devices.remove(&device_id) {
+                    self.nr_ites -= old.events.len();
+                    for ite in old.events.values() {
+                        if let Ok(vcpu) = self.target(ite.icid) {
+                            effects.push(Effect::ClearPending { vcpu, intid: ite.intid });
+                        }
+                    }
+                }
+                if valid {
+                    self.devices.insert(device_id, Device { event_bits, events: BTreeMap::new() });
+                }
+            }
+            Command::Mapc { icid, rdbase, valid } => {
+                self.check_icid(icid)?;
+                let vcpu = if valid {
+                    match usize::try_from(rdbase) {
+                        Ok(v) if v < self.nr_vcpus => Some(v),
+                        _ => return Err(DropReason::BadTarget),
+                    }
+                } else {
+                    None
+                };
+                self.collections[usize::from(icid)] = vcpu;
+            }
+            Command::Mapi { device_id, event_id, icid } => self.map(device_id, event_id, event_id, icid)?,
+            Command::Mapti { device_id, event_id, pintid, icid } => self.map(device_id, event_id, pintid, icid)?,
+            Command::Movi { device_id, event_id, icid } => {
+                let ite = self.ite(device_id, event_id)?;
+                let to = self.target(icid)?;
+                if let Ok(from) = self.target(ite.icid) {
+                    if from != to {
+                        effects.push(Effect::Move { intid: ite.intid, from, to });
+                    }
+                }
+                if let Some(e) = self.devices.get_mut(&device_id).and_then(|d| d.events.get_mut(&event_id)) {
+                    e.icid = icid;
+                }
+            }
+            Command::Discard { device_id, event_id } => {
+                let ite = self.ite(device_id, event_id)?;
+                let vcpu = self.target(ite.icid)?;
+                if let Some(d) = self.devices.get_mut(&device_id) {
+                    d.events.remove(&event_id);
+                    self.nr_ites -= 1;
+                }
+                effects.push(Effect::ClearPending { vcpu, intid: ite.intid });
+            }
+            Command::Int { device_id, event_id } => {
+                let ite = self.ite(device_id, event_id)?;
+                effects.push(Effect::SetPending { vcpu: self.target(ite.icid)?, intid: ite.intid });
+            }
+            Command::Clear { device_id, event_id } => {
+                let ite = self.ite(device_id, event_id)?;
+                effects.push(Effect::ClearPending { vcpu: self.target(ite.icid)?, intid: ite.intid });
+            }
+            Command::Inv { device_id, event_id } => {
+                let ite = self.ite(device_id, event_id)?;
+                effects.push(Effect::Invalidate { vcpu: self.target(ite.icid)?, intid: ite.intid });
+            }
+            Command::Invall { icid } => effects.push(Effect::InvalidateAll { vcpu: self.target(icid)? }),
+            Command::Sync { rdbase } => {
+                if rdbase >= self.nr_vcpus as u64 {
+                    return Err(DropReason::BadTarget);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// MAPTI (and MAPI with `intid` == `event_id`). Mapping a mapped event
+    /// again replaces its translation.
+    fn map(&mut self, device_id: u32, event_id: u32, intid: u32, icid: u16) -> Result<(), DropReason> {
+        let device = self.devices.get(&device_id).ok_or(DropReason::UnmappedDevice)?;
+        if u64::from(event_id) >> device.event_bits != 0 {
+            return Err(DropReason::EventOutOfRange);
+        }
+        self.check_icid(icid)?;
+        if intid < LPI_BASE || u64::from(intid) >> self.lpi_id_bits != 0 {
+            return Err(DropReason::BadIntid);
+        }
+        let new = !device.events.contains_key(&event_id);
+        if new && self.nr_ites >= MAX_ITES {
+            return Err(DropReason::TableFull);
+        }
+        if let Some(d) = self.devices.get_mut(&device_id) {
+            d.events.insert(event_id, Ite { intid, icid });
+            if new {
+                self.nr_ites += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::RefCell;
+
+    const QUEUE: u64 = 0x8000_0000;
+    const RAM_SIZE: u64 = 0x2_0000;
+
+    struct Ram(RefCell<Vec<u8>>);
+
+    impl Ram {
+        fn new() -> Ram {
+            Ram(RefCell::new(alloc::vec![0; RAM_SIZE as usize]))
+        }
+        fn range(ipa: u64, len: usize) -> Result<core::ops::Range<usize>, ()> {
+            let start = ipa.checked_sub(QUEUE).ok_or(())?;
+            let end = start.checked_add(len as u64).ok_or(())?;
+            if end > RAM_SIZE {
+                return Err(());
+            }
+            Ok(start as usize..end as usize)
+        }
+    }
+
+    impl GuestMemory for Ram {
+        fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()> {
+            buf.copy_from_slice(&self.0.borrow()[Ram::range(ipa, buf.len())?]);
+            Ok(())
+        }
+        fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()> {
+            self.0.borrow_mut()[Ram::range(ipa, buf.len())?].copy_from_slice(buf);
+            Ok(())
+        }
+    }
+
+    // Encoders written from IHI 0069 §6.3 (DW0 bits [7:0] command number,
+    // DW0 [63:32] DeviceID, DW1 [31:0] EventID, DW1 [63:32] pINTID, DW1 [4:0]
+    // Size, DW2 [15:0] ICID, DW2 [51:16] RDbase, DW2 [51:8] ITT_addr, DW2 [63] V).
+    fn dev_ev(cmd: u64, dev: u32, ev: u32) -> [u64; 4] {
+        [cmd | u64::from(dev) << 32, u64::from(ev), 0, 0]
+    }
+    fn mapd(dev: u32, size: u8, itt: u64, v: bool) -> [u64; 4] {
+        [0x08 | u64::from(dev) << 32, u64::from(size), itt | u64::from(v) << 63, 0]
+    }
+    fn mapc(icid: u16, vcpu: u64, v: bool) -> [u64; 4] {
+        [0x09, 0, u64::from(icid) | vcpu << 16 | u64::from(v) << 63, 0]
+    }
+    fn mapti(dev: u32, ev: u32, intid: u32, icid: u16) -> [u64; 4] {
+        [0x0a | u64::from(dev) << 32, u64::from(ev) | u64::from(intid) << 32, u64::from(icid), 0]
+    }
+    fn mapi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
+        [0x0b | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
+    }
+    fn movi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
+        [0x01 | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
+    }
+    fn int(dev: u32, ev: u32) -> [u64; 4] {
+        dev_ev(0x03, dev, ev)
+    }
+    fn discard(dev: u32, ev: u32) -> [u64; 4] {
+        dev_ev(0x0f, dev, ev)
+    }
+
+    struct Vm {
+        its: Its,
+        ram: Ram,
+    }
+
+    impl Vm {
+        /// 4 vCPUs, 16-bit LPI INTIDs, a one-page queue at QUEUE, device and
+        /// collection tables of one 4 KiB page (512 entries), enabled.
+        fn new() -> Vm {
+            let mut vm = Vm { its: Its::new(4, 16).unwrap(), ram: Ram::new() };
+            assert!(vm.write(GITS_CBASER, 8, CBASER_VALID | QUEUE).is_empty());
+            vm.write(GITS_BASER0, 8, BASER_VALID | 0x9000_0000);
+            vm.write(GITS_BASER1, 8, BASER_VALID | 0x9100_0000);
+            vm.write(GITS_CTLR, 4, 1);
+            vm
+        }
+        fn write(&mut self, off: u64, size: u8, value: u64) -> Vec<Effect> {
+            self.its.mmio_write(&self.ram, off, size, value)
+        }
+        /// Puts `cmds` at CWRITER and moves CWRITER past them.
+        fn run(&mut self, cmds: &[[u64; 4]]) -> Vec<Effect> {
+            let size = self.its.queue_size();
+            let mut w = self.its.mmio_read(GITS_CWRITER, 8);
+            for cmd in cmds {
+                // The random test may have moved the queue out of RAM.
+                let base = self.its.cbaser & CBASER_PA;
+                for (i, word) in cmd.iter().enumerate() {
+                    let _ = self.ram.write(base + w + 8 * i as u64, &word.to_le_bytes());
+                }
+                w = (w + 32) % size;
+            }
+            self.write(GITS_CWRITER, 8, w)
+        }
+    }
+
+    #[test]
+    fn decodes_each_command() {
+        assert_eq!(
+            decode(&mapd(0x1234_5678, 15, 0x000f_ffff_ffff_ff00, true)),
+            Ok(Command::Mapd { device_id: 0x1234_5678, size: 15, itt_addr: 0x000f_ffff_ffff_ff00, valid: true })
+        );
+        // Bits outside ITT_addr [51:8] and Size [4:0] are not part of them.
+        assert_eq!(
+            decode(&[0x08, 0xffff_ffff_ffff_ffe3, 0x7ff0_0000_0000_00ff, 0]),
+            Ok(Command::Mapd { device_id: 0, size: 3, itt_addr: 0, valid: false })
+        );
+        assert_eq!(decode(&mapc(0xbeef, 63, true)), Ok(Command::Mapc { icid: 0xbeef, rdbase: 63, valid: true }));
+        assert_eq!(
+            decode(&[0x09, 0, 0x000f_ffff_ffff_0000, 0]),
+            Ok(Command::Mapc { icid: 0, rdbase: 0xf_ffff_ffff, valid: false })
+        );
+        assert_eq!(
+            decode(&mapti(7, 0xdead_beef, 0x2000, 9)),
+            Ok(Command::Mapti { device_id: 7, event_id: 0xdead_beef, pintid: 0x2000, icid: 9 })
+        );
+        assert_eq!(decode(&mapi(7, 8, 9)), Ok(Command::Mapi { device_id: 7, event_id: 8, icid: 9 }));
+        assert_eq!(decode(&movi(1, 2, 3)), Ok(Command::Movi { device_id: 1, event_id: 2, icid: 3 }));
+        assert_eq!(decode(&discard(1, 2)), Ok(Command::Discard { device_id: 1, event_id: 2 }));
+        assert_eq!(decode(&int(u32::MAX, 5)), Ok(Command::Int { device_id: u32::MAX, event_id: 5 }));
+        assert_eq!(decode(&dev_ev(0x04, 1, 2)), Ok(Command::Clear { device_id: 1, event_id: 2 }));
+        assert_eq!(decode(&dev_ev(0x0c, 1, 2)), Ok(Command::Inv { device_id: 1, event_id: 2 }));
+        assert_eq!(decode(&[0x0d, 0, 0xffff_ffff_ffff_0042, 0]), Ok(Command::Invall { icid: 0x42 }));
+        assert_eq!(decode(&[0x05, 0, 3 << 16 | 0xffff, 0]), Ok(Command::Sync { rdbase: 3 }));
+        for unknown in [0x00, 0x02, 0x06, 0x07, 0x0e, 0x10, 0x29, 0xff] {
+            assert_eq!(decode(&[unknown, 0, 0, 0]), Err(CommandError::Unknown(unknown as u8)));
+        }
+    }
+
+    #[test]
+    fn registers() {
+        let mut vm = Vm { its: Its::new(2, 16).unwrap(), ram: Ram::new() };
+        let its = &vm.its;
+        assert_eq!(its.mmio_read(GITS_CTLR, 4), CTLR_QUIESCENT);
+        assert_eq!(its.mmio_read(GITS_IIDR, 4), u64::from(GIC_IIDR));
+        let typer = its.mmio_read(GITS_TYPER, 8);
+        assert_eq!(typer & 1, 1, "Physical");
+        assert_eq!((typer >> 4) & 0xf, 7, "ITT_entry_size");
+        assert_eq!((typer >> 8) & 0x1f, 15, "IDbits");
+        assert_eq!((typer >> 13) & 0x1f, 15, "Devbits");
+        assert_eq!((typer >> 19) & 1, 0, "PTA");
+        assert_eq!((typer >> 24) & 0xff, 0, "HCC");
+        assert_eq!((typer >> 32) & 0xf, 7, "CIDbits");
+        assert_eq!((typer >> 36) & 1, 1, "CIL");
+        assert_eq!(its.mmio_read(GITS_TYPER + 4, 4), typer >> 32);
+        assert_eq!(its.mmio_read(GITS_PIDR2, 4), 0x30);
+        assert_eq!(its.mmio_read(GITS_BASER0, 8), 1 << 56 | 7 << 48);
+        assert_eq!(its.mmio_read(GITS_BASER1, 8), 4 << 56 | 7 << 48);
+        assert_eq!(its.mmio_read(GITS_BASER0 + 16, 8), 0);
+        // RO fields and Indirect keep their values; RW ones take the write.
+        vm.write(GITS_BASER0, 8, u64::MAX);
+        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), BASER_RW | 1 << 56 | 7 << 48);
+        vm.write(GITS_BASER0 + 4, 4, 0);
+        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), 0xffff_ffff | 1 << 56 | 7 << 48);
+        vm.write(GITS_CBASER, 8, u64::MAX);
+        assert_eq!(vm.its.mmio_read(GITS_CBASER, 8), CBASER_RW);
+        vm.write(GITS_CREADR, 8, 0x40);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 0);
+        vm.write(GITS_CTLR, 4, 1);
+        assert_eq!(vm.its.mmio_read(GITS_CTLR, 4), 1);
+        // CBASER and BASERs are frozen while enabled.
+        vm.write(GITS_CBASER, 8, 0);
+        assert_eq!(vm.its.mmio_read(GITS_CBASER, 8), CBASER_RW);
+        // Misaligned or odd sizes: RAZ/WI.
+        assert_eq!(vm.its.mmio_read(GITS_TYPER + 2, 4), 0);
+        assert_eq!(vm.its.mmio_read(GITS_TYPER, 2), 0);
+        assert!(Its::new(0, 16).is_err() && Its::new(65, 16).is_err() && Its::new(1, 13).is_err());
+    }
+
+    #[test]
+    fn mapped_event_interrupts_its_vcpu() {
+        let mut vm = Vm::new();
+        let e = vm.run(&[mapd(5, 3, 0x9200_0000, true), mapc(2, 3, true), mapti(5, 7, 8200, 2), int(5, 7)]);
+        assert_eq!(e, [Effect::SetPending { vcpu: 3, intid: 8200 }]);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 4 * 32);
+        assert_eq!(vm.its.translate(5, 7), Some((3, 8200)));
+        assert_eq!(vm.its.translate(5, 6), None);
+        assert_eq!(vm.its.translate(6, 7), None);
+        // MAPI: the EventID is the LPI.
+        let e = vm.run(&[
+            mapd(6, 15, 0, true),
+            mapi(6, 8300, 2),
+            int(6, 8300),
+            dev_ev(0x04, 6, 8300),
+            dev_ev(0x0c, 6, 8300),
+            [0x0d, 0, 2, 0],
+            [0x05, 0, 3 << 16, 0],
+        ]);
+        assert_eq!(
+            e,
+            [
+                Effect::SetPending { vcpu: 3, intid: 8300 },
+                Effect::ClearPending { vcpu: 3, intid: 8300 },
+                Effect::Invalidate { vcpu: 3, intid: 8300 },
+                Effect::InvalidateAll { vcpu: 3 },
+            ]
+        );
+        assert_eq!(DropReason::ALL.iter().map(|&r| vm.its.drops(r)).sum::<u64>(), 0);
+        // An EventID below 8192 is no LPI for MAPI.
+        assert!(vm.run(&[mapi(5, 9, 2), int(5, 9)]).is_empty());
+        assert_eq!(vm.its.drops(DropReason::BadIntid), 1);
+        assert_eq!(vm.its.drops(DropReason::UnmappedEvent), 1);
+        vm.write(GITS_CTLR, 4, 0);
+        assert_eq!(vm.its.translate(5, 7), None, "disabled");
+    }
+
+    #[test]
+    fn discard_then_int_gives_nothing() {
+        let mut vm = Vm::new();
+        vm.run(&[mapd(1, 4, 0, true), mapc(0, 1, true), mapti(1, 2, 9000, 0)]);
+        assert_eq!(vm.run(&[discard(1, 2)]), [Effect::ClearPending { vcpu: 1, intid: 9000 }]);
+        assert!(vm.run(&[int(1, 2)]).is_empty());
+        assert_eq!(vm.its.drops(DropReason::UnmappedEvent), 1);
+        assert_eq!(vm.its.translate(1, 2), None);
+        assert_eq!(vm.its.nr_ites, 0);
+    }
+
+    #[test]
+    fn movi_moves() {
+        let mut vm = Vm::new();
+        vm.run(&[mapd(1, 4, 0, true), mapc(0, 0, true), mapc(1, 2, true), mapti(1, 3, 8192, 0)]);
+        assert_eq!(vm.run(&[movi(1, 3, 1)]), [Effect::Move { intid: 8192, from: 0, to: 2 }]);
+        assert_eq!(vm.its.translate(1, 3), Some((2, 8192)));
+        assert_eq!(vm.run(&[int(1, 3)]), [Effect::SetPending { vcpu: 2, intid: 8192 }]);
+        // To an unmapped collection: dropped, mapping unchanged.
+        assert!(vm.run(&[movi(1, 3, 5)]).is_empty());
+        assert_eq!(vm.its.drops(DropReason::UnmappedCollection), 1);
+        assert_eq!(vm.its.translate(1, 3), Some((2, 8192)));
+    }
+
+    #[test]
+    fn bad_commands_are_dropped_and_counted() {
+        let mut vm = Vm::new();
+        let e = vm.run(&[
+            int(1, 0),               // unmapped device
+            mapd(512, 0, 0, true),   // beyond the one-page device table
+            mapd(1, 16, 0, true),    // 17 EventID bits
+            mapd(1, 1, 0, true),     // events 0..4
+            mapti(1, 4, 8192, 0),    // event out of range
+            mapti(1, 3, 8191, 0),    // not an LPI
+            mapti(1, 3, 1 << 16, 0), // beyond 16 INTID bits
+            mapti(1, 3, 8192, 256),  // ICID beyond CIDbits
+            mapc(0, 4, true),        // no vCPU 4
+            mapti(1, 3, 8192, 0),    // fine
+            int(1, 3),               // collection 0 unmapped
+            [0x05, 0, 9 << 16, 0],   // SYNC to no vCPU
+            [0x0e, 0, 0, 0],         // MOVALL: not implemented
+            int(1, 2),               // unmapped event
+        ]);
+        assert!(e.is_empty());
+        let expect = [
+            (DropReason::UnmappedDevice, 1),
+            (DropReason::DeviceOutOfRange, 1),
+            (DropReason::EventOutOfRange, 2),
+            (DropReason::BadIntid, 2),
+            (DropReason::BadCollection, 1),
+            (DropReason::BadTarget, 2),
+            (DropReason::UnmappedCollection, 1),
+            (DropReason::UnknownCommand, 1),
+            (DropReason::UnmappedEvent, 1),
+        ];
+        for (reason, n) in expect {
+            assert_eq!(vm.its.drops(reason), n, "{reason:?}");
+        }
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 14 * 32, "the queue went on");
+        // Unmapping the device clears its pending LPIs once the collection is mapped.
+        vm.run(&[mapc(0, 1, true)]);
+        assert_eq!(vm.run(&[mapd(1, 0, 0, false)]), [Effect::ClearPending { vcpu: 1, intid: 8192 }]);
+        assert!(vm.run(&[int(1, 3)]).is_empty());
+        assert_eq!(vm.its.drops(DropReason::UnmappedDevice), 2);
+    }
+
+    #[test]
+    fn queue_wraps_around() {
+        let mut vm = Vm::new();
+        vm.run(&[mapd(1, 15, 0, true), mapc(0, 1, true)]);
+        for ev in 0..125 {
+            vm.run(&[mapti(1, ev, 8192 + ev, 0)]);
+        }
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 4096 - 32);
+        let e = vm.run(&[int(1, 0), int(1, 1), int(1, 124)]);
+        assert_eq!(
+            e,
+            [
+                Effect::SetPending { vcpu: 1, intid: 8192 },
+                Effect::SetPending { vcpu: 1, intid: 8193 },
+                Effect::SetPending { vcpu: 1, intid: 8192 + 124 },
+            ]
+        );
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 64);
+    }
+
+    #[test]
+    fn queue_outside_memory_stalls() {
+        let mut vm = Vm { its: Its::new(1, 16).unwrap(), ram: Ram::new() };
+        // 32 pages from the last queue page: only the first 32 are RAM.
+        vm.write(GITS_CBASER, 8, CBASER_VALID | (QUEUE + RAM_SIZE - 0x1000) | 31);
+        vm.write(GITS_CTLR, 4, 1);
+        vm.write(GITS_CWRITER, 8, 0x2000);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 0x1000 | CREADR_STALLED);
+        assert_eq!(vm.its.drops(DropReason::QueueOutsideMemory), 1);
+        assert_eq!(vm.its.drops(DropReason::UnknownCommand), 128, "zeroes in the RAM page");
+        // Stays stalled until Retry, which stalls again at the same place.
+        vm.write(GITS_CWRITER, 8, 0x2000);
+        assert_eq!(vm.its.drops(DropReason::QueueOutsideMemory), 1);
+        vm.write(GITS_CWRITER, 8, 0x2000 | CWRITER_RETRY);
+        assert_eq!(vm.its.drops(DropReason::QueueOutsideMemory), 2);
+        // CWRITER beyond the queue stalls too.
+        let mut vm = Vm::new();
+        vm.write(GITS_CWRITER, 8, 0x1000);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), CREADR_STALLED);
+        assert_eq!(vm.its.drops(DropReason::WriterOutOfRange), 1);
+        // A disabled ITS runs nothing; enabling it runs the queue.
+        let mut vm = Vm::new();
+        vm.write(GITS_CTLR, 4, 0);
+        assert!(vm.run(&[mapd(1, 0, 0, true), mapc(0, 0, true), mapti(1, 0, 8192, 0), int(1, 0)]).is_empty());
+        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 0);
+        assert_eq!(vm.write(GITS_CTLR, 4, 1), [Effect::SetPending { vcpu: 0, intid: 8192 }]);
+    }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Cmd([u64; 4]),
+            Write { off: u64, size: u8, value: u64 },
+        }
+
+        fn command() -> impl Strategy<Value = [u64; 4]> {
+            prop_oneof![
+                any::<[u64; 4]>(),
+                (0u64..0x12, 0u64..4, 0u64..8, 8190u64..8200, 0u64..5, 0u64..20, 0u64..6, any::<bool>()).prop_map(
+                    |(op, dev, ev, intid, icid, size, rd, v)| {
+                        [op | dev << 32, ev | intid << 32 | size, icid | rd << 16 | u64::from(v) << 63, 0]
+                    }
+                ),
+            ]
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let off = prop_oneof![
+                Just(GITS_CTLR),
+                Just(GITS_CBASER),
+                Just(GITS_CBASER + 4),
+                Just(GITS_CWRITER),
+                Just(GITS_CREADR),
+                Just(GITS_BASER0),
+                Just(GITS_BASER1),
+                0u64..ITS_SIZE,
+            ];
+            let value = prop_oneof![any::<u64>(), (0u64..0x1000).prop_map(|v| v & !0x1e), Just(CBASER_VALID | QUEUE)];
+            prop_oneof![
+                4 => command().prop_map(Op::Cmd),
+                1 => (off, prop_oneof![Just(4u8), Just(8u8), any::<u8>()], value)
+                    .prop_map(|(off, size, value)| Op::Write { off, size, value }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn decode_never_panics(cmd in any::<[u64; 4]>()) {
+                let _ = decode(&cmd);
+            }
+
+            #[test]
+            fn random_commands_and_writes(ops in proptest::collection::vec(op(), 1..64)) {
+                let mut vm = Vm::new();
+                for op in ops {
+                    let effects = match op {
+                        Op::Cmd(cmd) => vm.run(&[cmd]),
+                        Op::Write { off, size, value } => vm.write(off, size, value),
+                    };
+                    let its = &vm.its;
+                    let size = ((its.mmio_read(GITS_CBASER, 8) & 0xff) + 1) * 4096;
+                    let creadr = its.mmio_read(GITS_CREADR, 8);
+                    prop_assert!(creadr & CQ_OFFSET < size && creadr & !(CQ_OFFSET | CREADR_STALLED) == 0);
+                    for e in effects {
+                        let vcpus = match e {
+                            Effect::SetPending { vcpu, intid }
+                            | Effect::ClearPending { vcpu, intid }
+                            | Effect::Invalidate { vcpu, intid } => {
+                                prop_assert!((LPI_BASE..1 << 16).contains(&intid));
+                                [vcpu, vcpu]
+                            }
+                            Effect::Move { from, to, .. } => [from, to],
+                            Effect::InvalidateAll { vcpu } => [vcpu, vcpu],
+                        };
+                        prop_assert!(vcpus.iter().all(|&v| v < 4));
+                    }
+                    let ites: usize = its.devices.values().map(|d| d.events.len()).sum();
+                    prop_assert_eq!(ites, its.nr_ites);
+                }
+            }
+        }
+    }
+}
