@@ -279,7 +279,9 @@ fn split_priority_drop_and_deactivation() {
             let ctlr = ICC_CTLR_EL1.get() | ICC_CTLR_EOIMODE;
             // SAFETY: ICC_CTLR_EL1 (aarch64-cpu only reads it); setting
             // EOImode changes only how this CPU's EOIs behave.
-            unsafe { core::arch::asm!("msr s3_0_c12_c12_4, {}", "isb", in(reg) ctlr, options(nostack, preserves_flags)) };
+            unsafe {
+                core::arch::asm!("msr s3_0_c12_c12_4, {}", "isb", in(reg) ctlr, options(nostack, preserves_flags))
+            };
         }
         Some(Version::V2) => {
             let ctlr = (GICC_BASE.load(Ordering::Relaxed) as usize + GICC_CTLR) as *mut u32;
