@@ -9,11 +9,11 @@
 //! report with [`report`], [`report_skip`] and [`report_info`]; they start
 //! secondary CPUs with [`smp`] and expect exceptions with
 //! [`exception::catch`]. Interrupts: the GIC driver [`gic`], the IRQ handler
-//! and windows [`irq`], the generic timers [`timer`]; [`bench`] turns
-//! counter readings into micro-benchmark figures.
+//! and windows [`irq`], the generic timers [`timer`], the GICv3 ITS and LPIs
+//! [`its`]; [`bench`] turns counter readings into micro-benchmark figures.
 //!
 //! Only the pure logic ([`args`], [`bench`], [`cpus`], [`pattern`],
-//! [`report`], and [`gic`]'s encodings) is built on the development host,
+//! [`report`], and [`gic`]'s and [`its`]'s encodings) is built on the development host,
 //! where its unit tests run.
 #![cfg_attr(not(test), no_std)]
 
