@@ -184,6 +184,7 @@ impl Vm {
             model: if gicv3 { Model::V3 } else { Model::V2 },
             vcpu_mpidrs: mpidrs.clone(),
             nr_spis: GUEST_SPIS,
+            lpis: false,
         }) {
             Ok(v) => v,
             Err(e) => {

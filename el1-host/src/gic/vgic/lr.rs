@@ -139,7 +139,9 @@ impl State {
             let Some(irq) = self.irq(vcpu, intid.into()).copied() else { continue };
             let deliverable = self.deliverable(&irq);
             let Some(vs) = self.vcpus.get_mut(vcpu) else { break };
-            let irq_ref = if u32::from(intid) < super::state::NR_PRIVATE {
+            let irq_ref = if u32::from(intid) >= super::state::LPI_BASE {
+                self.lpis.get_mut(&intid)
+            } else if u32::from(intid) < super::state::NR_PRIVATE {
                 vs.private.get_mut(usize::from(intid))
             } else {
                 self.spis.get_mut(usize::from(intid) - super::state::NR_PRIVATE as usize)
@@ -224,7 +226,9 @@ fn fill_one(
     nr_lrs: usize,
 ) -> bool {
     let mut state = 0;
-    if irq.active {
+    // An LPI has no active state: its list register is only ever pending,
+    // with no EOI maintenance (it is edge-like).
+    if irq.active && !irq.is_lpi() {
         state |= STATE_ACTIVE;
     }
     // The pending state of a hardware interrupt stays at the physical
@@ -339,6 +343,14 @@ fn fold(model: Model, irq: &mut Irq, source: u8, state: u64) {
             } else {
                 irq.sgi_act &= !bit;
             }
+        }
+        return;
+    }
+    if irq.is_lpi() {
+        // Still pending: not taken, the latch comes back. Invalid or active:
+        // the guest acknowledged it, and an LPI is never active here.
+        if pending && !active {
+            irq.latch |= irq.lr_latch;
         }
         return;
     }

@@ -3,7 +3,10 @@
 //! ignores writes.
 
 use super::regs::{Bank, BitReg};
-use super::state::{State, AFFINITY_MASK, CTLR_ENABLE_MASK, IROUTER_IRM, NR_PRIVATE, NR_SGIS};
+use super::state::{
+    State, AFFINITY_MASK, CTLR_ENABLE_MASK, IROUTER_IRM, LPI_ID_BITS, NR_PRIVATE, NR_SGIS, PENDBASER_MASK,
+    PROPBASER_MASK,
+};
 use super::{Kicks, Model, GIC_IIDR};
 
 // Distributor (GICD_*), both models unless noted.
@@ -33,6 +36,7 @@ const TYPER_IDBITS_SHIFT: u32 = 19;
 /// Ten INTID bits (`IDbits` holds the count minus one).
 const TYPER_IDBITS_10: u32 = 9;
 const TYPER_A3V: u32 = 1 << 24;
+const TYPER_LPIS: u32 = 1 << 17;
 const TYPER_RSS: u32 = 1 << 26;
 
 /// `PIDR2.ArchRev` in bits [7:4].
@@ -41,7 +45,10 @@ const PIDR2_ARCHREV_SHIFT: u32 = 4;
 // Redistributor (GICv3): an RD frame then an SGI frame per vCPU.
 pub const GICR_STRIDE: u64 = 0x2_0000;
 const GICR_SGI_FRAME: u64 = 0x1_0000;
+const GICR_CTLR: u64 = 0x0000;
 const GICR_IIDR: u64 = 0x0004;
+const GICR_PROPBASER: u64 = 0x0070;
+const GICR_PENDBASER: u64 = 0x0078;
 const GICR_TYPER: u64 = 0x0008;
 const GICR_WAKER: u64 = 0x0014;
 const GICR_PIDR2: u64 = 0xffe8;
@@ -50,7 +57,10 @@ const GICR_ICFGR0: u64 = 0x0c00;
 const GICR_ICFGR1: u64 = 0x0c04;
 
 /// `GICR_TYPER` fields.
+const GICR_TYPER_PLPIS: u64 = 1 << 0;
 const GICR_TYPER_LAST: u64 = 1 << 4;
+/// `GICR_CTLR.EnableLPIs`.
+const GICR_CTLR_ENABLE_LPIS: u32 = 1 << 0;
 const GICR_TYPER_PROCESSOR_NUMBER_SHIFT: u32 = 8;
 const GICR_TYPER_AFFINITY_SHIFT: u32 = 32;
 /// `GICR_WAKER`: ProcessorSleep and ChildrenAsleep.
@@ -84,6 +94,9 @@ impl State {
         let lines = self.nr_spis / 32;
         match self.model {
             // CPUNumber is 0 for a GIC without ARE == 0 support (IHI 0069).
+            Model::V3 if self.lpis_on => {
+                lines | (LPI_ID_BITS - 1) << TYPER_IDBITS_SHIFT | TYPER_LPIS | TYPER_A3V | TYPER_RSS
+            }
             Model::V3 => lines | TYPER_IDBITS_10 << TYPER_IDBITS_SHIFT | TYPER_A3V | TYPER_RSS,
             Model::V2 => {
                 let cpus = self.nr_vcpus().clamp(1, 8) as u32 - 1;
@@ -289,7 +302,16 @@ impl State {
                 (f, 4) if f == GICR_TYPER + 4 => self.gicr_typer(idx) >> 32,
                 (GICR_WAKER, 4) if vs.sleep => (WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP).into(),
                 (GICR_PIDR2, 4) => (3u64) << PIDR2_ARCHREV_SHIFT,
-                // GICR_CTLR, GICR_STATUSR and the LPI registers: no LPIs yet.
+                (GICR_CTLR, 4) if self.lpis_on => u32::from(vs.enable_lpis).into(),
+                (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (0x74 | 0x7c, 4) if self.lpis_on => {
+                    let reg = if frame & !7 == GICR_PROPBASER { vs.propbaser } else { vs.pendbaser };
+                    match (size, frame % 8) {
+                        (8, _) => reg,
+                        (_, 0) => reg & 0xffff_ffff,
+                        _ => reg >> 32,
+                    }
+                }
+                // GICR_STATUSR, the rest, and the LPI registers with LPIs off.
                 _ => 0,
             };
         }
@@ -322,6 +344,9 @@ impl State {
         let word = size == 4;
         let value32 = value as u32;
         if frame < GICR_SGI_FRAME {
+            if self.lpis_on {
+                self.write_lpi_regs(idx, frame, size, value, kicks);
+            }
             if frame == GICR_WAKER && word {
                 let sleep = value32 & WAKER_PROCESSOR_SLEEP != 0;
                 if let Some(vs) = self.vcpus.get_mut(idx) {
@@ -349,12 +374,45 @@ impl State {
         }
     }
 
+    /// `GICR_CTLR`, `GICR_PROPBASER`, `GICR_PENDBASER` of vCPU `idx` (LPIs on).
+    /// EnableLPIs goes 0 to 1 only (clearing it is IMPLEMENTATION DEFINED;
+    /// here it sticks until reset), and the two tables' registers are
+    /// writable only while it is 0 (afterwards UNPREDICTABLE; here ignored).
+    /// The pending table is never read or written: pending state stays in
+    /// the host.
+    fn write_lpi_regs(&mut self, idx: usize, frame: u64, size: u8, value: u64, kicks: &mut Kicks) {
+        let Some(vs) = self.vcpus.get_mut(idx) else { return };
+        match (frame, size) {
+            (GICR_CTLR, 4) if value as u32 & GICR_CTLR_ENABLE_LPIS != 0 && !vs.enable_lpis => {
+                vs.enable_lpis = true;
+                self.update_lpis(Some(idx), kicks);
+            }
+            (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (0x74 | 0x7c, 4) if !vs.enable_lpis => {
+                let (reg, mask) = if frame & !7 == GICR_PROPBASER {
+                    (&mut vs.propbaser, PROPBASER_MASK)
+                } else {
+                    (&mut vs.pendbaser, PENDBASER_MASK)
+                };
+                let new = match (size, frame % 8) {
+                    (8, _) => value,
+                    (_, 0) => (*reg & !0xffff_ffff) | (value & 0xffff_ffff),
+                    _ => (*reg & 0xffff_ffff) | value << 32,
+                };
+                *reg = new & mask;
+            }
+            _ => {}
+        }
+    }
+
     fn gicr_typer(&self, idx: usize) -> u64 {
         let Some(vs) = self.vcpus.get(idx) else { return 0 };
         let aff = ((vs.mpidr >> 32) & 0xff) << 24 | (vs.mpidr & 0xff_ffff);
         let mut typer = aff << GICR_TYPER_AFFINITY_SHIFT | (idx as u64 & 0xffff) << GICR_TYPER_PROCESSOR_NUMBER_SHIFT;
         if idx + 1 == self.vcpus.len() {
             typer |= GICR_TYPER_LAST;
+        }
+        if self.lpis_on {
+            typer |= GICR_TYPER_PLPIS;
         }
         typer
     }

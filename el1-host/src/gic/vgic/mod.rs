@@ -8,8 +8,15 @@
 //! [`Vgic::sync`] folds them back after exit.
 //!
 //! The guest sees a GICv3 with a single security state (`GICD_CTLR.DS` == 1,
-//! affinity routing always on, no LPIs yet) or a GICv2 without Security
-//! Extensions. Both report [`GIC_IIDR`].
+//! affinity routing always on, LPIs if [`VgicConfig::lpis`]) or a GICv2
+//! without Security Extensions. Both report [`GIC_IIDR`].
+//!
+//! LPIs (GICv3 only): 16-bit INTIDs, at most [`MAX_LPIS`] of them in use.
+//! The emulated ITS ([`its`]) says what happens to them through
+//! [`Vgic::apply_its`]. Their pending state is kept in the host (the
+//! guest's pending table is never read or written); priority and enable are
+//! read from the guest's property table when an LPI is first made pending
+//! and again on INV/INVALL only (the architecture lets the GIC cache them).
 //!
 //! State the guest or the host changes while an interrupt sits in a running
 //! vCPU's list register is merged at sync, never dropped: a pending state
@@ -24,6 +31,8 @@ use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
 pub mod its;
+#[cfg(test)]
+mod lpi_tests;
 mod lr;
 mod mmio;
 mod regs;
@@ -43,6 +52,12 @@ pub const MAX_VCPUS: usize = 64;
 pub const MAX_VCPUS_V2: usize = 8;
 /// Most SPIs (INTIDs 32..1020), rounded down to whole banks of 32.
 pub const MAX_SPIS: u32 = 960;
+/// Most distinct LPIs one VM can have made pending (each keeps its state
+/// once made pending, until reset); further ones are ignored.
+pub const MAX_LPIS: usize = 8192;
+/// `GICD_TYPER.IDbits` + 1 with LPIs on: the `lpi_id_bits` to build the
+/// VM's [`its::Its`] with.
+pub const LPI_ID_BITS: u32 = state::LPI_ID_BITS;
 /// Size of the distributor frame for `model`.
 pub const fn dist_size(model: Model) -> u64 {
     match model {
@@ -69,6 +84,9 @@ pub struct VgicConfig {
     pub vcpu_mpidrs: Vec<u64>,
     /// A multiple of 32, at most [`MAX_SPIS`].
     pub nr_spis: u32,
+    /// LPIs (`GICD_TYPER.LPIS`, `GICR_TYPER.PLPIS`), GICv3 only. Off, the
+    /// LPI registers read as zero and ignore writes.
+    pub lpis: bool,
 }
 
 /// A configuration the vGIC cannot be built with.
@@ -78,6 +96,7 @@ pub enum VgicError {
     TooManyVcpus { model: Model, count: usize, max: usize },
     BadSpiCount(u32),
     DuplicateAffinity { first: usize, second: usize },
+    LpisNeedV3,
 }
 
 impl fmt::Display for VgicError {
@@ -93,6 +112,7 @@ impl fmt::Display for VgicError {
             VgicError::DuplicateAffinity { first, second } => {
                 write!(f, "vCPUs {first} and {second} have the same MPIDR affinity")
             }
+            VgicError::LpisNeedV3 => write!(f, "LPIs need a GICv3 vGIC"),
         }
     }
 }
@@ -149,7 +169,8 @@ impl Vgic {
     /// # Errors
     /// A configuration with no vCPUs, more than [`MAX_VCPUS`] (or
     /// [`MAX_VCPUS_V2`] on GICv2), two vCPUs with one affinity (GICv3), or an
-    /// SPI count that is not a multiple of 32 up to [`MAX_SPIS`].
+    /// SPI count that is not a multiple of 32 up to [`MAX_SPIS`], or LPIs on
+    /// GICv2.
     pub fn new(cfg: VgicConfig) -> Result<Self, VgicError> {
         let count = cfg.vcpu_mpidrs.len();
         if count == 0 {
@@ -165,6 +186,9 @@ impl Vgic {
         if !cfg.nr_spis.is_multiple_of(32) || cfg.nr_spis > MAX_SPIS {
             return Err(VgicError::BadSpiCount(cfg.nr_spis));
         }
+        if cfg.lpis && cfg.model != Model::V3 {
+            return Err(VgicError::LpisNeedV3);
+        }
         if cfg.model == Model::V3 {
             for (i, a) in cfg.vcpu_mpidrs.iter().enumerate() {
                 let aff = a & state::AFFINITY_MASK;
@@ -176,7 +200,7 @@ impl Vgic {
         Ok(Vgic {
             model: cfg.model,
             nr_vcpus: count,
-            state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis)),
+            state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis, cfg.lpis)),
             listed: (0..count).map(|_| AtomicBool::new(true)).collect(),
             deferred: AtomicBool::new(false),
         })
@@ -269,6 +293,22 @@ impl Vgic {
         irq.line = level;
         if before != (irq.pending(model), irq.latch) {
             s.update(vcpu, intid, &mut kicks);
+        }
+        self.mark(kicks)
+    }
+
+    /// Applies what the VM's ITS decided (in order): LPIs made pending or
+    /// not, moved to another vCPU, or their configuration re-read from the
+    /// property table in `mem`. Effects naming LPIs beyond [`LPI_ID_BITS`],
+    /// vCPUs that do not exist, or anything with LPIs off are ignored.
+    pub fn apply_its(&self, mem: &dyn its::GuestMemory, effects: &[its::Effect]) -> Kicks {
+        let mut kicks = Kicks::default();
+        let mut s = self.state.lock();
+        if !s.lpis_on {
+            return kicks;
+        }
+        for e in effects {
+            s.apply_its(mem, e, &mut kicks);
         }
         self.mark(kicks)
     }

@@ -2,9 +2,11 @@
 //! and the rules that keep an interrupt on the ap list of the vCPU it is
 //! pending or active for.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use ferrovisor_shared::vcpu::MAX_LIST_REGS;
 
+use super::its::GuestMemory;
 use super::{Kicks, Model};
 
 /// SGIs and PPIs: INTIDs 0-31, banked per vCPU.
@@ -19,6 +21,21 @@ pub const AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 pub const IROUTER_IRM: u64 = 1 << 31;
 /// `GICD_CTLR` group enables (EnableGrp0, EnableGrp1).
 pub const CTLR_ENABLE_MASK: u32 = 0b11;
+/// The first LPI.
+pub const LPI_BASE: u32 = super::its::LPI_BASE;
+/// INTID bits with LPIs on (`GICD_TYPER.IDbits` + 1): LPIs are 8192..=65535.
+pub const LPI_ID_BITS: u32 = 16;
+/// `GICR_PROPBASER`: IDbits [4:0], InnerCache [9:7], Shareability [11:10],
+/// PA [51:12], OuterCache [58:56]; the rest is RES0.
+pub const PROPBASER_MASK: u64 = 0x1f | 0x7 << 7 | 0x3 << 10 | 0x000f_ffff_ffff_f000 | 0x7 << 56;
+pub const PROPBASER_PA: u64 = 0x000f_ffff_ffff_f000;
+pub const PROPBASER_IDBITS: u64 = 0x1f;
+/// `GICR_PENDBASER`: InnerCache [9:7], Shareability [11:10], PA [51:16],
+/// OuterCache [58:56]. PTZ [62] is write-only (the pending table is not read).
+pub const PENDBASER_MASK: u64 = 0x7 << 7 | 0x3 << 10 | 0x000f_ffff_ffff_0000 | 0x7 << 56;
+/// LPI property table entry: Enable [0], Priority [7:2].
+const PROP_ENABLE: u8 = 1;
+const PROP_PRIORITY: u8 = 0xfc;
 
 /// One interrupt, as the distributor (or a redistributor) holds it.
 #[derive(Clone, Copy, Debug)]
@@ -99,6 +116,16 @@ impl Irq {
         u32::from(self.intid) < NR_PRIVATE
     }
 
+    pub fn is_lpi(&self) -> bool {
+        u32::from(self.intid) >= LPI_BASE
+    }
+
+    /// A new LPI for `vcpu`: edge-like (pending until taken), group 1, no
+    /// active state; priority and enable come from the property table.
+    fn new_lpi(intid: u16, vcpu: u8) -> Self {
+        Irq { edge: true, group1: true, enabled: false, routed_to: Some(vcpu), ..Irq::new(Model::V3, intid.into()) }
+    }
+
     /// The pending state, including what sits in a list register.
     pub fn pending(&self, model: Model) -> bool {
         if model == Model::V2 && self.is_sgi() {
@@ -142,6 +169,10 @@ pub struct VcpuState {
     pub in_flight: usize,
     /// `GICR_WAKER.ProcessorSleep`.
     pub sleep: bool,
+    /// `GICR_CTLR.EnableLPIs`.
+    pub enable_lpis: bool,
+    pub propbaser: u64,
+    pub pendbaser: u64,
 }
 
 impl VcpuState {
@@ -153,6 +184,9 @@ impl VcpuState {
             lr_map: [LrSlot::default(); MAX_LIST_REGS],
             in_flight: 0,
             sleep: true,
+            enable_lpis: false,
+            propbaser: 0,
+            pendbaser: 0,
         }
     }
 }
@@ -167,10 +201,14 @@ pub struct State {
     pub spis: Vec<Irq>,
     /// vCPUs to kick for moves done where no caller can take the kicks.
     pub deferred: Kicks,
+    /// LPIs are implemented (`GICD_TYPER.LPIS`).
+    pub lpis_on: bool,
+    /// The LPIs ever made pending, by INTID (at most [`super::MAX_LPIS`]).
+    pub lpis: BTreeMap<u16, Irq>,
 }
 
 impl State {
-    pub fn new(model: Model, mpidrs: &[u64], nr_spis: u32) -> Self {
+    pub fn new(model: Model, mpidrs: &[u64], nr_spis: u32, lpis_on: bool) -> Self {
         let mut s = State {
             model,
             nr_spis,
@@ -178,6 +216,8 @@ impl State {
             vcpus: mpidrs.iter().map(|&m| VcpuState::new(model, m)).collect(),
             spis: (0..nr_spis).map(|i| Irq::new(model, NR_PRIVATE + i)).collect(),
             deferred: Kicks::default(),
+            lpis_on,
+            lpis: BTreeMap::new(),
         };
         for i in 0..s.spis.len() {
             s.resolve_route(i);
@@ -199,7 +239,11 @@ impl State {
             v.ap_list.clear();
             v.in_flight = 0;
             v.sleep = true;
+            v.enable_lpis = false;
+            v.propbaser = 0;
+            v.pendbaser = 0;
         }
+        self.lpis.clear();
         for irq in &mut self.spis {
             *irq = fresh(irq);
         }
@@ -216,15 +260,24 @@ impl State {
 
     /// Whether `intid` names an interrupt (private ones need a valid `owner`).
     pub fn exists(&self, owner: usize, intid: u32) -> bool {
-        if intid < NR_PRIVATE {
+        if intid >= LPI_BASE {
+            self.lpi_key(intid).is_some_and(|k| self.lpis.contains_key(&k))
+        } else if intid < NR_PRIVATE {
             owner < self.vcpus.len()
         } else {
             intid - NR_PRIVATE < self.nr_spis
         }
     }
 
+    /// An LPI INTID as the key of `lpis` (none with LPIs off).
+    fn lpi_key(&self, intid: u32) -> Option<u16> {
+        u16::try_from(intid).ok().filter(|_| self.lpis_on && intid >= LPI_BASE)
+    }
+
     pub fn irq(&self, owner: usize, intid: u32) -> Option<&Irq> {
-        if intid < NR_PRIVATE {
+        if intid >= LPI_BASE {
+            self.lpis.get(&self.lpi_key(intid)?)
+        } else if intid < NR_PRIVATE {
             self.vcpus.get(owner)?.private.get(intid as usize)
         } else {
             self.spis.get((intid - NR_PRIVATE) as usize)
@@ -232,7 +285,10 @@ impl State {
     }
 
     pub fn irq_mut(&mut self, owner: usize, intid: u32) -> Option<&mut Irq> {
-        if intid < NR_PRIVATE {
+        if intid >= LPI_BASE {
+            let key = self.lpi_key(intid)?;
+            self.lpis.get_mut(&key)
+        } else if intid < NR_PRIVATE {
             self.vcpus.get_mut(owner)?.private.get_mut(intid as usize)
         } else {
             self.spis.get_mut((intid - NR_PRIVATE) as usize)
@@ -243,9 +299,12 @@ impl State {
         self.ctlr & (1 << u32::from(irq.group1)) != 0
     }
 
-    /// Pending, enabled and its group forwarded by the distributor.
+    /// Pending, enabled and its group forwarded by the distributor (an LPI
+    /// also needs its redistributor's `GICR_CTLR.EnableLPIs`).
     pub fn deliverable(&self, irq: &Irq) -> bool {
-        irq.enabled && irq.pending(self.model) && self.group_enabled(irq)
+        let lpis_ok =
+            !irq.is_lpi() || irq.routed_to.and_then(|v| self.vcpus.get(usize::from(v))).is_some_and(|v| v.enable_lpis);
+        irq.enabled && irq.pending(self.model) && self.group_enabled(irq) && lpis_ok
     }
 
     /// The lowest-numbered vCPU in a GICv2 CPU mask.
@@ -280,6 +339,10 @@ impl State {
     pub fn target(&self, owner: usize, irq: &Irq) -> Option<usize> {
         if irq.is_private() {
             return (owner < self.vcpus.len()).then_some(owner);
+        }
+        if irq.is_lpi() {
+            // The ITS collection's vCPU, as the last SetPending or Move said.
+            return irq.routed_to.map(usize::from).filter(|&v| v < self.vcpus.len());
         }
         match self.model {
             Model::V2 => self.first_in_mask(irq.targets),
@@ -362,6 +425,103 @@ impl State {
         for i in 0..self.nr_spis {
             self.update(0, NR_PRIVATE + i, kicks);
         }
+        self.update_lpis(None, kicks);
+    }
+
+    /// Re-evaluates the LPIs targeting `vcpu` (all with `None`).
+    pub fn update_lpis(&mut self, vcpu: Option<usize>, kicks: &mut Kicks) {
+        let want = |irq: &Irq| vcpu.is_none() || irq.routed_to.map(usize::from) == vcpu;
+        let ids: Vec<u16> = self.lpis.values().filter(|irq| want(irq)).map(|irq| irq.intid).collect();
+        for intid in ids {
+            self.update(0, intid.into(), kicks);
+        }
+    }
+
+    /// Priority and enable of LPI `intid` from the property table `vcpu`'s
+    /// `GICR_PROPBASER` names. An INTID beyond `PROPBASER.IDbits` (or
+    /// IDbits below 14 bits) or an entry outside guest RAM reads as disabled.
+    fn read_property(&self, mem: &dyn GuestMemory, vcpu: usize, intid: u32) -> (u8, bool) {
+        let Some(vs) = self.vcpus.get(vcpu) else { return (0, false) };
+        let id_bits = (vs.propbaser & PROPBASER_IDBITS) as u32 + 1;
+        if id_bits < 14 || intid >> id_bits.min(31) != 0 || intid < LPI_BASE {
+            return (0, false);
+        }
+        let mut byte = [0u8];
+        let ipa = (vs.propbaser & PROPBASER_PA) + u64::from(intid - LPI_BASE);
+        if mem.read(ipa, &mut byte).is_err() {
+            return (0, false);
+        }
+        (byte[0] & PROP_PRIORITY & PRIORITY_MASK, byte[0] & PROP_ENABLE != 0)
+    }
+
+    /// Re-reads LPI `intid`'s configuration from its target's property table.
+    fn reload_lpi(&mut self, mem: &dyn GuestMemory, intid: u16, kicks: &mut Kicks) {
+        let Some(vcpu) = self.lpis.get(&intid).and_then(|irq| irq.routed_to) else { return };
+        let (priority, enabled) = self.read_property(mem, vcpu.into(), intid.into());
+        if let Some(irq) = self.lpis.get_mut(&intid) {
+            irq.priority = priority;
+            irq.enabled = enabled;
+        }
+        self.update(0, intid.into(), kicks);
+    }
+
+    /// See [`super::Vgic::apply_its`].
+    pub fn apply_its(&mut self, mem: &dyn GuestMemory, effect: &super::its::Effect, kicks: &mut Kicks) {
+        use super::its::Effect;
+        let nr = self.vcpus.len();
+        match *effect {
+            Effect::SetPending { vcpu, intid } => {
+                let (Some(key), Ok(v)) = (self.lpi_key(intid), u8::try_from(vcpu)) else { return };
+                if vcpu >= nr {
+                    return;
+                }
+                if !self.lpis.contains_key(&key) {
+                    if self.lpis.len() >= super::MAX_LPIS {
+                        return;
+                    }
+                    // First use: the property table is read now, then cached
+                    // until INV or INVALL (IHI 0069 allows caching it).
+                    let (priority, enabled) = self.read_property(mem, vcpu, intid);
+                    self.lpis.insert(key, Irq { priority, enabled, ..Irq::new_lpi(key, v) });
+                }
+                if let Some(irq) = self.lpis.get_mut(&key) {
+                    irq.routed_to = Some(v);
+                    irq.latch = true;
+                }
+                self.update(0, intid, kicks);
+            }
+            Effect::ClearPending { intid, .. } => {
+                let Some(irq) = self.irq_mut(0, intid) else { return };
+                irq.latch = false;
+                irq.lr_latch = false;
+                self.update(0, intid, kicks);
+            }
+            Effect::Move { intid, to, .. } => {
+                let Ok(to) = u8::try_from(to) else { return };
+                if usize::from(to) >= nr {
+                    return;
+                }
+                let Some(irq) = self.irq_mut(0, intid) else { return };
+                irq.routed_to = Some(to);
+                self.update(0, intid, kicks);
+            }
+            Effect::Invalidate { intid, .. } => {
+                if let Some(key) = self.lpi_key(intid).filter(|k| self.lpis.contains_key(k)) {
+                    self.reload_lpi(mem, key, kicks);
+                }
+            }
+            Effect::InvalidateAll { vcpu } => {
+                let ids: Vec<u16> = self
+                    .lpis
+                    .values()
+                    .filter(|irq| irq.routed_to.map(usize::from) == Some(vcpu))
+                    .map(|irq| irq.intid)
+                    .collect();
+                for key in ids {
+                    self.reload_lpi(mem, key, kicks);
+                }
+            }
+        }
     }
 
     /// Re-evaluates SPIs routed 1-of-N (after a `GICR_WAKER` change).
@@ -416,7 +576,13 @@ impl State {
         }
         let private = self.vcpus.iter().enumerate().flat_map(|(v, vs)| vs.private.iter().map(move |irq| (v, irq)));
         let spis = self.spis.iter().map(|irq| (0, irq));
-        for (owner, irq) in private.chain(spis) {
+        let lpis = self.lpis.values().map(|irq| (0, irq));
+        assert!(self.lpis_on || self.lpis.is_empty());
+        assert!(self.lpis.len() <= super::MAX_LPIS);
+        for (owner, irq) in private.chain(spis).chain(lpis) {
+            if irq.is_lpi() {
+                assert!(!irq.active, "LPI {} has no active state", irq.intid);
+            }
             if let Some(a) = irq.ap {
                 let vs = &self.vcpus[usize::from(a)];
                 assert!(vs.ap_list.contains(&irq.intid), "INTID {} says vCPU {a}", irq.intid);
