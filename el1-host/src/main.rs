@@ -142,9 +142,9 @@ mod host {
         }
         let (gicv3, its) = match gic {
             gic::Version::V2 => (false, false),
-            // The guest's ITS is the LPI work's: until then guests are told of
-            // none (an ITS node whose frame reads as zero would confuse Linux).
-            gic::Version::V3 { .. } => (true, false),
+            // GICv3 guests get an emulated ITS (LPIs by software injection)
+            // when the board has one.
+            gic::Version::V3 { its, .. } => (true, its),
         };
         let cpus: alloc::vec::Vec<usize> =
             (0..MAX_CPUS).filter(|&c| smp::CPUS[c].online.load(core::sync::atomic::Ordering::Acquire)).collect();

@@ -126,6 +126,17 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed"), vec![over_selftest]) },
     ];
     tests.push(GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed-gic-timer"), vec![over_gic, over_timer]) });
+    if gic != 2 {
+        // The emulated ITS (GICv3 guests; GICv2 has none).
+        let mut its = Vm::new("its", "its", "", 4);
+        its.mem_mib = 128;
+        its.expect = &[
+            "PASS: its: introspection: ",
+            "PASS: its: trigger: MOVI to collection 3: ",
+            "PASS: its: trigger: DISCARD: ",
+        ];
+        tests.push(GuestTest::new(v("its"), vec![its]));
+    }
     tests
 }
 

@@ -32,7 +32,7 @@ enum GicFrame {
     Dist(u64),
     /// From the start of the redistributor region.
     Redist(u64),
-    Its,
+    Its(u64),
 }
 
 pub struct ExitHandler<'a> {
@@ -186,7 +186,7 @@ impl ExitHandler<'_> {
                 let kicks = match frame {
                     GicFrame::Dist(off) => vgic.dist_write(me, off, size, value),
                     GicFrame::Redist(off) => vgic.redist_write(me, off, size, value),
-                    GicFrame::Its => Default::default(),
+                    GicFrame::Its(off) => self.vm.its_write(off, size, value),
                 };
                 access.complete_write(ctx);
                 self.vm.kick(kicks);
@@ -194,8 +194,7 @@ impl ExitHandler<'_> {
                 let v = match frame {
                     GicFrame::Dist(off) => vgic.dist_read(me, off, size),
                     GicFrame::Redist(off) => vgic.redist_read(me, off, size),
-                    // The guest's ITS is the LPI work's; until then it reads as zero.
-                    GicFrame::Its => 0,
+                    GicFrame::Its(off) => self.vm.its_read(off, size),
                 };
                 read(ctx, v);
             }
@@ -221,8 +220,8 @@ impl ExitHandler<'_> {
             Some(GicFrame::Dist(ipa - map::GIC_DIST))
         } else if self.vm.gicv3 && within(map::GIC_REDIST, map::GIC_REDIST_STRIDE * self.vm.vcpus.len() as u64) {
             Some(GicFrame::Redist(ipa - map::GIC_REDIST))
-        } else if self.vm.gicv3 && within(map::GIC_ITS, map::GIC_ITS_SIZE) {
-            Some(GicFrame::Its)
+        } else if self.vm.its.is_some() && within(map::GIC_ITS, map::GIC_ITS_SIZE) {
+            Some(GicFrame::Its(ipa - map::GIC_ITS))
         } else {
             None
         }

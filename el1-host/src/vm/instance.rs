@@ -7,7 +7,8 @@ use super::{cmo, config::VmSpec, fdt, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
 use crate::devices::map;
 use crate::devices::pl011::{LineBuffer, Pl011};
-use crate::gic::vgic::{Kicks, Model, Vgic, VgicConfig};
+use crate::gic::vgic::its::{GuestMemory, Its};
+use crate::gic::vgic::{Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS};
 use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
 use crate::rcu::{Rcu, RcuCell};
 use crate::sched::work::VcpuEntry;
@@ -106,6 +107,8 @@ pub struct Vm {
     stage2: spin::Mutex<Option<Stage2<HostFrames>>>,
     /// The GIC the guest sees (distributor, redistributors, list registers).
     pub vgic: Vgic,
+    /// Its ITS (GICv3 guests on a board with one): LPIs by software injection.
+    pub its: Option<spin::Mutex<Its>>,
     pub vmid: vmid::VmidSlot,
     pub vcpus: Vec<Vcpu>,
     uart: spin::Mutex<(Pl011, LineBuffer)>,
@@ -184,7 +187,7 @@ impl Vm {
             model: if gicv3 { Model::V3 } else { Model::V2 },
             vcpu_mpidrs: mpidrs.clone(),
             nr_spis: GUEST_SPIS,
-            lpis: false,
+            lpis: its,
         }) {
             Ok(v) => v,
             Err(e) => {
@@ -198,6 +201,13 @@ impl Vm {
             Err(e) => {
                 free_ram(&ram);
                 return Err(alloc::format!("{e}"));
+            }
+        };
+        let guest_its = match its.then(|| Its::new(spec.vcpus as usize, LPI_ID_BITS)).transpose() {
+            Ok(i) => i,
+            Err(e) => {
+                free_ram(&ram);
+                return Err(alloc::format!("virtual ITS: {e:?}"));
             }
         };
         let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));
@@ -280,6 +290,7 @@ impl Vm {
             gicv3,
             stage2: spin::Mutex::new(Some(stage2)),
             vgic,
+            its: guest_its.map(spin::Mutex::new),
             vmid: vmid::VmidSlot::new(),
             running: AtomicUsize::new(vcpus.len()),
             vcpus,
@@ -370,6 +381,23 @@ impl Vm {
         self.uart.lock().0.read(offset)
     }
 
+    /// A guest read of its ITS frame (zero without one).
+    pub fn its_read(&self, offset: u64, size: u8) -> u64 {
+        self.its.as_ref().map_or(0, |its| its.lock().mmio_read(offset, size))
+    }
+
+    /// A guest write of its ITS frame: commands run against its memory, and
+    /// what they do to LPIs goes to the vGIC. Returns the vCPUs to kick.
+    pub fn its_write(&self, offset: u64, size: u8, value: u64) -> Kicks {
+        let Some(its) = self.its.as_ref() else { return Kicks::default() };
+        let mem = RamView(&self.ram);
+        let effects = its.lock().mmio_write(&mem, offset, size, value);
+        if effects.is_empty() {
+            return Kicks::default();
+        }
+        self.vgic.apply_its(&mem, &effects)
+    }
+
     /// Makes the vCPUs in `kicks` look at their interrupts.
     pub fn kick(&self, kicks: Kicks) {
         let mut bits = kicks.0;
@@ -452,6 +480,31 @@ impl Drop for Vm {
         }
         vmids().release(&self.vmid, hyp::tlb_flush_vmid);
         free_ram(&self.ram);
+    }
+}
+
+/// Guest RAM as the ITS and the vGIC read their tables from it.
+struct RamView<'a>(&'a GuestRam);
+
+impl GuestMemory for RamView<'_> {
+    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()> {
+        if !self.0.contains(ipa, buf.len() as u64) {
+            return Err(());
+        }
+        // SAFETY: the range was checked to lie in the VM's RAM, which stays
+        // allocated while the VM lives; the guest may change it meanwhile,
+        // which gives a torn value but no unsoundness for plain bytes.
+        unsafe { core::ptr::copy_nonoverlapping(self.0.host_ptr(ipa), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()> {
+        if !self.0.contains(ipa, buf.len() as u64) {
+            return Err(());
+        }
+        // SAFETY: as for `read`.
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.0.host_ptr(ipa), buf.len()) };
+        Ok(())
     }
 }
 

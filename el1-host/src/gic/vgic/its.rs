@@ -19,7 +19,6 @@
 //!   until `GITS_CWRITER.Retry` or a `GITS_CBASER` write.
 //! - Commands complete within the `GITS_CWRITER` write, so SYNC only checks
 //!   its target.
-#![cfg_attr(target_os = "none", allow(dead_code, reason = "wired into the run loop by the LPI work"))]
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
