@@ -4,8 +4,10 @@
 //! architecture describes them, LPI support in the distributor and the
 //! redistributors), `trigger` (collections on every CPU, `INT` delivers each
 //! LPI to its collection's CPU only, `INV` after a priority and after an
-//! enable change, `CLEAR`, `MOVI`, `DISCARD`). Without an ITS in the device
-//! tree (GICv2, or a GICv3 without one) every sub-test is a SKIP.
+//! enable change, `CLEAR`, `MOVI`, `DISCARD`), `wake` (4 CPUs: an `INT` for
+//! an event mapped to a secondary's collection wakes that CPU from `WFI`,
+//! once, within 1 s). Without an ITS in the device tree (GICv2, or a GICv3
+//! without one) every sub-test is a SKIP.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -14,16 +16,21 @@ fn main() {}
 #[cfg(target_os = "none")]
 mod guest {
     use core::fmt;
-    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
     use ferrovisor_shared::boot::MAX_CPUS;
+    use ferrovisor_test_guests::cpus::ticks_to_us;
     use ferrovisor_test_guests::gic::{self, read32, read64, write32, write64, Version};
     use ferrovisor_test_guests::its::{self, Baser, Command, ItsError, TableType};
     use ferrovisor_test_guests::{guest_main, irq, report, report_info, report_skip, rt, smp, time, Env, SubTest};
 
     guest_main!(
         "its",
-        &[SubTest { name: "introspection", run: introspection }, SubTest { name: "trigger", run: trigger }]
+        &[
+            SubTest { name: "introspection", run: introspection },
+            SubTest { name: "trigger", run: trigger },
+            SubTest { name: "wake", run: wake },
+        ]
     );
 
     const CPU_TIMEOUT_MS: u64 = 2000;
@@ -412,6 +419,168 @@ mod guest {
             Err(e) => {
                 report(false, format_args!("INT after DISCARD: {e}"));
             }
+        }
+    }
+
+    // ---- wake ----
+
+    /// The `wake` sub-test's device, apart from `trigger`'s so both can run in one boot.
+    const WAKE_DEVICE: u32 = 3;
+    const WAKE_EVENT: u32 = 0;
+    /// Past `trigger`'s LPIs.
+    const WAKE_LPI: u32 = its::LPI_BASE + LPIS as u32;
+    const WAKE_CPUS: usize = 4;
+    /// How long the target CPU sits in `WFI` before the `INT`.
+    const WFI_SETTLE_MS: u64 = 20;
+
+    /// Per CPU, how often `WAKE_LPI` was taken, and when (counter) the last time.
+    static WAKE_TAKEN: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+    static WAKE_AT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+    /// The target's `ICC_IAR1_EL1` for the LPI that woke it.
+    static WAKE_IAR: AtomicU32 = AtomicU32::new(0);
+    /// The target left its first `WFI` wait because the LPI came.
+    static WOKEN: AtomicBool = AtomicBool::new(false);
+
+    fn wake_handler() {
+        let now = time::counter();
+        let Some(gic) = gic::get() else { return };
+        let cpu = rt::cpu_index() % MAX_CPUS;
+        let iar = gic.ack();
+        if iar.is_spurious() {
+            return;
+        }
+        if iar.intid() == WAKE_LPI {
+            if WAKE_TAKEN[cpu].fetch_add(1, Ordering::SeqCst) == 0 {
+                WAKE_IAR.store(iar.raw, Ordering::SeqCst);
+            }
+            WAKE_AT[cpu].store(now, Ordering::SeqCst);
+        } else {
+            OTHER[cpu].fetch_add(1, Ordering::SeqCst);
+        }
+        gic.eoi(iar);
+    }
+
+    /// The target: in `WFI` (IRQs let in only after each wake) until its LPI comes.
+    fn wake_target(cpu: usize) {
+        let Some(gic) = gic::get() else { return };
+        if let Err(e) = gic.cpu_init() {
+            report(false, format_args!("cpu{cpu}: GIC set-up: {e}"));
+            return;
+        }
+        READY[cpu].store(true, Ordering::SeqCst);
+        let mine = || WAKE_TAKEN[cpu % MAX_CPUS].load(Ordering::SeqCst) > 0;
+        irq::wfi_until(60_000, || mine() || STOP.load(Ordering::SeqCst));
+        WOKEN.store(mine(), Ordering::SeqCst);
+        // Stay to take any extra copy until the boot CPU is done.
+        irq::wfi_until(60_000, || STOP.load(Ordering::SeqCst));
+    }
+
+    fn wake(env: &Env) {
+        let n = smp::count().min(MAX_CPUS);
+        if n < WAKE_CPUS {
+            report_skip(format_args!("needs {WAKE_CPUS} CPUs ({n})"));
+            return;
+        }
+        if its_base().is_none() {
+            return;
+        }
+        let Some(gic) = gic::get() else { return };
+        let its = match its::init() {
+            Ok(its) => its,
+            Err(e) => {
+                report(false, format_args!("ITS set-up: {e}"));
+                return;
+            }
+        };
+        let Some(target) = smp::secondaries().filter(|&c| c < MAX_CPUS).last() else { return };
+        STOP.store(false, Ordering::SeqCst);
+        WOKEN.store(false, Ordering::SeqCst);
+        WAKE_IAR.store(0, Ordering::SeqCst);
+        for cpu in 0..MAX_CPUS {
+            READY[cpu].store(false, Ordering::SeqCst);
+            WAKE_TAKEN[cpu].store(0, Ordering::SeqCst);
+            OTHER[cpu].store(0, Ordering::SeqCst);
+        }
+        READY[env.boot_cpu].store(true, Ordering::SeqCst);
+        irq::set_handler(Some(wake_handler));
+        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
+            let job: smp::Job = if cpu == target { wake_target } else { receiver };
+            if let Err(e) = smp::start(cpu, job) {
+                report(false, format_args!("cpu{cpu}: CPU_ON failed: {e:?}"));
+            }
+        }
+        let ready = |c: usize| READY[c].load(Ordering::SeqCst);
+        if time::wait_for(CPU_TIMEOUT_MS, || (0..n).all(ready)).is_none() {
+            report(false, format_args!("not every CPU set up its GIC within {CPU_TIMEOUT_MS} ms"));
+        } else {
+            wake_deliver(its, target, n);
+        }
+
+        let other: u32 = OTHER.iter().map(|o| o.load(Ordering::SeqCst)).sum();
+        report(other == 0, format_args!("no interrupt but the LPI was taken ({other})"));
+        STOP.store(true, Ordering::SeqCst);
+        for cpu in smp::secondaries() {
+            gic.send_sgi(15, gic::SgiTarget::Cpu(cpu));
+        }
+        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
+            smp::wait_done(cpu, CPU_TIMEOUT_MS);
+        }
+        smp::wait_all_off(CPU_TIMEOUT_MS);
+        irq::set_handler(None);
+    }
+
+    fn wake_deliver(its: &its::Its, target: usize, n: usize) {
+        let Some(rd) = its.rdbase(target) else {
+            report(false, format_args!("cpu{target}: no RDbase"));
+            return;
+        };
+        its.set_lpi_property(WAKE_LPI, gic::DEFAULT_PRIORITY, true);
+        let setup = [
+            Command::mapd(WAKE_DEVICE, its.itt_event_bits(), its.itt(1), true),
+            Command::mapc(target as u16, rd, true),
+            Command::mapti(WAKE_DEVICE, WAKE_EVENT, WAKE_LPI, target as u16),
+            Command::inv(WAKE_DEVICE, WAKE_EVENT),
+            Command::sync(rd),
+        ];
+        if !sent("MAPD, MAPC, MAPTI, INV, SYNC", its.send_all(&setup)) {
+            return;
+        }
+        // Let the target reach its WFI, and check nothing woke it yet.
+        time::wait_for(WFI_SETTLE_MS, || false);
+        let early = WAKE_TAKEN[target].load(Ordering::SeqCst);
+        let start = time::counter();
+        if !sent("INT", its.send(Command::int(WAKE_DEVICE, WAKE_EVENT))) {
+            return;
+        }
+        let arrived = time::wait_for(LPI_TIMEOUT_MS, || WOKEN.load(Ordering::SeqCst)).is_some();
+        time::wait_for(SETTLE_MS, || false);
+        let took = ticks_to_us(WAKE_AT[target].load(Ordering::SeqCst).saturating_sub(start), time::freq());
+        let counts = |f: &mut fmt::Formatter<'_>| -> fmt::Result {
+            for (cpu, taken) in WAKE_TAKEN.iter().enumerate().take(n) {
+                write!(f, "{}cpu{cpu}={}", if cpu > 0 { " " } else { "" }, taken.load(Ordering::SeqCst))?;
+            }
+            Ok(())
+        };
+        let once = (0..n).all(|c| WAKE_TAKEN[c].load(Ordering::SeqCst) == u32::from(c == target));
+        let iar = WAKE_IAR.load(Ordering::SeqCst);
+        report(
+            early == 0 && arrived && once && iar & 0xff_ffff == WAKE_LPI,
+            format_args!(
+                "INT woke cpu{target} from WFI: LPI {WAKE_LPI} taken once (ICC_IAR1_EL1 {iar:#x}), by no other CPU, within {LPI_TIMEOUT_MS} ms ({})",
+                Fmt(counts)
+            ),
+        );
+        if arrived {
+            report_info(format_args!("cpu{target} took the LPI {took} us after the INT was queued"));
+        }
+    }
+
+    /// Displays through a closure.
+    struct Fmt<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(F);
+
+    impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for Fmt<F> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            (self.0)(f)
         }
     }
 }

@@ -5,7 +5,10 @@
 //! `hvc`, `mmio_read_user`, `mmio_read_vgic` and `eoi` run N = 4096
 //! operations in 16 timed batches: `ns_per_op` is the mean over all of
 //! them, `min`/`max` the fastest and slowest batch's mean. `ipi` and `timer`
-//! time each of 256 operations: `ns_per_op` is the median sample. Each op
+//! time each of 256 operations: `ns_per_op` is the median sample. `lpi`
+//! times, 256 times, from the `GITS_CWRITER` write that queues an `INT` to
+//! the LPI handler's first counter read on the same CPU (median too), and is
+//! a SKIP without an ITS (GICv2, or no `arm,gic-v3-its` node). Each op
 //! first runs a few untimed warm-up rounds; each prints a `PASS` once it ran
 //! (a hang is the harness's timeout). Under QEMU with
 //! `-icount shift=0,sleep=off` a nanosecond is one instruction.
@@ -23,7 +26,8 @@ mod guest {
     use ferrovisor_shared::dt::PsciMethod;
     use ferrovisor_test_guests::bench::{self, BenchLine, Stats};
     use ferrovisor_test_guests::cpus::ms_to_ticks;
-    use ferrovisor_test_guests::gic::{self, read32, Gic, SgiTarget};
+    use ferrovisor_test_guests::gic::{self, read32, read64, write64, Gic, SgiTarget};
+    use ferrovisor_test_guests::its::{self, Command, ItsError};
     use ferrovisor_test_guests::timer::Timer;
     use ferrovisor_test_guests::{
         guest_main, irq, println, psci, report, report_info, report_skip, smp, time, Env, SubTest,
@@ -37,6 +41,7 @@ mod guest {
             SubTest { name: "mmio_read_vgic", run: mmio_read_vgic },
             SubTest { name: "eoi", run: eoi },
             SubTest { name: "ipi", run: ipi },
+            SubTest { name: "lpi", run: lpi },
             SubTest { name: "timer", run: timer },
         ]
     );
@@ -232,6 +237,174 @@ mod guest {
         smp::wait_done(target, TIMEOUT_MS);
         smp::wait_all_off(TIMEOUT_MS);
         irq::set_handler(None);
+    }
+
+    // ---- lpi ----
+
+    /// The benchmark's device; its event 0 is LPI [`its::LPI_BASE`].
+    const LPI_DEVICE: u32 = 1;
+    const LPI_EVENT: u32 = 0;
+    const LPI: u32 = its::LPI_BASE;
+    /// `GITS_CBASER.Physical_Address`, bits [51:12].
+    const CBASER_PA_MASK: u64 = 0x000f_ffff_ffff_f000;
+    /// `GITS_CBASER.Size`: 4 KiB pages minus one.
+    const CBASER_SIZE_MASK: u64 = 0xff;
+    const COMMAND_SIZE: usize = 32;
+
+    static LPI_AT: AtomicU64 = AtomicU64::new(0);
+    static LPI_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+    fn lpi_handler() {
+        let now = time::counter();
+        let Some(gic) = gic::get() else { return };
+        let iar = gic.ack();
+        if iar.is_spurious() {
+            return;
+        }
+        if iar.intid() == LPI {
+            LPI_AT.store(now, Ordering::SeqCst);
+            LPI_TAKEN.fetch_add(1, Ordering::SeqCst);
+        }
+        gic.eoi(iar);
+    }
+
+    /// The ITS command queue as `GITS_CBASER` and `GITS_CWRITER` describe it,
+    /// written directly so that the timed part is the `GITS_CWRITER` write
+    /// alone (`Its::send` also waits for `GITS_CREADR`). Each posting ends
+    /// where it began ([`Queue::realign`]), so the runtime's own write offset
+    /// is right again afterwards.
+    struct Queue {
+        base: usize,
+        addr: usize,
+        size: usize,
+        start: usize,
+        write: usize,
+    }
+
+    impl Queue {
+        fn new(its: &its::Its) -> Self {
+            let base = its.base();
+            let cbaser = read64(base + its::GITS_CBASER);
+            let write = read64(base + its::GITS_CWRITER) as usize & its::GITS_CQ_OFFSET_MASK as usize;
+            Queue {
+                base,
+                addr: (cbaser & CBASER_PA_MASK) as usize,
+                size: ((cbaser & CBASER_SIZE_MASK) as usize + 1) * 0x1000,
+                start: write,
+                write,
+            }
+        }
+
+        /// Writes `cmd` at the queue's tail; the next `GITS_CWRITER` value.
+        fn put(&mut self, cmd: Command) -> u64 {
+            let slot = self.addr + self.write;
+            for (i, dw) in cmd.0.iter().enumerate() {
+                // SAFETY: a 32-byte command slot inside the queue the ITS was
+                // given (identity mapped), past GITS_CREADR: the ITS has
+                // consumed every command before it (the caller waits for that).
+                unsafe { core::ptr::write_volatile((slot + 8 * i) as *mut u64, *dw) };
+            }
+            self.write = (self.write + COMMAND_SIZE) % self.size;
+            // SAFETY: a barrier, so the ITS sees the command before CWRITER moves.
+            unsafe { asm!("dsb sy", options(nostack)) };
+            self.write as u64
+        }
+
+        fn kick(&self, cwriter: u64) {
+            write64(self.base + its::GITS_CWRITER, cwriter);
+        }
+
+        /// Waits until the ITS consumed everything queued; the `GITS_CREADR` of a stall.
+        fn drain(&self) -> Result<(), u64> {
+            let mut creadr = 0;
+            time::wait_for(TIMEOUT_MS, || {
+                creadr = read64(self.base + its::GITS_CREADR);
+                creadr & its::GITS_CREADR_STALLED != 0 || creadr & its::GITS_CQ_OFFSET_MASK == self.write as u64
+            });
+            if creadr & its::GITS_CREADR_STALLED != 0 || creadr & its::GITS_CQ_OFFSET_MASK != self.write as u64 {
+                Err(creadr)
+            } else {
+                Ok(())
+            }
+        }
+
+        /// Queues `SYNC`s until the tail is back where [`Queue::new`] found it.
+        fn realign(&mut self, sync: Command) -> Result<(), u64> {
+            while self.write != self.start {
+                let cwriter = self.put(sync);
+                self.kick(cwriter);
+                self.drain()?;
+            }
+            Ok(())
+        }
+    }
+
+    /// One event of one device mapped to the boot CPU's collection, enabled.
+    fn lpi_map(its: &its::Its, boot: usize) -> Result<its::RdBase, ItsError> {
+        let rd = its.rdbase(boot).ok_or(ItsError::Redistributor { cpu: boot })?;
+        its.set_lpi_property(LPI, gic::DEFAULT_PRIORITY, true);
+        its.send_all(&[
+            Command::mapd(LPI_DEVICE, its.itt_event_bits(), its.itt(0), true),
+            Command::mapc(boot as u16, rd, true),
+            Command::mapti(LPI_DEVICE, LPI_EVENT, LPI, boot as u16),
+            Command::inv(LPI_DEVICE, LPI_EVENT),
+            Command::sync(rd),
+        ])?;
+        Ok(rd)
+    }
+
+    /// From the `GITS_CWRITER` write that queues an `INT` to the LPI
+    /// handler's first counter read, on the boot CPU.
+    fn lpi(env: &Env) {
+        let its = match its::init() {
+            Ok(its) => its,
+            Err(ItsError::NoIts) => {
+                report_skip("no ITS");
+                return;
+            }
+            Err(e) => {
+                report(false, format_args!("ITS set-up: {e}"));
+                return;
+            }
+        };
+        let rd = match lpi_map(its, env.boot_cpu) {
+            Ok(rd) => rd,
+            Err(e) => {
+                report(false, format_args!("MAPD, MAPC, MAPTI, INV, SYNC: {e}"));
+                return;
+            }
+        };
+        LPI_TAKEN.store(0, Ordering::SeqCst);
+        irq::set_handler(Some(lpi_handler));
+        let mut queue = Queue::new(its);
+        let mut samples = [0u64; SAMPLES];
+        let mut lost = None;
+        for i in 0..SAMPLE_WARMUP + SAMPLES {
+            let before = LPI_TAKEN.load(Ordering::SeqCst);
+            let cwriter = queue.put(Command::int(LPI_DEVICE, LPI_EVENT));
+            let start = time::counter();
+            queue.kick(cwriter);
+            if irq::wait(TIMEOUT_MS, || LPI_TAKEN.load(Ordering::SeqCst) != before).is_none() {
+                lost = Some(read64(its.base() + its::GITS_CREADR));
+                break;
+            }
+            if let Some(s) = i.checked_sub(SAMPLE_WARMUP).and_then(|i| samples.get_mut(i)) {
+                *s = LPI_AT.load(Ordering::SeqCst).saturating_sub(start);
+            }
+        }
+        let realigned = queue.drain().and_then(|()| queue.realign(Command::sync(rd)));
+        irq::set_handler(None);
+        if let Some(creadr) = lost {
+            report(
+                false,
+                format_args!("lpi: LPI {LPI} was not taken within {TIMEOUT_MS} ms of INT (GITS_CREADR {creadr:#x})"),
+            );
+        } else {
+            print("lpi", bench::from_samples(&mut samples, time::freq()));
+        }
+        if let Err(creadr) = realigned {
+            report(false, format_args!("lpi: the command queue did not drain (GITS_CREADR {creadr:#x})"));
+        }
     }
 
     // ---- timer ----
