@@ -116,6 +116,7 @@ impl Irq {
         u32::from(self.intid) < NR_PRIVATE
     }
 
+    #[inline]
     pub fn is_lpi(&self) -> bool {
         u32::from(self.intid) >= LPI_BASE
     }
@@ -127,6 +128,7 @@ impl Irq {
     }
 
     /// The pending state, including what sits in a list register.
+    #[inline]
     pub fn pending(&self, model: Model) -> bool {
         if model == Model::V2 && self.is_sgi() {
             return self.sgi_pend | self.lr_sgi_pend_view() != 0;
@@ -142,6 +144,7 @@ impl Irq {
         }
     }
 
+    #[inline]
     pub fn is_active(&self, model: Model) -> bool {
         if model == Model::V2 && self.is_sgi() {
             self.sgi_act != 0
@@ -270,10 +273,12 @@ impl State {
     }
 
     /// An LPI INTID as the key of `lpis` (none with LPIs off).
+    #[inline]
     fn lpi_key(&self, intid: u32) -> Option<u16> {
         u16::try_from(intid).ok().filter(|_| self.lpis_on && intid >= LPI_BASE)
     }
 
+    #[inline]
     pub fn irq(&self, owner: usize, intid: u32) -> Option<&Irq> {
         if intid >= LPI_BASE {
             self.lpis.get(&self.lpi_key(intid)?)
@@ -284,6 +289,7 @@ impl State {
         }
     }
 
+    #[inline]
     pub fn irq_mut(&mut self, owner: usize, intid: u32) -> Option<&mut Irq> {
         if intid >= LPI_BASE {
             let key = self.lpi_key(intid)?;
@@ -295,12 +301,14 @@ impl State {
         }
     }
 
+    #[inline]
     pub fn group_enabled(&self, irq: &Irq) -> bool {
         self.ctlr & (1 << u32::from(irq.group1)) != 0
     }
 
     /// Pending, enabled and its group forwarded by the distributor (an LPI
     /// also needs its redistributor's `GICR_CTLR.EnableLPIs`).
+    #[inline]
     pub fn deliverable(&self, irq: &Irq) -> bool {
         let lpis_ok =
             !irq.is_lpi() || irq.routed_to.and_then(|v| self.vcpus.get(usize::from(v))).is_some_and(|v| v.enable_lpis);
