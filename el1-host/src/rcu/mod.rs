@@ -347,6 +347,11 @@ impl Rcu {
     pub fn synchronize(&self, me: usize, mut relax: impl FnMut()) {
         let mut gp = self.start_grace_period(me);
         while !gp.poll() {
+            // A CPU waiting here holds no read-side section, so it is
+            // quiescent; saying so lets a grace period that another CPU waits
+            // for at the same time end (two synchronizers would otherwise
+            // wait for each other forever).
+            self.note_quiescent(me);
             relax();
         }
     }
@@ -527,6 +532,39 @@ mod tests {
 
     fn never_relax() {
         panic!("the grace period should not have waited");
+    }
+
+    /// Two CPUs waiting for grace periods at the same time (two VMs ending
+    /// at once): each one's wait counts as the other's quiescent state.
+    #[test]
+    fn concurrent_synchronizers_do_not_wait_for_each_other() {
+        let rcu = Arc::new(Rcu::new());
+        rcu.online(0);
+        rcu.online(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|cpu| {
+                let (rcu, done) = (Arc::clone(&rcu), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    rcu.synchronize(cpu, || {
+                        assert!(Instant::now() < deadline, "cpu{cpu}: grace period never ended");
+                        std::thread::yield_now();
+                    });
+                    done.fetch_add(1, Ordering::SeqCst);
+                    // Back in its scheduler loop, as a real CPU would be.
+                    while done.load(Ordering::SeqCst) < 2 {
+                        assert!(Instant::now() < deadline, "cpu{cpu}: the other grace period never ended");
+                        rcu.note_quiescent(cpu);
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("both grace periods end");
+        }
+        assert!(rcu.grace_periods() >= 2);
     }
 
     #[test]

@@ -568,11 +568,14 @@ pub fn finish(vm: Arc<Vm>) {
         println!("vm {}: {line}", vm.name);
     }
     {
-        let _w = VMS_WRITE.lock();
+        let w = VMS_WRITE.lock();
         let guard = RCU.read_lock(me);
         let next: Vec<Arc<Vm>> = list().read(&guard).iter().filter(|v| v.id != vm.id).cloned().collect();
         drop(guard);
         let old = list().replace(Box::new(next));
+        // The grace period is waited for without the writers' lock (see
+        // `publish`).
+        drop(w);
         let before = RCU.grace_periods();
         old.free_after(&RCU, me, core::hint::spin_loop);
         log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
