@@ -80,8 +80,10 @@ impl Runner<'_> {
             if self.take_start() {
                 return Flow::Continue;
             }
-            if self.vcpu.entry.pending() & work::WORK_STOP != 0 {
-                // The loop consumes it and ends the run.
+            if self.vcpu.entry.pending() != 0 {
+                // Work only the loop consumes (a stop, a reschedule, a
+                // notification): spinning here until it goes away would never
+                // end, and would hold up RCU grace periods meanwhile.
                 return Flow::Continue;
             }
             if crate::sched::oversubscribed() {
@@ -145,8 +147,11 @@ impl Runner<'_> {
         }
         // Wait until none is in guest mode any more: each sees it is off at its
         // next pass through `prepare`.
+        let cpu = cpu::current();
         for v in self.vm.vcpus.iter().filter(|v| v.index != me) {
             while v.entry.mode() != work::Mode::Outside && !v.stopped.load(Ordering::Acquire) {
+                // No read-side section here: grace periods may go on.
+                RCU.note_quiescent(cpu);
                 core::hint::spin_loop();
             }
         }
