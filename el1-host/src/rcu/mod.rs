@@ -346,12 +346,20 @@ impl Rcu {
     #[track_caller]
     pub fn synchronize(&self, me: usize, mut relax: impl FnMut()) {
         let mut gp = self.start_grace_period(me);
+        let mut polls = 0u64;
         while !gp.poll() {
             // A CPU waiting here holds no read-side section, so it is
             // quiescent; saying so lets a grace period that another CPU waits
             // for at the same time end (two synchronizers would otherwise
             // wait for each other forever).
             self.note_quiescent(me);
+            polls += 1;
+            if polls % STALL_POLLS == 0 {
+                // Like Linux's RCU stall warning: name who holds it up.
+                if let Some(cpu) = gp.holding_up() {
+                    log::warn!("rcu: cpu{me}'s grace period still waits for cpu{cpu}");
+                }
+            }
             relax();
         }
     }
@@ -378,6 +386,9 @@ impl Rcu {
     }
 }
 
+/// Polls of a grace period between stall warnings.
+const STALL_POLLS: u64 = 1 << 24;
+
 #[derive(Clone, Copy, Debug)]
 struct Snapshot {
     eqs: u64,
@@ -397,6 +408,11 @@ pub struct GracePeriod<'r> {
 
 impl GracePeriod<'_> {
     /// Whether the grace period has passed. Never blocks.
+    /// The first CPU this grace period still waits for.
+    pub fn holding_up(&self) -> Option<usize> {
+        self.waiting.iter().position(Option::is_some)
+    }
+
     pub fn poll(&mut self) -> bool {
         if self.done {
             return true;
