@@ -354,7 +354,7 @@ impl Rcu {
             // wait for each other forever).
             self.note_quiescent(me);
             polls += 1;
-            if polls % STALL_POLLS == 0 {
+            if polls.is_multiple_of(STALL_POLLS) {
                 // Like Linux's RCU stall warning: name who holds it up.
                 if let Some(cpu) = gp.holding_up() {
                     log::warn!("rcu: cpu{me}'s grace period still waits for cpu{cpu}");
