@@ -271,6 +271,38 @@ impl GuestDraft {
     }
 }
 
+/// The per-guest options of `run` (and `sdcard`).
+const GUEST_OPTIONS: [&str; 7] = ["--guest", "--pin", "--append", "--initrd", "--vcpus", "--mem", "--name"];
+
+/// Applies one of [`GUEST_OPTIONS`]: `--guest` starts a new guest, the
+/// others apply to the last one.
+fn guest_option(drafts: &mut Vec<GuestDraft>, opt: &str, a: &mut Args) -> Result<(), String> {
+    if opt == "--guest" {
+        let file = PathBuf::from(a.value(opt)?);
+        let last = drafts.last_mut().expect("there is always a draft");
+        if last.kernel.is_some() {
+            drafts.push(GuestDraft { kernel: Some(file), ..GuestDraft::default() });
+        } else {
+            last.kernel = Some(file);
+        }
+        return Ok(());
+    }
+    let d = drafts.last_mut().expect("there is always a draft");
+    match opt {
+        "--pin" => {
+            a.flag(opt)?;
+            d.given.push(opt.to_string());
+            d.pin = true;
+        }
+        "--append" => d.set(|d| &mut d.append, opt, a.value(opt)?)?,
+        "--initrd" => d.set(|d| &mut d.initrd, opt, PathBuf::from(a.value(opt)?))?,
+        "--vcpus" => d.set(|d| &mut d.vcpus, opt, a.number::<u32>(opt)?)?,
+        "--mem" => d.set(|d| &mut d.mem, opt, a.number::<u32>(opt)?)?,
+        _ => d.set(|d| &mut d.name, opt, a.value(opt)?)?,
+    }
+    Ok(())
+}
+
 /// Turns the drafts into guests: defaults, then checks against the board.
 fn finish_guests(mut drafts: Vec<GuestDraft>, m: &Machine) -> Result<Vec<GuestSpec>, String> {
     if drafts.len() == 1 && drafts[0].kernel.is_none() {
@@ -342,31 +374,7 @@ fn parse_run(args: Vec<String>) -> Result<Parsed<RunOpts>, String> {
             "--smp" => smp = Some(a.number::<u32>(&opt)?),
             "--ram" => ram = Some(a.number::<u32>(&opt)?),
             "--host-append" => m.append = a.value(&opt)?,
-            "--guest" => {
-                let file = PathBuf::from(a.value(&opt)?);
-                let last = drafts.last_mut().expect("there is always a draft");
-                if last.kernel.is_some() {
-                    drafts.push(GuestDraft { kernel: Some(file), ..GuestDraft::default() });
-                } else {
-                    last.kernel = Some(file);
-                }
-            }
-            "--pin" => {
-                a.flag(&opt)?;
-                let d = drafts.last_mut().expect("there is always a draft");
-                d.given.push(opt.clone());
-                d.pin = true;
-            }
-            "--append" | "--initrd" | "--vcpus" | "--mem" | "--name" => {
-                let d = drafts.last_mut().expect("there is always a draft");
-                match opt.as_str() {
-                    "--append" => d.set(|d| &mut d.append, &opt, a.value(&opt)?)?,
-                    "--initrd" => d.set(|d| &mut d.initrd, &opt, PathBuf::from(a.value(&opt)?))?,
-                    "--vcpus" => d.set(|d| &mut d.vcpus, &opt, a.number::<u32>(&opt)?)?,
-                    "--mem" => d.set(|d| &mut d.mem, &opt, a.number::<u32>(&opt)?)?,
-                    _ => d.set(|d| &mut d.name, &opt, a.value(&opt)?)?,
-                }
-            }
+            o if GUEST_OPTIONS.contains(&o) => guest_option(&mut drafts, &opt, &mut a)?,
             "--verbose" | "-v" => {
                 a.flag(&opt)?;
                 verbose = true;

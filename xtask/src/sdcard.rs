@@ -25,7 +25,7 @@ use ferrovisor_shared::image::{PackageHeader, ARM64_IMAGE_MAGIC, ARM64_MAGIC_OFF
 use crate::boottest::{Ctx, Failure};
 use crate::guestcfg::{self, GuestSpec};
 use crate::qemu::{self, Board, End, Machine, Watch};
-use crate::{Args, GuestDraft, Parsed};
+use crate::{guest_option, Args, GuestDraft, Parsed, GUEST_OPTIONS};
 
 /// The hypervisor's name on the card (config.txt's `kernel=`).
 const KERNEL_NAME: &str = "ferrovisor.img";
@@ -145,31 +145,7 @@ fn parse(args: Vec<String>) -> Result<Parsed<Opts>, String> {
                     o.verbose = true;
                 }
             }
-            "--guest" => {
-                let file = PathBuf::from(a.value(&opt)?);
-                let last = drafts.last_mut().expect("there is always a draft");
-                if last.kernel.is_some() {
-                    drafts.push(GuestDraft { kernel: Some(file), ..GuestDraft::default() });
-                } else {
-                    last.kernel = Some(file);
-                }
-            }
-            "--pin" => {
-                a.flag(&opt)?;
-                let d = drafts.last_mut().expect("there is always a draft");
-                d.given.push(opt.clone());
-                d.pin = true;
-            }
-            "--append" | "--initrd" | "--vcpus" | "--mem" | "--name" => {
-                let d = drafts.last_mut().expect("there is always a draft");
-                match opt.as_str() {
-                    "--append" => d.set(|d| &mut d.append, &opt, a.value(&opt)?)?,
-                    "--initrd" => d.set(|d| &mut d.initrd, &opt, PathBuf::from(a.value(&opt)?))?,
-                    "--vcpus" => d.set(|d| &mut d.vcpus, &opt, a.number::<u32>(&opt)?)?,
-                    "--mem" => d.set(|d| &mut d.mem, &opt, a.number::<u32>(&opt)?)?,
-                    _ => d.set(|d| &mut d.name, &opt, a.value(&opt)?)?,
-                }
-            }
+            o if GUEST_OPTIONS.contains(&o) => guest_option(&mut drafts, &opt, &mut a)?,
             _ => return Err(format!("unknown option `{opt}`")),
         }
     }

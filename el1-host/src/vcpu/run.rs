@@ -88,7 +88,7 @@ impl Runner<'_> {
             }
             if crate::sched::oversubscribed() {
                 let vcpu = self.vcpu;
-                if self.sleep(|| !vcpu.power.is_off() || vcpu.entry.pending() != 0, None) {
+                if sleep(vcpu, || !vcpu.power.is_off() || vcpu.entry.pending() != 0, None) {
                     return Flow::Done(Done::Block);
                 }
                 continue;
@@ -112,14 +112,6 @@ impl Runner<'_> {
         *ctx = VcpuContext::reset(pc, context_id, config, vm.cntvoff);
         ctx.counters = counters;
         true
-    }
-
-    /// Gives the CPU away unless `runnable` (checked after announcing the
-    /// block, so a concurrent wake-up is never lost: `sched::wakeup`).
-    /// `deadline` is when a scheduler must wake it anyway (its timers).
-    /// Returns true if the vCPU is to sleep.
-    fn sleep(&self, runnable: impl FnOnce() -> bool, deadline: Option<u64>) -> bool {
-        sleep(self.vcpu, runnable, deadline)
     }
 
     /// WFI with nothing to take while other vCPUs want CPUs: sleep until an
@@ -195,10 +187,8 @@ impl GuestVcpu for Runner<'_> {
         let (vm, vcpu) = (self.vm, self.vcpu);
         let ctx = self.ctx();
         ctx.config.vmid = refresh.vmid.into();
-        if ctx.vgic.used_lrs != 0 {
-            // Filled on an earlier pass that did not enter: take them back first.
-            vm.vgic.sync(vcpu.index, &mut ctx.vgic);
-        }
+        // (List registers filled on an earlier pass that did not enter are
+        // folded back by the flush itself.)
         vm.vgic.flush(vcpu.index, &mut ctx.vgic, nr_lrs());
         super::timers::load(vm, vcpu);
         super::timers::arm_ptimer(&ctx.timer);
@@ -244,7 +234,10 @@ impl GuestVcpu for Runner<'_> {
     }
 }
 
-/// Gives the CPU away unless `runnable` (see [`Runner::sleep`]).
+/// Gives `vcpu`'s CPU away unless `runnable` (checked after announcing the
+/// block, so a concurrent wake-up is never lost: `sched::wakeup`).
+/// `deadline` is when a scheduler must wake it anyway (its timers). Returns
+/// true if the vCPU is to sleep.
 fn sleep(vcpu: &Vcpu, runnable: impl FnOnce() -> bool, deadline: Option<u64>) -> bool {
     vcpu.wake_at.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
     if let Some(d) = deadline {

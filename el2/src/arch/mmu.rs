@@ -48,7 +48,8 @@ pub unsafe fn init(ram: &[(u64, u64)]) -> Result<(), MapError> {
     map_identity(&mut map, ram, DEVICE, NORMAL)?;
     let ttbr = map.root_address().0 as u64;
     // SAFETY: boot CPU only, before any other CPU runs el2.
-    unsafe { EL2_MAP = Some(map) };
+    #[allow(static_mut_refs)]
+    let map = unsafe { EL2_MAP.insert(map) };
 
     let pa_range = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(5);
     // RES1 bits 31 and 23; 4 KiB granule, inner shareable, write-back walks.
@@ -64,8 +65,7 @@ pub unsafe fn init(ram: &[(u64, u64)]) -> Result<(), MapError> {
     // SAFETY: the map covers everything el2 touches (our caller's promise) and
     // lives in a static that is never dropped.
     unsafe {
-        #[allow(static_mut_refs)]
-        EL2_MAP.as_ref().unwrap().activate();
+        map.activate();
         core::arch::asm!("tlbi alle2", "dsb nsh", "isb", options(nostack, preserves_flags));
     }
     SCTLR_EL2.set(sctlr);

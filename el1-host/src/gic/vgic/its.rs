@@ -636,23 +636,30 @@ impl Its {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use core::cell::RefCell;
 
     const QUEUE: u64 = 0x8000_0000;
     const RAM_SIZE: u64 = 0x2_0000;
 
-    struct Ram(RefCell<Vec<u8>>);
+    /// Fake guest RAM of `size` bytes at IPA `base` (also the vGIC's LPI tests').
+    pub(in crate::gic::vgic) struct Ram {
+        base: u64,
+        bytes: RefCell<Vec<u8>>,
+    }
 
     impl Ram {
-        fn new() -> Ram {
-            Ram(RefCell::new(alloc::vec![0; RAM_SIZE as usize]))
+        pub(in crate::gic::vgic) fn at(base: u64, size: u64) -> Ram {
+            Ram { base, bytes: RefCell::new(alloc::vec![0; size as usize]) }
         }
-        fn range(ipa: u64, len: usize) -> Result<core::ops::Range<usize>, ()> {
-            let start = ipa.checked_sub(QUEUE).ok_or(())?;
+        fn new() -> Ram {
+            Ram::at(QUEUE, RAM_SIZE)
+        }
+        fn range(&self, ipa: u64, len: usize) -> Result<core::ops::Range<usize>, ()> {
+            let start = ipa.checked_sub(self.base).ok_or(())?;
             let end = start.checked_add(len as u64).ok_or(())?;
-            if end > RAM_SIZE {
+            if end > self.bytes.borrow().len() as u64 {
                 return Err(());
             }
             Ok(start as usize..end as usize)
@@ -661,11 +668,13 @@ mod tests {
 
     impl GuestMemory for Ram {
         fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()> {
-            buf.copy_from_slice(&self.0.borrow()[Ram::range(ipa, buf.len())?]);
+            let r = self.range(ipa, buf.len())?;
+            buf.copy_from_slice(&self.bytes.borrow()[r]);
             Ok(())
         }
         fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()> {
-            self.0.borrow_mut()[Ram::range(ipa, buf.len())?].copy_from_slice(buf);
+            let r = self.range(ipa, buf.len())?;
+            self.bytes.borrow_mut()[r].copy_from_slice(buf);
             Ok(())
         }
     }
@@ -673,28 +682,28 @@ mod tests {
     // Encoders written from IHI 0069 §6.3 (DW0 bits [7:0] command number,
     // DW0 [63:32] DeviceID, DW1 [31:0] EventID, DW1 [63:32] pINTID, DW1 [4:0]
     // Size, DW2 [15:0] ICID, DW2 [51:16] RDbase, DW2 [51:8] ITT_addr, DW2 [63] V).
-    fn dev_ev(cmd: u64, dev: u32, ev: u32) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn dev_ev(cmd: u64, dev: u32, ev: u32) -> [u64; 4] {
         [cmd | u64::from(dev) << 32, u64::from(ev), 0, 0]
     }
-    fn mapd(dev: u32, size: u8, itt: u64, v: bool) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn mapd(dev: u32, size: u8, itt: u64, v: bool) -> [u64; 4] {
         [0x08 | u64::from(dev) << 32, u64::from(size), itt | u64::from(v) << 63, 0]
     }
-    fn mapc(icid: u16, vcpu: u64, v: bool) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn mapc(icid: u16, vcpu: u64, v: bool) -> [u64; 4] {
         [0x09, 0, u64::from(icid) | vcpu << 16 | u64::from(v) << 63, 0]
     }
-    fn mapti(dev: u32, ev: u32, intid: u32, icid: u16) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn mapti(dev: u32, ev: u32, intid: u32, icid: u16) -> [u64; 4] {
         [0x0a | u64::from(dev) << 32, u64::from(ev) | u64::from(intid) << 32, u64::from(icid), 0]
     }
-    fn mapi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn mapi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
         [0x0b | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
     }
-    fn movi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn movi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
         [0x01 | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
     }
-    fn int(dev: u32, ev: u32) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn int(dev: u32, ev: u32) -> [u64; 4] {
         dev_ev(0x03, dev, ev)
     }
-    fn discard(dev: u32, ev: u32) -> [u64; 4] {
+    pub(in crate::gic::vgic) fn discard(dev: u32, ev: u32) -> [u64; 4] {
         dev_ev(0x0f, dev, ev)
     }
 

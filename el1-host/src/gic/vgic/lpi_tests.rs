@@ -1,10 +1,10 @@
 //! LPIs in the vGIC: the redistributor's LPI registers, and LPIs the
 //! emulated ITS raises reaching the list registers.
 
+use super::its::tests::{self as its_cmd, dev_ev, int, mapti, movi, Ram};
 use super::its::{Effect, GuestMemory, Its, GITS_BASER0, GITS_BASER1, GITS_CBASER, GITS_CTLR, GITS_CWRITER};
 use super::lr::{v3 as lr3, HCR_EN};
 use super::*;
-use core::cell::RefCell;
 use ferrovisor_shared::vcpu::MAX_LIST_REGS;
 
 const GICD_TYPER: u64 = 0x4;
@@ -22,57 +22,22 @@ const PEND: u64 = RAM + 0x3_0000;
 /// `GICR_PROPBASER.IDbits` for 16 INTID bits.
 const IDBITS_16: u64 = 15;
 
-struct Ram(RefCell<Vec<u8>>);
-
 impl Ram {
-    fn new() -> Ram {
-        Ram(RefCell::new(alloc::vec![0; RAM_SIZE as usize]))
-    }
-    fn range(ipa: u64, len: usize) -> Result<core::ops::Range<usize>, ()> {
-        let start = ipa.checked_sub(RAM).ok_or(())?;
-        let end = start.checked_add(len as u64).ok_or(())?;
-        if end > RAM_SIZE {
-            return Err(());
-        }
-        Ok(start as usize..end as usize)
-    }
     /// Sets LPI `intid`'s property table entry.
     fn prop(&self, intid: u32, priority: u8, enabled: bool) {
         self.write(PROP + u64::from(intid - 8192), &[priority & 0xfc | u8::from(enabled)]).unwrap();
     }
 }
 
-impl GuestMemory for Ram {
-    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()> {
-        buf.copy_from_slice(&self.0.borrow()[Ram::range(ipa, buf.len())?]);
-        Ok(())
-    }
-    fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()> {
-        self.0.borrow_mut()[Ram::range(ipa, buf.len())?].copy_from_slice(buf);
-        Ok(())
-    }
+fn new_ram() -> Ram {
+    Ram::at(RAM, RAM_SIZE)
 }
 
-// ITS commands (IHI 0069 §6.3): DW0 [7:0] command, DW0 [63:32] DeviceID,
-// DW1 [31:0] EventID, DW1 [63:32] pINTID, DW1 [4:0] Size, DW2 [15:0] ICID,
-// DW2 [51:16] RDbase, DW2 [51:8] ITT_addr, DW2 [63] V.
 fn mapd(dev: u32, size: u8) -> [u64; 4] {
-    [0x08 | u64::from(dev) << 32, u64::from(size), 1 << 63, 0]
+    its_cmd::mapd(dev, size, 0, true)
 }
 fn mapc(icid: u16, vcpu: u64) -> [u64; 4] {
-    [0x09, 0, u64::from(icid) | vcpu << 16 | 1 << 63, 0]
-}
-fn mapti(dev: u32, ev: u32, intid: u32, icid: u16) -> [u64; 4] {
-    [0x0a | u64::from(dev) << 32, u64::from(ev) | u64::from(intid) << 32, u64::from(icid), 0]
-}
-fn movi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
-    [0x01 | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
-}
-fn dev_ev(cmd: u64, dev: u32, ev: u32) -> [u64; 4] {
-    [cmd | u64::from(dev) << 32, u64::from(ev), 0, 0]
-}
-fn int(dev: u32, ev: u32) -> [u64; 4] {
-    dev_ev(0x03, dev, ev)
+    its_cmd::mapc(icid, vcpu, true)
 }
 fn clear(dev: u32, ev: u32) -> [u64; 4] {
     dev_ev(0x04, dev, ev)
@@ -110,7 +75,7 @@ impl Vm {
     fn new(n: usize) -> Vm {
         let g = Vgic::new(cfg(Model::V3, n, true)).unwrap();
         g.dist_write(0, 0, 4, 0b11);
-        let mut vm = Vm { g, its: Its::new(n, LPI_ID_BITS).unwrap(), ram: Ram::new(), cwriter: 0 };
+        let mut vm = Vm { g, its: Its::new(n, LPI_ID_BITS).unwrap(), ram: new_ram(), cwriter: 0 };
         for v in 0..n {
             vm.g.redist_write(v, rd(v) + GICR_PROPBASER, 8, PROP | IDBITS_16);
             vm.g.redist_write(v, rd(v) + GICR_PENDBASER, 8, PEND);
@@ -183,7 +148,7 @@ fn lpis_off_reads_as_before() {
         assert_eq!(g.redist_read(v, rd(v) + GICR_PROPBASER, 8), 0);
     }
     // Effects from an ITS change nothing.
-    let ram = Ram::new();
+    let ram = new_ram();
     ram.prop(8192, 0x40, true);
     assert!(g.apply_its(&ram, &[Effect::SetPending { vcpu: 0, intid: 8192 }]).is_empty());
     assert!(!g.is_pending_or_active(0, 8192));
@@ -306,7 +271,7 @@ fn property_table_enable_is_cached_until_inv() {
 
 #[test]
 fn out_of_range_or_unreadable_property_reads_disabled() {
-    let ram = Ram::new();
+    let ram = new_ram();
     ram.prop(8192, 0x40, true);
     // A property table outside guest RAM: the LPI is pending but disabled.
     let g = Vgic::new(cfg(Model::V3, 1, true)).unwrap();
@@ -345,7 +310,7 @@ fn out_of_range_or_unreadable_property_reads_disabled() {
 fn enable_lpis_gates_delivery() {
     let g = Vgic::new(cfg(Model::V3, 2, true)).unwrap();
     g.dist_write(0, 0, 4, 0b11);
-    let ram = Ram::new();
+    let ram = new_ram();
     ram.prop(8200, 0x40, true);
     g.redist_write(1, rd(1) + GICR_PROPBASER, 8, PROP | IDBITS_16);
     g.apply_its(&ram, &[Effect::SetPending { vcpu: 1, intid: 8200 }]);
@@ -382,7 +347,7 @@ fn movi_moves_a_pending_lpi() {
 #[test]
 fn the_lpi_count_is_bounded() {
     let g = Vgic::new(cfg(Model::V3, 1, true)).unwrap();
-    let ram = Ram::new();
+    let ram = new_ram();
     g.redist_write(0, GICR_PROPBASER, 8, PROP | IDBITS_16);
     let effects: Vec<Effect> =
         (8192..8192 + MAX_LPIS as u32 + 10).map(|intid| Effect::SetPending { vcpu: 0, intid }).collect();
