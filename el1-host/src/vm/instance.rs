@@ -531,9 +531,23 @@ impl cmo::CacheOps for HostCacheOps {
     }
 }
 
+/// The VM list's writers' lock. A CPU waiting for it holds no RCU-protected
+/// reference, so it reports quiescent states meanwhile: the holder may be
+/// waiting for a grace period.
+fn lock_vms_write() -> spin::MutexGuard<'static, ()> {
+    let me = crate::arch::aarch64::cpu::current();
+    loop {
+        if let Some(guard) = VMS_WRITE.try_lock() {
+            return guard;
+        }
+        RCU.note_quiescent(me);
+        core::hint::spin_loop();
+    }
+}
+
 /// Adds a VM to the list.
 pub fn publish(vm: Arc<Vm>) {
-    let _w = VMS_WRITE.lock();
+    let w = lock_vms_write();
     let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
     let mut next = list().read(&guard).clone();
     drop(guard);
@@ -541,6 +555,10 @@ pub fn publish(vm: Arc<Vm>) {
     next.push(vm);
     VMS_LEFT.fetch_add(1, Ordering::AcqRel);
     let old = list().replace(Box::new(next));
+    // Not under the writers' lock: a CPU spinning for it (a VM's `finish`)
+    // reports no quiescent state, so this grace period would wait for it
+    // while it waits for us.
+    drop(w);
     old.free_after(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop);
 }
 
@@ -568,7 +586,7 @@ pub fn finish(vm: Arc<Vm>) {
         println!("vm {}: {line}", vm.name);
     }
     {
-        let w = VMS_WRITE.lock();
+        let w = lock_vms_write();
         let guard = RCU.read_lock(me);
         let next: Vec<Arc<Vm>> = list().read(&guard).iter().filter(|v| v.id != vm.id).cloned().collect();
         drop(guard);
