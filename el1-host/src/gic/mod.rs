@@ -1,6 +1,7 @@
 //! The GIC: the physical one the host drives (`phys`, bare metal only) and
 //! the virtual one each VM sees (`vgic`, plain logic tested on the dev host).
 
+pub mod its;
 pub mod vgic;
 
 #[cfg(target_os = "none")]
