@@ -6,6 +6,7 @@
 //! work bit set with release semantics followed by a kick: an SGI to the
 //! vCPU's CPU, which ends its guest run or its wait.
 
+pub mod doorbell;
 pub mod wakeup;
 pub mod work;
 
