@@ -18,6 +18,12 @@ pub fn semihosting_exit(bootargs: &str) -> bool {
     bootargs.split_ascii_whitespace().any(|w| w == "semihosting-exit")
 }
 
+/// `vlpi=software`: inject guests' LPIs by software even on a GICv4 (for
+/// comparing the two ways; direct injection is the default where it works).
+pub fn software_vlpi(bootargs: &str) -> bool {
+    bootargs.split_ascii_whitespace().any(|w| w == "vlpi=software")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +42,12 @@ mod tests {
         assert!(semihosting_exit("loglevel=info semihosting-exit"));
         assert!(!semihosting_exit("semihosting-exit=1"));
         assert!(!semihosting_exit(""));
+    }
+
+    #[test]
+    fn finds_software_vlpi() {
+        assert!(software_vlpi("loglevel=info vlpi=software"));
+        assert!(!software_vlpi("vlpi=direct"));
+        assert!(!software_vlpi(""));
     }
 }

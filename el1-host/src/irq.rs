@@ -11,6 +11,8 @@ pub const SGI_PING: u32 = 1;
 pub const TICK_US: u64 = 10_000;
 /// INTIDs at or above this are special (spurious and friends).
 const SPECIAL_INTID: u32 = 1020;
+/// The first LPI.
+const LPI_BASE: u32 = 8192;
 
 /// The non-secure EL1 physical timer's INTID (PPI 14 unless the device tree
 /// says otherwise).
@@ -46,7 +48,7 @@ pub fn handle() {
     }
     while let Some(ack) = gic::acknowledge() {
         let intid = ack.intid;
-        if intid >= SPECIAL_INTID {
+        if (SPECIAL_INTID..LPI_BASE).contains(&intid) {
             break;
         }
         let me = smp::this_cpu();
@@ -62,6 +64,10 @@ pub fn handle() {
             crate::vcpu::timers::physical_fired();
             gic::drop_priority(ack);
             continue;
+        } else if intid >= LPI_BASE {
+            if !gic::vlpi::handle_lpi(intid) {
+                log::warn!("unexpected LPI {intid}");
+            }
         } else if intid == gic::maintenance_intid() {
             // The exit it caused was the point: the run loop reads the list
             // registers.

@@ -1,5 +1,6 @@
 //! The boot self-check: every online CPU must receive an SGI from the boot CPU
-//! and take its own timer tick. Prints one line per CPU and the verdict.
+//! and take its own timer tick, and an LPI sent through the ITS must arrive.
+//! Prints one line per CPU, the LPI's, and the verdict.
 
 use crate::arch::aarch64::timer;
 use crate::smp::CPUS;
@@ -10,7 +11,7 @@ use ferrovisor_shared::boot::BootInfo;
 const TIMEOUT_US: u64 = 2_000_000;
 
 /// Returns whether every CPU passed.
-pub fn run(info: &BootInfo) -> bool {
+pub fn run(info: &BootInfo, lpis: bool) -> bool {
     let count = info.cpu_count as usize;
     let start_sgis: [u64; ferrovisor_shared::boot::MAX_CPUS] =
         core::array::from_fn(|i| CPUS[i].sgis.load(Ordering::Relaxed));
@@ -39,7 +40,11 @@ pub fn run(info: &BootInfo) -> bool {
         }
         passed += usize::from(online && sgi_ok(i) && tick_ok(i));
     }
-    let verdict = if passed == count { "PASS" } else { "FAIL" };
+    let lpi_ok = !lpis || gic::vlpi::selftest(TIMEOUT_US);
+    if lpis {
+        println!("self-check: its lpi {}", if lpi_ok { "ok" } else { "FAILED" });
+    }
+    let verdict = if passed == count && lpi_ok { "PASS" } else { "FAIL" };
     println!("self-check: {verdict} ({passed}/{count} CPUs)");
-    passed == count
+    passed == count && lpi_ok
 }

@@ -3,6 +3,7 @@
 
 pub mod its;
 pub mod vgic;
+pub mod vlpi;
 
 #[cfg(target_os = "none")]
 mod phys;

@@ -1,7 +1,7 @@
 //! The physical GIC, driven through `arm-gic`: GICv2 (QEMU virt
 //! `gic-version=2`, the Raspberry Pi 4's GIC-400) or GICv3/v4 with a
-//! redistributor per CPU. ITS and GICv4.1 are detected and reported here;
-//! using them is the LPI issue's work.
+//! redistributor per CPU. ITS, GICv4 and GICv4.1 are detected here; the ITS
+//! is driven by `its` and `vlpi`.
 
 use crate::arch::aarch64::cpu;
 use arm_gic::gicv2::{GicV2, SgiTarget as SgiTargetV2, SgiTargetListFilter};
@@ -22,6 +22,8 @@ pub enum Version {
     V3 {
         arch_rev: u8,
         its: bool,
+        /// Every redistributor has vLPIs (GICR_TYPER.VLPIS): GICv4.
+        v4: bool,
         v4_1: bool,
     },
 }
@@ -31,7 +33,7 @@ impl core::fmt::Display for Version {
         let yn = |b: bool| if b { "yes" } else { "no" };
         match self {
             Self::V2 => write!(f, "GICv2"),
-            Self::V3 { arch_rev, its, v4_1 } => {
+            Self::V3 { arch_rev, its, v4_1, .. } => {
                 write!(f, "GICv{arch_rev} (ITS: {}, GICv4.1: {})", yn(*its), yn(*v4_1))
             }
         }
@@ -106,6 +108,9 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
         }
         GicDesc::V3 { gicd, gicr, its, maintenance_irq, .. } => {
             let gicr_base = gicr.base;
+            if let Some(r) = its {
+                ITS_BASE.store(r.base, Ordering::Relaxed);
+            }
             MAINTENANCE.store(maintenance_intid_or_default(maintenance_irq), Ordering::Relaxed);
             // SAFETY: as above.
             let mut gic = unsafe {
@@ -117,6 +122,7 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
             }
             .map_err(|_| "the redistributor frames do not match the GIC's layout")?;
             let mut v4_1 = true;
+            let mut vlpis = true;
             for (cpu, &mpidr) in mpidrs.iter().enumerate() {
                 let typer = gic.gicr_typer(cpu).map_err(|_| "fewer redistributors than CPUs")?;
                 if typer.core_mpidr() & 0xff_00ff_ffff != mpidr {
@@ -127,13 +133,18 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
                 if let Some(slot) = RD_BASE.get(cpu) {
                     slot.store(frame, Ordering::Relaxed);
                 }
+                if let Some(slot) = PROCESSOR_NUMBER.get(cpu) {
+                    slot.store(((raw >> 8) & 0xffff) as u16, Ordering::Relaxed);
+                }
+                vlpis &= raw & GICR_TYPER_VLPIS != 0;
                 v4_1 &= raw & GICR_TYPER_VLPIS != 0 && raw & GICR_TYPER_RVPEID != 0;
             }
             // SAFETY: GICD_PIDR2 of the distributor the device tree names.
             let pidr2 = unsafe { ((gicd.base as usize + GICD_PIDR2) as *const u32).read_volatile() };
             let arch_rev = ((pidr2 >> 4) & 0xf) as u8;
             gic.setup(0);
-            (Driver::V3(gic), Version::V3 { arch_rev, its: its.is_some(), v4_1: v4_1 && arch_rev >= 4 })
+            let v4 = vlpis && arch_rev >= 4;
+            (Driver::V3(gic), Version::V3 { arch_rev, its: its.is_some(), v4, v4_1: v4_1 && arch_rev >= 4 })
         }
     };
     *DRIVER.lock() = Some(driver);
@@ -162,6 +173,28 @@ unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> (u64, u64) {
 
 /// Each CPU's redistributor (RD frame; the SGI frame follows it), GICv3.
 static RD_BASE: [core::sync::atomic::AtomicU64; MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
+/// Each CPU's `GICR_TYPER.Processor_Number` (what the ITS names a
+/// redistributor by when `GITS_TYPER.PTA` is 0).
+static PROCESSOR_NUMBER: [core::sync::atomic::AtomicU16; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
+/// The ITS the device tree names (0: none).
+static ITS_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// CPU `cpu`'s redistributor RD frame (GICv3).
+pub fn rd_frame(cpu: usize) -> Option<u64> {
+    RD_BASE.get(cpu).map(|r| r.load(Ordering::Relaxed)).filter(|&b| b != 0)
+}
+
+/// CPU `cpu`'s redistributor's processor number.
+pub fn processor_number(cpu: usize) -> u16 {
+    PROCESSOR_NUMBER.get(cpu).map_or(0, |p| p.load(Ordering::Relaxed))
+}
+
+/// The ITS's base address, if the device tree has one (GICv3).
+pub fn its_base() -> Option<u64> {
+    Some(ITS_BASE.load(Ordering::Relaxed)).filter(|&b| b != 0)
+}
+
 /// The virtual CPU interface (GICv2), mapped into GICv2 guests.
 static GICV_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// PPI 9, the architected maintenance interrupt, when the device tree omits it.

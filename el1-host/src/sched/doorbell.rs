@@ -33,21 +33,13 @@
 //! stored first, relaxed): that only makes the vCPU runnable a little early,
 //! and the request it handles later finds nothing more to do.
 
-#![cfg_attr(
-    target_os = "none",
-    allow(dead_code, reason = "not wired to the GICv4 doorbell IRQ and the vCPU's requests yet")
-)]
-
 use crate::rcu::sync::{const_unless_loom, AtomicBool, Ordering};
 #[cfg(doc)]
 use crate::sched::wakeup::BlockState;
 use crate::sched::wakeup::Requests;
 use core::sync::atomic::{AtomicU64 as StatU64, Ordering::Relaxed};
 
-/// The vCPU request made by a doorbell: vLPIs may be pending for it (KVM's
-/// `KVM_REQ_IRQ_PENDING`). Outside the run loop's work bits
-/// (`sched::work::WORK_MASK`).
-pub const WORK_IRQ_PENDING: u32 = 1 << 3;
+pub use crate::sched::work::WORK_IRQ_PENDING;
 
 /// The doorbell state of one vPE: GICv4's `pending_last`, and how often its
 /// doorbell rang.

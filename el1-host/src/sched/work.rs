@@ -49,8 +49,11 @@ pub const WORK_RESCHED: u32 = 1 << 0;
 pub const WORK_STOP: u32 = 1 << 1;
 /// Deferred notifications to run before entering.
 pub const WORK_NOTIFY: u32 = 1 << 2;
+/// A vLPI is pending for a vPE that was not resident (a GICv4 doorbell):
+/// the vCPU must run, and its `pending_last` says why (`sched::doorbell`).
+pub const WORK_IRQ_PENDING: u32 = 1 << 3;
 /// Every work bit.
-pub const WORK_MASK: u32 = WORK_RESCHED | WORK_STOP | WORK_NOTIFY;
+pub const WORK_MASK: u32 = WORK_RESCHED | WORK_STOP | WORK_NOTIFY | WORK_IRQ_PENDING;
 
 const MODE_OUTSIDE: u32 = 0;
 const MODE_IN_GUEST: u32 = 1;
@@ -207,6 +210,12 @@ impl VcpuEntry {
     /// The pending work bits (acquire).
     pub fn pending(&self) -> u32 {
         self.work.pending()
+    }
+
+    /// The work bits themselves, for a requester that kicks by itself (a
+    /// GICv4 doorbell).
+    pub fn requests(&self) -> &Requests {
+        &self.work
     }
 
     pub fn mode(&self) -> Mode {

@@ -273,6 +273,10 @@ impl ExitHandler<'_> {
                 return Flow::Block;
             }
             cpu::irq_disable();
+            // Non-resident before the check: a vLPI from now on rings the
+            // doorbell (which ends the WFI below), and one before shows in
+            // PendingLast.
+            put_vpe(self.vm, self.vcpu);
             super::timers::sample(self.vm, self.vcpu, ctx);
             if self.wake_from_wfi(ctx) {
                 cpu::irq_enable();
@@ -290,9 +294,12 @@ impl ExitHandler<'_> {
 
     /// Whether a vCPU in WFI must go back to the guest.
     pub fn wake_from_wfi(&self, ctx: &VcpuContext) -> bool {
+        // The requests first, with acquire: a doorbell's `pending_last` is
+        // published by its request (seed 004).
         self.vcpu.entry.pending() != 0
             || self.vcpu.power.is_off()
             || self.vm.vgic.has_pending(self.vcpu.index, &ctx.vgic)
+            || self.vcpu.doorbell.runnable(self.vcpu.entry.requests())
     }
 
     fn stop(&self, why: alloc::string::String) -> Flow {
@@ -320,5 +327,15 @@ impl psci::PsciVm for VmPsci<'_> {
 
     fn ram_contains(&self, ipa: u64) -> bool {
         self.0.ram.contains(ipa, 4)
+    }
+}
+
+/// Makes `vcpu`'s vPE non-resident on this CPU (GICv4), keeping the GIC's
+/// word on whether a vLPI is pending.
+pub(super) fn put_vpe(vm: &Vm, vcpu: &Vcpu) {
+    if let Some(direct) = &vm.direct {
+        if direct.put(vcpu.index, cpu::current()) {
+            vcpu.doorbell.note_pending_last(true);
+        }
     }
 }

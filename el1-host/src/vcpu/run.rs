@@ -1,7 +1,7 @@
 //! A vCPU's host thread: the seed-000/001 run loop of `sched::work` with the
 //! real world switch, exit handling, power states and VM-wide operations.
 
-use super::exit::{ExitHandler, Flow as ExitFlow};
+use super::exit::{put_vpe, ExitHandler, Flow as ExitFlow};
 use crate::arch::aarch64::{cpu, hyp, timer};
 use crate::sched::work::{self, EntryHw, Flow, GuestVcpu, RunOutcome};
 use crate::vm::instance::{self, Vcpu, Vm, RCU};
@@ -118,6 +118,9 @@ impl Runner<'_> {
     /// interrupt or a timer of this vCPU (or any request) needs it.
     fn block_in_wfi(&mut self) -> Flow<Done> {
         let (vm, vcpu) = (self.vm, self.vcpu);
+        // Non-resident before the check: a vLPI from now on rings the
+        // doorbell, and one before shows in PendingLast.
+        put_vpe(vm, vcpu);
         let ctx: &VcpuContext = self.ctx();
         super::timers::sample(vm, vcpu, ctx);
         let deadline = super::timers::next_deadline(&ctx.timer);
@@ -192,6 +195,11 @@ impl GuestVcpu for Runner<'_> {
         vm.vgic.flush(vcpu.index, &mut ctx.vgic, nr_lrs());
         super::timers::load(vm, vcpu);
         super::timers::arm_ptimer(&ctx.timer);
+        if let Some(direct) = &vm.direct {
+            // Resident, the GIC delivers its vLPIs itself, pending_last too.
+            direct.load(vcpu.index, cpu::current());
+            vcpu.doorbell.take_pending_last();
+        }
         Flow::Continue
     }
 
@@ -275,6 +283,7 @@ pub fn run(vm: Arc<Vm>, index: usize) -> Turn {
         work::run(&mut runner, &vcpu.entry, &Hw, &RCU, me)
     };
     crate::sched::set_current(None);
+    put_vpe(&vm, vcpu);
     match outcome {
         RunOutcome::Done(Done::Block) => return Turn::Slept,
         RunOutcome::Done(Done::Yield) => return Turn::Preempted,

@@ -93,6 +93,8 @@ pub struct Vcpu {
     pub entry: VcpuEntry,
     pub(crate) ctx: UnsafeCell<Box<VcpuContext>>,
     pub stopped: AtomicBool,
+    /// Its vPE's `pending_last` and doorbell count (GICv4 direct injection).
+    pub doorbell: crate::sched::doorbell::VpeDoorbell,
 }
 
 // SAFETY: `ctx` is only touched by the one CPU that claimed the vCPU (the
@@ -109,6 +111,8 @@ pub struct Vm {
     pub vgic: Vgic,
     /// Its ITS (GICv3 guests on a board with one): LPIs by software injection.
     pub its: Option<spin::Mutex<Its>>,
+    /// Its LPIs as vLPIs in the physical ITS (GICv4), instead of by software.
+    pub direct: Option<crate::gic::vlpi::DirectVm>,
     pub vmid: vmid::VmidSlot,
     pub vcpus: Vec<Vcpu>,
     uart: spin::Mutex<(Pl011, LineBuffer)>,
@@ -210,6 +214,13 @@ impl Vm {
                 return Err(alloc::format!("virtual ITS: {e:?}"));
             }
         };
+        let direct = match its.then(|| crate::gic::vlpi::DirectVm::new(id, spec.vcpus as usize)).transpose() {
+            Ok(d) => d.flatten(),
+            Err(e) => {
+                free_ram(&ram);
+                return Err(alloc::format!("direct vLPI injection: {e}"));
+            }
+        };
         let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));
         let dt = fdt::GuestDt {
             name: &spec.name,
@@ -280,6 +291,7 @@ impl Vm {
                     entry: VcpuEntry::new(),
                     ctx: UnsafeCell::new(Box::new(ctx)),
                     stopped: AtomicBool::new(false),
+                    doorbell: crate::sched::doorbell::VpeDoorbell::new(),
                 }
             })
             .collect::<Vec<_>>();
@@ -291,6 +303,7 @@ impl Vm {
             stage2: spin::Mutex::new(Some(stage2)),
             vgic,
             its: guest_its.map(spin::Mutex::new),
+            direct,
             vmid: vmid::VmidSlot::new(),
             running: AtomicUsize::new(vcpus.len()),
             vcpus,
@@ -353,6 +366,12 @@ impl Vm {
     /// every other vCPU of the VM.
     pub fn reload(&self) {
         self.vgic.reset();
+        if let Some(its) = &self.its {
+            its.lock().reset();
+        }
+        if let Some(direct) = &self.direct {
+            direct.reset();
+        }
         self.populate(false);
     }
 
@@ -391,10 +410,16 @@ impl Vm {
     pub fn its_write(&self, offset: u64, size: u8, value: u64) -> Kicks {
         let Some(its) = self.its.as_ref() else { return Kicks::default() };
         let mem = RamView(&self.ram);
-        let effects = its.lock().mmio_write(&mem, offset, size, value);
+        let mut its = its.lock();
+        let effects = its.mmio_write(&mem, offset, size, value);
         if effects.is_empty() {
             return Kicks::default();
         }
+        if let Some(direct) = &self.direct {
+            // The GIC delivers them, or rings a doorbell.
+            return direct.apply(&effects, &mut |vcpu, intid| self.vgic.lpi_property(&mem, vcpu, intid));
+        }
+        drop(its);
         self.vgic.apply_its(&mem, &effects)
     }
 
@@ -457,6 +482,7 @@ impl Vm {
         // SAFETY: the vCPU has stopped; its context is no longer run.
         let counters = unsafe { (*vcpu.ctx.get()).counters };
         self.stats.add_el2(&counters);
+        self.stats.doorbells.fetch_add(vcpu.doorbell.rings(), Ordering::Relaxed);
         self.running.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
@@ -528,6 +554,16 @@ impl cmo::CacheOps for HostCacheOps {
 
     fn invalidate_icache(&self) {
         cache::invalidate_icache();
+    }
+}
+
+/// vCPU `vcpu` of VM `vm_id` has a vLPI pending while its vPE is not
+/// resident (its doorbell rang): `pending_last`, the request, the kick, and
+/// nothing that takes a lock (seed 004). Called from the IRQ handler.
+pub fn ring_doorbell(vm_id: usize, vcpu: usize) {
+    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
+    if let Some(v) = list().read(&guard).iter().find(|vm| vm.id == vm_id).and_then(|vm| vm.vcpus.get(vcpu)) {
+        v.doorbell.ring(v.entry.requests(), || crate::sched::kick(v));
     }
 }
 

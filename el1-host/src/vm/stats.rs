@@ -1,5 +1,6 @@
 //! Per-VM statistics, printed when a VM ends: exits by reason, the exits el2
-//! finished itself, interrupted runs, cache maintenance, guest time.
+//! finished itself, interrupted runs, GICv4 doorbells, cache maintenance,
+//! guest time.
 #![cfg_attr(target_os = "none", allow(dead_code, reason = "per-reason reads used by the tests"))]
 
 use core::fmt;
@@ -37,6 +38,8 @@ pub struct VmStats {
     pub interrupted: AtomicU64,
     pub guest_ticks: AtomicU64,
     pub guest_time_us: AtomicU64,
+    /// GICv4 doorbells rung for its vPEs.
+    pub doorbells: AtomicU64,
 }
 
 /// Cache maintenance figures (from the VM's pending-operations record).
@@ -91,13 +94,14 @@ impl fmt::Display for Report<'_> {
         writeln!(f, ")")?;
         writeln!(
             f,
-            "fast paths {} (smccc {}, id-reg {}, spurious {}); runs {}, interrupted {}",
+            "fast paths {} (smccc {}, id-reg {}, spurious {}); runs {}, interrupted {}, doorbells {}",
             s.fast_paths(),
             s.fast_smccc.load(Relaxed),
             s.fast_id_reg.load(Relaxed),
             s.fast_spurious.load(Relaxed),
             s.runs.load(Relaxed),
-            s.interrupted.load(Relaxed)
+            s.interrupted.load(Relaxed),
+            s.doorbells.load(Relaxed)
         )?;
         write!(
             f,
@@ -123,9 +127,13 @@ mod tests {
         s.count(ExitKind::Hvc);
         s.add_el2(&El2Counters { runs: 4, exits: 9, fast_smccc: 5, fast_spurious: 1, fast_id_reg: 0 });
         s.interrupted.fetch_add(1, Relaxed);
+        s.doorbells.fetch_add(3, Relaxed);
         let text = alloc::format!("{}", s.report(CmoFigures { epochs: 2, regions: 4, bytes: 8192 }));
         assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
-        assert!(text.contains("fast paths 6 (smccc 5, id-reg 0, spurious 1); runs 4, interrupted 1"), "{text}");
+        assert!(
+            text.contains("fast paths 6 (smccc 5, id-reg 0, spurious 1); runs 4, interrupted 1, doorbells 3"),
+            "{text}"
+        );
         assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
         assert_eq!(s.exits(ExitKind::Mmio), 2);
     }

@@ -343,6 +343,14 @@ impl Its {
         })
     }
 
+    /// Back to the state after [`Its::new`] (a VM reset); the drop counts stay.
+    pub fn reset(&mut self) {
+        let drops = self.drops;
+        if let Ok(fresh) = Its::new(self.nr_vcpus, self.lpi_id_bits) {
+            *self = Its { drops, ..fresh };
+        }
+    }
+
     /// Commands dropped (or stalls) for `reason` since creation.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]

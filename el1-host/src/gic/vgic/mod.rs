@@ -313,6 +313,13 @@ impl Vgic {
         self.mark(kicks)
     }
 
+    /// Priority and enable of LPI `intid` in the property table `vcpu`'s
+    /// `GICR_PROPBASER` names (disabled when unreadable), for LPIs the GIC
+    /// delivers itself (GICv4).
+    pub fn lpi_property(&self, mem: &dyn its::GuestMemory, vcpu: usize, intid: u32) -> (u8, bool) {
+        self.state.lock().read_property(mem, vcpu, intid)
+    }
+
     /// Links virtual `intid` (a PPI of `vcpu`, or an SPI) to physical
     /// `pintid` (a PPI or SPI, 16..1020): its list registers get HW = 1, so
     /// the guest's deactivation deactivates the physical interrupt. `None`

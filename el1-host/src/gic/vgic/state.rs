@@ -448,7 +448,7 @@ impl State {
     /// Priority and enable of LPI `intid` from the property table `vcpu`'s
     /// `GICR_PROPBASER` names. An INTID beyond `PROPBASER.IDbits` (or
     /// IDbits below 14 bits) or an entry outside guest RAM reads as disabled.
-    fn read_property(&self, mem: &dyn GuestMemory, vcpu: usize, intid: u32) -> (u8, bool) {
+    pub fn read_property(&self, mem: &dyn GuestMemory, vcpu: usize, intid: u32) -> (u8, bool) {
         let Some(vs) = self.vcpus.get(vcpu) else { return (0, false) };
         let id_bits = (vs.propbaser & PROPBASER_IDBITS) as u32 + 1;
         if id_bits < 14 || intid >> id_bits.min(31) != 0 || intid < LPI_BASE {
