@@ -24,6 +24,9 @@ pub struct Vm {
     pub host_expect: &'static [&'static str],
     /// `ferrovisor,pinned`.
     pub pinned: bool,
+    /// The VM's statistics must count GICv4 doorbells (`Some(true)`: at
+    /// least one) or none (`Some(false)`: software injection).
+    pub doorbells: Option<bool>,
 }
 
 impl Vm {
@@ -38,6 +41,7 @@ impl Vm {
             expect: &[],
             host_expect: &[],
             pinned: false,
+            doorbells: None,
         }
     }
 }
@@ -146,9 +150,16 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
             "PASS: its: introspection: ",
             "PASS: its: trigger: MOVI to collection 3: ",
             "PASS: its: trigger: DISCARD: ",
-            "PASS: its: wake: INT woke cpu3 from WFI",
+            "PASS: its: doorbell: INT woke cpu3 from WFI",
         ];
         tests.push(GuestTest::new(v("its"), vec![its]));
+        // A vCPU in WFI woken by an LPI another vCPU sends: on GICv4 through
+        // its vPE's doorbell (counted), on GICv3 by software injection.
+        let mut doorbell = Vm::new("its", "its", "doorbell", 4);
+        doorbell.mem_mib = 128;
+        doorbell.expect = &["PASS: its: doorbell: INT woke cpu3 from WFI"];
+        doorbell.doorbells = Some(gic == 4);
+        tests.push(GuestTest::new(v("its-doorbell"), vec![doorbell]));
     }
     tests
 }
@@ -278,6 +289,24 @@ pub fn run(ctx: &Ctx, board: Board, gic: u8, smp: u32, vms: &[Vm]) -> Result<(),
         let ended = format!("vm {}: ended (system off), EXIT: STATUS=1", vm.name);
         if !lines.iter().any(|l| l.starts_with(&ended)) {
             return Err(fail(format!("no `{ended}` line")));
+        }
+        if let Some(want) = vm.doorbells {
+            let stats = format!("vm {}: fast paths ", vm.name);
+            let rings = lines
+                .iter()
+                .filter(|l| l.starts_with(&stats))
+                .find_map(|l| l.rsplit_once("doorbells ").and_then(|(_, n)| n.trim().parse::<u64>().ok()));
+            match rings {
+                Some(n) if (n > 0) == want => {}
+                Some(n) => {
+                    return Err(fail(format!(
+                        "vm {}: {n} doorbells, expected {}",
+                        vm.name,
+                        if want { "some" } else { "none" }
+                    )))
+                }
+                None => return Err(fail(format!("vm {}: no doorbell count in its statistics", vm.name))),
+            }
         }
         for want in vm.host_expect {
             if !lines.iter().any(|l| l.contains(want)) {

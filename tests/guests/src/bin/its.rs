@@ -4,9 +4,10 @@
 //! architecture describes them, LPI support in the distributor and the
 //! redistributors), `trigger` (collections on every CPU, `INT` delivers each
 //! LPI to its collection's CPU only, `INV` after a priority and after an
-//! enable change, `CLEAR`, `MOVI`, `DISCARD`), `wake` (4 CPUs: an `INT` for
-//! an event mapped to a secondary's collection wakes that CPU from `WFI`,
-//! once, within 1 s). Without an ITS in the device tree (GICv2, or a GICv3
+//! enable change, `CLEAR`, `MOVI`, `DISCARD`), `doorbell` (4 CPUs: an `INT`
+//! for an event mapped to a secondary's collection wakes that CPU from `WFI`,
+//! once, within 1 s: under a hypervisor with GICv4 the vCPU in `WFI` is not
+//! resident, so its vPE's doorbell is what wakes it). Without an ITS in the device tree (GICv2, or a GICv3
 //! without one) every sub-test is a SKIP.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -29,7 +30,7 @@ mod guest {
         &[
             SubTest { name: "introspection", run: introspection },
             SubTest { name: "trigger", run: trigger },
-            SubTest { name: "wake", run: wake },
+            SubTest { name: "doorbell", run: wake },
         ]
     );
 
@@ -422,9 +423,9 @@ mod guest {
         }
     }
 
-    // ---- wake ----
+    // ---- doorbell ----
 
-    /// The `wake` sub-test's device, apart from `trigger`'s so both can run in one boot.
+    /// The `doorbell` sub-test's device, apart from `trigger`'s so both can run in one boot.
     const WAKE_DEVICE: u32 = 3;
     const WAKE_EVENT: u32 = 0;
     /// Past `trigger`'s LPIs.
