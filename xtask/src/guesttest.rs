@@ -160,6 +160,14 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         doorbell.expect = &["PASS: its: doorbell: INT woke cpu3 from WFI"];
         doorbell.doorbells = Some(gic == 4);
         tests.push(GuestTest::new(v("its-doorbell"), vec![doorbell]));
+        // The same with its 4 vCPUs on 2 CPUs: the vCPU in WFI gives its CPU
+        // away, and the doorbell (or the software kick) must bring it back,
+        // possibly on another CPU (VMOVP).
+        let mut over = Vm::new("its", "its", "doorbell", 4);
+        over.mem_mib = 128;
+        over.expect = &["PASS: its: doorbell: INT woke cpu3 from WFI"];
+        over.doorbells = Some(gic == 4);
+        tests.push(GuestTest { smp: 2, ..GuestTest::new(v("its-doorbell-oversubscribed"), vec![over]) });
     }
     tests
 }

@@ -356,6 +356,8 @@ pub fn tests() -> Vec<(String, bool, TestFn)> {
         ("linux-bare".into(), false, Box::new(bare)),
         ("linux-gicv3".into(), true, Box::new(|c| under_hypervisor(c, 3, &["linux"]))),
         ("linux-gicv2".into(), true, Box::new(|c| under_hypervisor(c, 2, &["linux"]))),
+        // GICv4: the guest's ITS is backed by a physical device and vPEs.
+        ("linux-gicv4".into(), true, Box::new(|c| under_hypervisor(c, 4, &["linux"]))),
         ("linux-two-vms".into(), true, Box::new(|c| under_hypervisor(c, 3, &["linux-a", "linux-b"]))),
     ]
 }

@@ -198,7 +198,9 @@ impl GuestVcpu for Runner<'_> {
         if let Some(direct) = &vm.direct {
             // Resident, the GIC delivers its vLPIs itself, pending_last too.
             direct.load(vcpu.index, cpu::current());
-            vcpu.doorbell.take_pending_last();
+            if vcpu.doorbell.pending_last() {
+                vcpu.doorbell.take_pending_last();
+            }
         }
         Flow::Continue
     }
