@@ -217,8 +217,8 @@ impl Vm {
         let direct = match its.then(|| crate::gic::vlpi::DirectVm::new(id, spec.vcpus as usize)).transpose() {
             Ok(d) => d.flatten(),
             Err(e) => {
-                free_ram(&ram);
-                return Err(alloc::format!("direct vLPI injection: {e}"));
+                log::warn!("vm {}: no direct vLPI injection ({e}): its LPIs are injected by software", spec.name);
+                None
             }
         };
         let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));

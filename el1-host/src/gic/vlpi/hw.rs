@@ -127,7 +127,9 @@ pub unsafe fn init(its_base: u64, cpus: usize, want_direct: bool) -> Result<Feat
     let regs = unsafe { its::Mmio::new(its_base) };
     let max_vpes = if want_direct { MAX_VPES as u32 } else { 0 };
     let mut phys = PhysIts::init(regs, &mut Frames, MAX_DEVICES, max_vpes).map_err(|e| alloc::format!("{e}"))?;
-    let direct = want_direct && phys.typer().virtual_lpis;
+    // The vLPI tables are written by the CPU and read by the GIC with no
+    // cache maintenance: only for an ITS that took them as coherent.
+    let direct = want_direct && phys.typer().virtual_lpis && phys.coherent();
     let mut cmds = Vec::new();
     for cpu in 0..cpus {
         cmds.push(Command::mapc(cpu as u16, rdbase(&phys, cpu), true));
