@@ -185,7 +185,7 @@ impl ExitHandler<'_> {
                 let value = access.write_value(ctx);
                 let kicks = match frame {
                     GicFrame::Dist(off) => vgic.dist_write(me, off, size, value),
-                    GicFrame::Redist(off) => vgic.redist_write(me, off, size, value),
+                    GicFrame::Redist(off) => self.vm.redist_write(me, off, size, value),
                     GicFrame::Its(off) => self.vm.its_write(off, size, value),
                 };
                 access.complete_write(ctx);

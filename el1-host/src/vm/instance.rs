@@ -400,6 +400,18 @@ impl Vm {
         self.uart.lock().0.read(offset)
     }
 
+    /// A guest write of its redistributors; LPIs a pending table held when
+    /// its EnableLPIs was set go the way the ITS's go.
+    pub fn redist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
+        let mut kicks = self.vgic.redist_write(vcpu, offset, size, value);
+        let mem = RamView(&self.ram);
+        let effects = self.vgic.pending_table_effects(&mem);
+        if !effects.is_empty() {
+            kicks.0 |= self.apply_lpi_effects(&mem, &effects).0;
+        }
+        kicks
+    }
+
     /// A guest read of its ITS frame (zero without one).
     pub fn its_read(&self, offset: u64, size: u8) -> u64 {
         self.its.as_ref().map_or(0, |its| its.lock().mmio_read(offset, size))
@@ -410,17 +422,23 @@ impl Vm {
     pub fn its_write(&self, offset: u64, size: u8, value: u64) -> Kicks {
         let Some(its) = self.its.as_ref() else { return Kicks::default() };
         let mem = RamView(&self.ram);
+        // Held while the effects are applied: commands of two vCPUs take
+        // effect in the order the ITS ran them.
         let mut its = its.lock();
         let effects = its.mmio_write(&mem, offset, size, value);
         if effects.is_empty() {
             return Kicks::default();
         }
+        self.apply_lpi_effects(&mem, &effects)
+    }
+
+    /// What happens to LPIs: on a GICv4 the GIC delivers them (or rings a
+    /// doorbell), else the vGIC lists them.
+    fn apply_lpi_effects(&self, mem: &RamView<'_>, effects: &[crate::gic::vgic::its::Effect]) -> Kicks {
         if let Some(direct) = &self.direct {
-            // The GIC delivers them, or rings a doorbell.
-            return direct.apply(&effects, &mut |vcpu, intid| self.vgic.lpi_property(&mem, vcpu, intid));
+            return direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(mem, vcpu, intid));
         }
-        drop(its);
-        self.vgic.apply_its(&mem, &effects)
+        self.vgic.apply_its(mem, effects)
     }
 
     /// Makes the vCPUs in `kicks` look at their interrupts.

@@ -324,6 +324,37 @@ fn enable_lpis_gates_delivery() {
 }
 
 #[test]
+fn enable_lpis_reads_the_pending_table_unless_ptz() {
+    let g = Vgic::new(cfg(Model::V3, 2, true)).unwrap();
+    g.dist_write(0, 0, 4, 0b11);
+    let ram = new_ram();
+    ram.prop(8193, 0x40, true);
+    ram.prop(8200, 0x60, true);
+    // LPIs 8193 and 8200 pending in vCPU 1's table (INTID n is bit n).
+    ram.write(PEND + 1024, &[0b10]).unwrap();
+    ram.write(PEND + 1025, &[0b1]).unwrap();
+    g.redist_write(1, rd(1) + GICR_PROPBASER, 8, PROP | IDBITS_16);
+    g.redist_write(1, rd(1) + GICR_PENDBASER, 8, PEND);
+    assert!(g.pending_table_effects(&ram).is_empty(), "EnableLPIs is still 0");
+    g.redist_write(1, rd(1) + GICR_CTLR, 4, 1);
+    let effects = g.pending_table_effects(&ram);
+    assert_eq!(effects, [Effect::SetPending { vcpu: 1, intid: 8193 }, Effect::SetPending { vcpu: 1, intid: 8200 }]);
+    assert!(g.pending_table_effects(&ram).is_empty(), "read once");
+    g.apply_its(&ram, &effects);
+    let mut c = VgicCpuState { vmcr: 0xff << 24 | 0b11, ..VgicCpuState::default() };
+    g.flush(1, &mut c, 4);
+    assert_eq!(intids(&c.lr[..c.used_lrs as usize]), [8193, 8200]);
+    // With PTZ (32-bit writes, upper word last) the table is not read.
+    g.redist_write(0, rd(0) + GICR_PROPBASER, 8, PROP | IDBITS_16);
+    g.redist_write(0, rd(0) + GICR_PENDBASER, 4, PEND & 0xffff_ffff);
+    g.redist_write(0, rd(0) + GICR_PENDBASER + 4, 4, (PEND >> 32) | 1 << 30);
+    g.redist_write(0, rd(0) + GICR_CTLR, 4, 1);
+    ram.write(PEND + 1024, &[0xff]).unwrap();
+    assert!(g.pending_table_effects(&ram).is_empty());
+    g.check_invariants();
+}
+
+#[test]
 fn movi_moves_a_pending_lpi() {
     let mut vm = Vm::new(2);
     vm.ram.prop(8192, 0x40, true);

@@ -5,7 +5,7 @@
 use super::regs::{Bank, BitReg};
 use super::state::{
     State, AFFINITY_MASK, CTLR_ENABLE_MASK, IROUTER_IRM, LPI_ID_BITS, NR_PRIVATE, NR_SGIS, PENDBASER_MASK,
-    PROPBASER_MASK,
+    PENDBASER_PA, PENDBASER_PTZ, PROPBASER_MASK,
 };
 use super::{Kicks, Model, GIC_IIDR};
 
@@ -378,13 +378,15 @@ impl State {
     /// EnableLPIs goes 0 to 1 only (clearing it is IMPLEMENTATION DEFINED;
     /// here it sticks until reset), and the two tables' registers are
     /// writable only while it is 0 (afterwards UNPREDICTABLE; here ignored).
-    /// The pending table is never read or written: pending state stays in
-    /// the host.
+    /// The pending table is read once, when EnableLPIs is set without PTZ
+    /// (`Vgic::pending_table_effects`), and never written: pending state
+    /// then stays in the host.
     fn write_lpi_regs(&mut self, idx: usize, frame: u64, size: u8, value: u64, kicks: &mut Kicks) {
         let Some(vs) = self.vcpus.get_mut(idx) else { return };
         match (frame, size) {
             (GICR_CTLR, 4) if value as u32 & GICR_CTLR_ENABLE_LPIS != 0 && !vs.enable_lpis => {
                 vs.enable_lpis = true;
+                vs.scan_pending = !vs.pend_ptz && vs.pendbaser & PENDBASER_PA != 0;
                 self.update_lpis(Some(idx), kicks);
             }
             (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (0x74 | 0x7c, 4) if !vs.enable_lpis => {
@@ -399,6 +401,9 @@ impl State {
                     _ => (*reg & 0xffff_ffff) | value << 32,
                 };
                 *reg = new & mask;
+                if frame & !7 == GICR_PENDBASER && (size == 8 || !frame.is_multiple_of(8)) {
+                    vs.pend_ptz = new & PENDBASER_PTZ != 0;
+                }
             }
             _ => {}
         }

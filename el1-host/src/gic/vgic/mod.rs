@@ -313,6 +313,37 @@ impl Vgic {
         self.mark(kicks)
     }
 
+    /// The LPIs pending in the pending tables of redistributors whose
+    /// EnableLPIs was just set without `GICR_PENDBASER.PTZ`, read from `mem`
+    /// once, as `SetPending` effects for the caller to apply as it applies
+    /// its ITS's (`apply_its`, or direct injection). INTIDs from 8192 up to
+    /// the vCPU's `GICR_PROPBASER.IDbits` (at most [`LPI_ID_BITS`]); an
+    /// unreadable table reads as empty; at most [`MAX_LPIS`] effects, as no
+    /// more LPIs could be kept.
+    pub fn pending_table_effects(&self, mem: &dyn its::GuestMemory) -> Vec<its::Effect> {
+        let mut effects = Vec::new();
+        let mut s = self.state.lock();
+        for (vcpu, vs) in s.vcpus.iter_mut().enumerate().filter(|(_, vs)| vs.scan_pending) {
+            vs.scan_pending = false;
+            let id_bits = ((vs.propbaser & state::PROPBASER_IDBITS) as u32 + 1).min(LPI_ID_BITS);
+            if id_bits < 14 {
+                continue;
+            }
+            let mut table = alloc::vec![0u8; ((1usize << id_bits) - its::LPI_BASE as usize) / 8];
+            let first = (vs.pendbaser & state::PENDBASER_PA) + u64::from(its::LPI_BASE / 8);
+            if mem.read(first, &mut table).is_err() {
+                continue;
+            }
+            let set = table.iter().enumerate().flat_map(|(i, &byte)| {
+                (0..8).filter(move |b| byte & (1 << b) != 0).map(move |b| its::LPI_BASE + (i * 8 + b) as u32)
+            });
+            for intid in set.take(MAX_LPIS.saturating_sub(effects.len())) {
+                effects.push(its::Effect::SetPending { vcpu, intid });
+            }
+        }
+        effects
+    }
+
     /// Priority and enable of LPI `intid` in the property table `vcpu`'s
     /// `GICR_PROPBASER` names (disabled when unreadable), for LPIs the GIC
     /// delivers itself (GICv4).

@@ -31,8 +31,11 @@ pub const PROPBASER_MASK: u64 = 0x1f | 0x7 << 7 | 0x3 << 10 | 0x000f_ffff_ffff_f
 pub const PROPBASER_PA: u64 = 0x000f_ffff_ffff_f000;
 pub const PROPBASER_IDBITS: u64 = 0x1f;
 /// `GICR_PENDBASER`: InnerCache [9:7], Shareability [11:10], PA [51:16],
-/// OuterCache [58:56]. PTZ [62] is write-only (the pending table is not read).
+/// OuterCache [58:56]. PTZ [62] is write-only: it says the table is zero,
+/// so EnableLPIs need not read it.
 pub const PENDBASER_MASK: u64 = 0x7 << 7 | 0x3 << 10 | 0x000f_ffff_ffff_0000 | 0x7 << 56;
+pub const PENDBASER_PA: u64 = 0x000f_ffff_ffff_0000;
+pub const PENDBASER_PTZ: u64 = 1 << 62;
 /// LPI property table entry: Enable [0], Priority [7:2].
 const PROP_ENABLE: u8 = 1;
 const PROP_PRIORITY: u8 = 0xfc;
@@ -176,6 +179,11 @@ pub struct VcpuState {
     pub enable_lpis: bool,
     pub propbaser: u64,
     pub pendbaser: u64,
+    /// The last `GICR_PENDBASER` write had PTZ (the table is zero).
+    pub pend_ptz: bool,
+    /// EnableLPIs was set with a pending table that may hold pending LPIs:
+    /// it is still to be read (`Vgic::pending_table_effects`).
+    pub scan_pending: bool,
 }
 
 impl VcpuState {
@@ -190,6 +198,8 @@ impl VcpuState {
             enable_lpis: false,
             propbaser: 0,
             pendbaser: 0,
+            pend_ptz: false,
+            scan_pending: false,
         }
     }
 }
@@ -245,6 +255,8 @@ impl State {
             v.enable_lpis = false;
             v.propbaser = 0;
             v.pendbaser = 0;
+            v.pend_ptz = false;
+            v.scan_pending = false;
         }
         self.lpis.clear();
         for irq in &mut self.spis {

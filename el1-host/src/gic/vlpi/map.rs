@@ -16,7 +16,6 @@
 //! mapped and on `INV`/`INVALL`, which is when the architecture lets a GIC
 //! cache it.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::gic::its::{Command, LpiTables};
@@ -35,16 +34,16 @@ pub struct VpeIds {
 pub struct VlpiMap {
     device: u32,
     vpes: Vec<VpeIds>,
-    /// Event → the vCPU its vLPI is mapped to.
-    mapped: BTreeMap<u32, usize>,
-    events: u32,
+    /// Per event: 0 when unmapped, else 1 + the vCPU its vLPI is mapped to
+    /// (a fixed table: a guest cannot make it grow).
+    mapped: Vec<u8>,
 }
 
 impl VlpiMap {
     /// `events`: how many vINTIDs from 8192 the VM may use (the size of its
     /// device's ITT and of the vLPI property table).
     pub fn new(device: u32, vpes: Vec<VpeIds>, events: u32) -> Self {
-        Self { device, vpes, mapped: BTreeMap::new(), events }
+        Self { device, vpes, mapped: alloc::vec![0; events as usize] }
     }
 
     pub fn device(&self) -> u32 {
@@ -57,16 +56,27 @@ impl VlpiMap {
 
     #[cfg(test)]
     pub fn mapped(&self, intid: u32) -> Option<usize> {
-        intid.checked_sub(LPI_BASE).and_then(|e| self.mapped.get(&e).copied())
+        self.event(intid).and_then(|e| self.owner(e))
     }
 
     /// Forgets every mapping (the caller unmaps the device: `MAPD` with V=0).
     pub fn clear(&mut self) {
-        self.mapped.clear();
+        self.mapped.fill(0);
     }
 
     fn event(&self, intid: u32) -> Option<u32> {
-        intid.checked_sub(LPI_BASE).filter(|&e| e < self.events)
+        intid.checked_sub(LPI_BASE).filter(|&e| (e as usize) < self.mapped.len())
+    }
+
+    /// The vCPU event `event` (in range) is mapped to.
+    fn owner(&self, event: u32) -> Option<usize> {
+        self.mapped.get(event as usize).and_then(|&m| usize::from(m).checked_sub(1))
+    }
+
+    fn set_owner(&mut self, event: u32, vcpu: usize) {
+        if let (Some(slot), Ok(tag)) = (self.mapped.get_mut(event as usize), u8::try_from(vcpu + 1)) {
+            *slot = tag;
+        }
     }
 
     /// Appends to `out` the commands that do `effect`; `vprop` is the VM's
@@ -90,46 +100,44 @@ impl VlpiMap {
         match *effect {
             Effect::SetPending { vcpu, intid } => {
                 let (Some(event), Some(vpe)) = (self.event(intid), self.vpe(vcpu)) else { return };
-                match self.mapped.get(&event).copied() {
+                match self.owner(event) {
                     Some(v) if v == vcpu => {}
-                    Some(_) => {
-                        out.push(Command::vmovi(dev, event, vpe.vpeid, Some(vpe.doorbell)));
-                        self.mapped.insert(event, vcpu);
-                    }
+                    Some(_) => out.push(Command::vmovi(dev, event, vpe.vpeid, Some(vpe.doorbell))),
                     None => {
                         copy_property(vprop, event, guest_property(vcpu, intid));
                         out.push(Command::vmapti(dev, event, vpe.vpeid, intid, vpe.doorbell));
-                        self.mapped.insert(event, vcpu);
                     }
                 }
+                self.set_owner(event, vcpu);
                 out.push(Command::int(dev, event));
             }
             Effect::ClearPending { intid, .. } => {
-                if let Some(event) = self.event(intid).filter(|e| self.mapped.contains_key(e)) {
+                if let Some(event) = self.event(intid).filter(|&e| self.owner(e).is_some()) {
                     out.push(Command::clear(dev, event));
                 }
             }
             Effect::Move { intid, to, .. } => {
                 let (Some(event), Some(vpe)) = (self.event(intid), self.vpe(to)) else { return };
-                if let Some(v) = self.mapped.get_mut(&event).filter(|v| **v != to) {
-                    *v = to;
+                if self.owner(event).is_some_and(|v| v != to) {
+                    self.set_owner(event, to);
                     out.push(Command::vmovi(dev, event, vpe.vpeid, Some(vpe.doorbell)));
                     kicks.add(to);
                 }
             }
             Effect::Invalidate { vcpu, intid } => {
-                if let Some(event) = self.event(intid).filter(|e| self.mapped.contains_key(e)) {
+                let Some(event) = self.event(intid) else { return };
+                if let Some(owner) = self.owner(event) {
                     copy_property(vprop, event, guest_property(vcpu, intid));
                     out.push(Command::inv(dev, event));
-                    if let Some(&owner) = self.mapped.get(&event) {
-                        kicks.add(owner);
-                    }
+                    kicks.add(owner);
                 }
             }
             Effect::InvalidateAll { vcpu } => {
                 let Some(vpe) = self.vpe(vcpu) else { return };
-                for (&event, _) in self.mapped.iter().filter(|(_, &v)| v == vcpu) {
-                    copy_property(vprop, event, guest_property(vcpu, event + LPI_BASE));
+                for event in 0..self.mapped.len() as u32 {
+                    if self.owner(event) == Some(vcpu) {
+                        copy_property(vprop, event, guest_property(vcpu, event + LPI_BASE));
+                    }
                 }
                 out.push(Command::vinvall(vpe.vpeid));
                 kicks.add(vcpu);
@@ -223,6 +231,55 @@ mod tests {
         assert_eq!(run(&mut m, &mut vprop, Effect::InvalidateAll { vcpu: 1 }), [Command::vinvall(11).0]);
         assert_eq!(vprop[2], LpiTables::lpi_config(0xa1, true));
         assert_eq!(vprop[4], 0, "vCPU 2's entry is not vCPU 1's to refresh");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn effect() -> impl Strategy<Value = Effect> {
+            let intid = prop_oneof![0u32..16, 8180u32..8192 + 1100, any::<u32>()];
+            let vcpu = 0usize..6;
+            prop_oneof![
+                (vcpu.clone(), intid.clone()).prop_map(|(vcpu, intid)| Effect::SetPending { vcpu, intid }),
+                (vcpu.clone(), intid.clone()).prop_map(|(vcpu, intid)| Effect::ClearPending { vcpu, intid }),
+                (intid.clone(), vcpu.clone(), vcpu.clone()).prop_map(|(intid, from, to)| Effect::Move {
+                    intid,
+                    from,
+                    to
+                }),
+                (vcpu.clone(), intid).prop_map(|(vcpu, intid)| Effect::Invalidate { vcpu, intid }),
+                vcpu.prop_map(|vcpu| Effect::InvalidateAll { vcpu }),
+            ]
+        }
+
+        proptest! {
+            /// Any effect sequence: no panic, every command names the VM's
+            /// device (or one of its vPEs) and an event in range, and an INT
+            /// only ever follows a mapping to the vCPU it was meant for.
+            #[test]
+            fn random_effects_stay_in_range(effects in proptest::collection::vec(effect(), 1..80)) {
+                let (mut m, mut vprop) = (map(), [0u8; 1024]);
+                for e in effects {
+                    let cmds = run(&mut m, &mut vprop, e);
+                    for c in &cmds {
+                        let opcode = c[0] & 0xff;
+                        if opcode == 0x2d {
+                            // VINVALL names a vPE, not the device.
+                            prop_assert!((10..14).contains(&((c[1] >> 32) & 0xffff)));
+                            continue;
+                        }
+                        prop_assert_eq!(c[0] >> 32, u64::from(DEV));
+                        prop_assert!((c[1] & 0xffff_ffff) < 1024);
+                    }
+                    if let Effect::SetPending { vcpu, intid } = e {
+                        if vcpu < 4 && (8192..8192 + 1024).contains(&intid) {
+                            prop_assert_eq!(m.mapped(intid), Some(vcpu));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
