@@ -197,7 +197,9 @@ pub fn handle_lpi(intid: u32) -> bool {
 
 /// A VM's device, vPEs and tables in the physical ITS (GICv4.0).
 pub struct DirectVm {
-    map: Mutex<VlpiMap>,
+    /// The mappings, and a command buffer kept to spare an allocation on
+    /// every guest `INT`.
+    map: Mutex<(VlpiMap, Vec<Command>)>,
     vpes: Vec<VpeIds>,
     /// The CPU whose redistributor each vPE is mapped to (VMAPP, VMOVP).
     mapped_cpu: Vec<AtomicUsize>,
@@ -232,7 +234,7 @@ impl DirectVm {
         let vpes: Vec<VpeIds> =
             vpeids.iter().map(|&vpeid| VpeIds { vpeid, doorbell: DOORBELL_BASE + u32::from(vpeid) }).collect();
         let mut vm = DirectVm {
-            map: Mutex::new(VlpiMap::new(device, vpes.clone(), VM_EVENTS)),
+            map: Mutex::new((VlpiMap::new(device, vpes.clone(), VM_EVENTS), Vec::with_capacity(8))),
             mapped_cpu: (0..nr_vcpus).map(|_| AtomicUsize::new(0)).collect(),
             vpes,
             vprop: None,
@@ -271,26 +273,38 @@ impl DirectVm {
     pub fn apply(&self, effects: &[Effect], guest_property: &mut dyn FnMut(usize, u32) -> (u8, bool)) -> Kicks {
         let mut kicks = Kicks::default();
         let Some(vprop) = self.vprop.as_ref() else { return kicks };
-        let mut cmds = Vec::new();
-        {
-            let mut map = self.map.lock();
-            // SAFETY: the VM's own property table, written only under `map`'s
-            // lock; the GIC only reads it.
-            let table = unsafe { core::slice::from_raw_parts_mut(vprop.pa as usize as *mut u8, VM_EVENTS as usize) };
-            for e in effects {
-                map.apply(e, table, guest_property, &mut cmds, &mut kicks);
-            }
+        let mut guard = self.map.lock();
+        let (map, cmds) = &mut *guard;
+        cmds.clear();
+        // SAFETY: the VM's own property table, written only under `map`'s
+        // lock; the GIC only reads it.
+        let table = unsafe { core::slice::from_raw_parts_mut(vprop.pa as usize as *mut u8, VM_EVENTS as usize) };
+        for e in effects {
+            map.apply(e, table, guest_property, cmds, &mut kicks);
         }
         if !cmds.is_empty() {
             barrier();
-            send(&cmds);
+            send(cmds);
         }
         kicks
     }
 
     /// Makes vCPU `vcpu`'s vPE resident on this CPU (`cpu`), moving it to this
-    /// CPU's redistributor first if it was elsewhere.
+    /// CPU's redistributor first if it was elsewhere. Before every entry:
+    /// the common case, already resident, is a single load.
+    #[inline]
     pub fn load(&self, vcpu: usize, cpu: usize) {
+        let resident = self
+            .vpes
+            .get(vcpu)
+            .zip(RESIDENT.get(cpu))
+            .is_some_and(|(vpe, r)| r.load(Ordering::Relaxed) == u32::from(vpe.vpeid) + 1);
+        if !resident {
+            self.make_resident(vcpu, cpu);
+        }
+    }
+
+    fn make_resident(&self, vcpu: usize, cpu: usize) {
         let (Some(vpe), Some(vpt), Some(vprop)) = (self.vpes.get(vcpu), self.vpts.get(vcpu), self.vprop.as_ref())
         else {
             return;
@@ -334,7 +348,8 @@ impl DirectVm {
     /// is disabled.
     pub fn reset(&self) {
         let Some(vprop) = self.vprop.as_ref() else { return };
-        let mut map = self.map.lock();
+        let mut guard = self.map.lock();
+        let map = &mut guard.0;
         map.clear();
         // SAFETY: as in `apply`, under the same lock.
         unsafe { core::ptr::write_bytes(vprop.pa as usize as *mut u8, 0, VM_EVENTS as usize) };
@@ -345,7 +360,7 @@ impl DirectVm {
             Command::mapd(map.device(), itt, VM_ID_BITS, true)
         ];
         cmds.extend(self.vpes.iter().map(|v| Command::vinvall(v.vpeid)));
-        drop(map);
+        drop(guard);
         send(&cmds);
     }
 }
@@ -356,7 +371,7 @@ impl Drop for DirectVm {
         for vpe in &self.vpes {
             DOORBELL_OWNER[usize::from(vpe.vpeid)].store(0, Ordering::Release);
         }
-        let device = self.map.get_mut().device();
+        let device = self.map.get_mut().0.device();
         let mut cmds = Vec::new();
         if let Some(itt) = &self.itt {
             cmds.push(Command::mapd(device, itt.pa, VM_ID_BITS, false));
