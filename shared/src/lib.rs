@@ -13,6 +13,7 @@ pub mod dt;
 pub mod esr;
 pub mod hypercall;
 pub mod image;
+pub mod its;
 pub mod paging;
 pub mod trap;
 pub mod uart;

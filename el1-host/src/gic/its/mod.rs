@@ -1,6 +1,6 @@
 //! The physical GICv3/v4.0 ITS the host drives (IHI 0069 chapters 5 and 6) and the redistributors'
-//! LPI tables: table setup, the command queue and command encodings. Not the ITS guests see (that is
-//! `vgic::its`).
+//! LPI tables: table setup and the command queue (the register layout and command encodings are
+//! `ferrovisor_shared::its`). Not the ITS guests see (that is `vgic::its`).
 //!
 //! Hardware is reached only through [`Registers`] (an ITS or redistributor frame) and
 //! [`TableMemory`] (zeroed, identity-mapped memory for the tables and the command queue), so the logic
@@ -14,19 +14,17 @@
 
 #![cfg_attr(
     target_os = "none",
-    allow(dead_code, reason = "the whole command set and register layout, tested on the dev host; the host uses part")
+    allow(dead_code, reason = "the whole driver API, tested on the dev host; the host uses part")
 )]
 
-pub mod command;
-pub mod registers;
 #[cfg(test)]
 mod tests;
 
 use core::fmt;
 
-pub use command::Command;
-pub use registers::ItsTyper;
-use registers::*;
+// The architecture's register layout and command encodings, shared with the test guests' ITS driver.
+use ferrovisor_shared::its::*;
+pub use ferrovisor_shared::its::{Command, ItsTyper};
 
 /// Register access to one MMIO frame (an ITS control frame, a redistributor's RD frame), by byte offset.
 pub trait Registers {
@@ -167,6 +165,15 @@ pub enum ItsError {
     LpiEnableFailed,
     /// An LPI ID width outside 14 to 32 bits.
     BadLpiIdBits { id_bits: u8 },
+}
+
+impl From<TyperError> for ItsError {
+    fn from(e: TyperError) -> ItsError {
+        match e {
+            TyperError::NoPhysicalLpis => ItsError::NoPhysicalLpis,
+            TyperError::BadField { field, value } => ItsError::BadTyper { field, value },
+        }
+    }
 }
 
 impl fmt::Display for ItsError {
@@ -420,7 +427,7 @@ impl<R: Registers> PhysIts<R> {
     pub fn send(&mut self, cmds: &[Command]) -> Result<(), ItsError> {
         let mut creadr = self.creadr()?;
         for cmd in cmds {
-            let next = (self.cwriter + command::COMMAND_BYTES) % COMMAND_QUEUE_BYTES;
+            let next = (self.cwriter + COMMAND_BYTES) % COMMAND_QUEUE_BYTES;
             // Full: one slot always stays empty, so that CWRITER == CREADR means empty.
             while next == creadr {
                 self.publish();
@@ -448,7 +455,7 @@ impl<R: Registers> PhysIts<R> {
             unsafe { core::ptr::write_volatile((slot + 8 * i as u64) as *mut u64, word.to_le()) };
         }
         if !self.coherent {
-            self.regs.clean_dcache(slot, command::COMMAND_BYTES);
+            self.regs.clean_dcache(slot, COMMAND_BYTES);
         }
     }
 
@@ -585,16 +592,13 @@ impl LpiTables {
     /// `GICR_PROPBASER` for a configuration table at `pa` (4 KiB aligned) covering INTIDs of `id_bits`
     /// bits (14 to 32): Inner-shareable, write-back cacheable.
     pub fn propbaser(pa: u64, id_bits: u8) -> u64 {
-        (pa & PROPBASER_PA)
-            | xbaser_attrs(attr::WB_RAWA, attr::INNER_SHAREABLE)
-            | (u64::from(id_bits.saturating_sub(1)) & PROPBASER_ID_BITS)
+        propbaser(pa, id_bits, attr::WB_RAWA, attr::INNER_SHAREABLE)
     }
 
     /// `GICR_PENDBASER` for a pending table at `pa` (64 KiB aligned): Inner-shareable, write-back
     /// cacheable; `zeroed` sets PTZ (the table is known to be all zeros, so the GIC need not scan it).
     pub fn pendbaser(pa: u64, zeroed: bool) -> u64 {
-        let ptz = if zeroed { PENDBASER_PTZ } else { 0 };
-        (pa & PENDBASER_PA) | xbaser_attrs(attr::WB_RAWA, attr::INNER_SHAREABLE) | ptz
+        pendbaser(pa, zeroed, attr::WB_RAWA, attr::INNER_SHAREABLE)
     }
 
     /// `GICR_VPROPBASER` (GICv4.0) for a vPE's virtual LPI configuration table at `pa`, vINTIDs of
@@ -613,7 +617,7 @@ impl LpiTables {
 
     /// One byte of the LPI configuration table: Priority [7:2], bit 1 RES1, Enable bit 0.
     pub fn lpi_config(priority: u8, enabled: bool) -> u8 {
-        (priority & 0xfc) | 0b10 | u8::from(enabled)
+        lpi_config(priority, enabled)
     }
 }
 

@@ -647,6 +647,7 @@ impl Its {
 pub(super) mod tests {
     use super::*;
     use core::cell::RefCell;
+    use ferrovisor_shared::its::Command as Cmd;
 
     const QUEUE: u64 = 0x8000_0000;
     const RAM_SIZE: u64 = 0x2_0000;
@@ -687,32 +688,38 @@ pub(super) mod tests {
         }
     }
 
-    // Encoders written from IHI 0069 §6.3 (DW0 bits [7:0] command number,
-    // DW0 [63:32] DeviceID, DW1 [31:0] EventID, DW1 [63:32] pINTID, DW1 [4:0]
-    // Size, DW2 [15:0] ICID, DW2 [51:16] RDbase, DW2 [51:8] ITT_addr, DW2 [63] V).
-    pub(in crate::gic::vgic) fn dev_ev(cmd: u64, dev: u32, ev: u32) -> [u64; 4] {
-        [cmd | u64::from(dev) << 32, u64::from(ev), 0, 0]
-    }
+    // The shared encoders (`ferrovisor_shared::its::Command`), as the raw doublewords the queue holds, with the
+    // argument order the tests below were written in. `mapd` takes the Size field (EventID bits - 1), `mapc`
+    // the RDbase field (here a vCPU index, as the emulated ITS has PTA = 0).
     pub(in crate::gic::vgic) fn mapd(dev: u32, size: u8, itt: u64, v: bool) -> [u64; 4] {
-        [0x08 | u64::from(dev) << 32, u64::from(size), itt | u64::from(v) << 63, 0]
+        Cmd::mapd(dev, itt, size + 1, v).0
     }
     pub(in crate::gic::vgic) fn mapc(icid: u16, vcpu: u64, v: bool) -> [u64; 4] {
-        [0x09, 0, u64::from(icid) | vcpu << 16 | u64::from(v) << 63, 0]
+        Cmd::mapc(icid, vcpu, v).0
     }
     pub(in crate::gic::vgic) fn mapti(dev: u32, ev: u32, intid: u32, icid: u16) -> [u64; 4] {
-        [0x0a | u64::from(dev) << 32, u64::from(ev) | u64::from(intid) << 32, u64::from(icid), 0]
+        Cmd::mapti(dev, ev, intid, icid).0
     }
     pub(in crate::gic::vgic) fn mapi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
-        [0x0b | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
+        Cmd::mapi(dev, ev, icid).0
     }
     pub(in crate::gic::vgic) fn movi(dev: u32, ev: u32, icid: u16) -> [u64; 4] {
-        [0x01 | u64::from(dev) << 32, u64::from(ev), u64::from(icid), 0]
+        Cmd::movi(dev, ev, icid).0
     }
     pub(in crate::gic::vgic) fn int(dev: u32, ev: u32) -> [u64; 4] {
-        dev_ev(0x03, dev, ev)
+        Cmd::int(dev, ev).0
+    }
+    pub(in crate::gic::vgic) fn clear(dev: u32, ev: u32) -> [u64; 4] {
+        Cmd::clear(dev, ev).0
+    }
+    pub(in crate::gic::vgic) fn inv(dev: u32, ev: u32) -> [u64; 4] {
+        Cmd::inv(dev, ev).0
+    }
+    pub(in crate::gic::vgic) fn invall(icid: u16) -> [u64; 4] {
+        Cmd::invall(icid).0
     }
     pub(in crate::gic::vgic) fn discard(dev: u32, ev: u32) -> [u64; 4] {
-        dev_ev(0x0f, dev, ev)
+        Cmd::discard(dev, ev).0
     }
 
     struct Vm {
@@ -774,8 +781,8 @@ pub(super) mod tests {
         assert_eq!(decode(&movi(1, 2, 3)), Ok(Command::Movi { device_id: 1, event_id: 2, icid: 3 }));
         assert_eq!(decode(&discard(1, 2)), Ok(Command::Discard { device_id: 1, event_id: 2 }));
         assert_eq!(decode(&int(u32::MAX, 5)), Ok(Command::Int { device_id: u32::MAX, event_id: 5 }));
-        assert_eq!(decode(&dev_ev(0x04, 1, 2)), Ok(Command::Clear { device_id: 1, event_id: 2 }));
-        assert_eq!(decode(&dev_ev(0x0c, 1, 2)), Ok(Command::Inv { device_id: 1, event_id: 2 }));
+        assert_eq!(decode(&clear(1, 2)), Ok(Command::Clear { device_id: 1, event_id: 2 }));
+        assert_eq!(decode(&inv(1, 2)), Ok(Command::Inv { device_id: 1, event_id: 2 }));
         assert_eq!(decode(&[0x0d, 0, 0xffff_ffff_ffff_0042, 0]), Ok(Command::Invall { icid: 0x42 }));
         assert_eq!(decode(&[0x05, 0, 3 << 16 | 0xffff, 0]), Ok(Command::Sync { rdbase: 3 }));
         for unknown in [0x00, 0x02, 0x06, 0x07, 0x0e, 0x10, 0x29, 0xff] {
@@ -837,9 +844,9 @@ pub(super) mod tests {
             mapd(6, 15, 0, true),
             mapi(6, 8300, 2),
             int(6, 8300),
-            dev_ev(0x04, 6, 8300),
-            dev_ev(0x0c, 6, 8300),
-            [0x0d, 0, 2, 0],
+            clear(6, 8300),
+            inv(6, 8300),
+            invall(2),
             [0x05, 0, 3 << 16, 0],
         ]);
         assert_eq!(

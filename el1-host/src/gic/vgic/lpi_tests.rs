@@ -1,7 +1,7 @@
 //! LPIs in the vGIC: the redistributor's LPI registers, and LPIs the
 //! emulated ITS raises reaching the list registers.
 
-use super::its::tests::{self as its_cmd, dev_ev, int, mapti, movi, Ram};
+use super::its::tests::{self as its_cmd, clear, int, inv, invall, mapti, movi, Ram};
 use super::its::{Effect, GuestMemory, Its, GITS_BASER0, GITS_BASER1, GITS_CBASER, GITS_CTLR, GITS_CWRITER};
 use super::lr::{v3 as lr3, HCR_EN};
 use super::*;
@@ -38,15 +38,6 @@ fn mapd(dev: u32, size: u8) -> [u64; 4] {
 }
 fn mapc(icid: u16, vcpu: u64) -> [u64; 4] {
     its_cmd::mapc(icid, vcpu, true)
-}
-fn clear(dev: u32, ev: u32) -> [u64; 4] {
-    dev_ev(0x04, dev, ev)
-}
-fn inv(dev: u32, ev: u32) -> [u64; 4] {
-    dev_ev(0x0c, dev, ev)
-}
-fn invall(icid: u16) -> [u64; 4] {
-    [0x0d, 0, u64::from(icid), 0]
 }
 
 fn mpidr(i: usize) -> u64 {

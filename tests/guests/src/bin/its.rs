@@ -22,7 +22,7 @@ mod guest {
     use ferrovisor_shared::boot::MAX_CPUS;
     use ferrovisor_test_guests::cpus::ticks_to_us;
     use ferrovisor_test_guests::gic::{self, read32, read64, write32, write64, Version};
-    use ferrovisor_test_guests::its::{self, Baser, Command, ItsError, TableType};
+    use ferrovisor_test_guests::its::{self, BaserType, Command, ItsError};
     use ferrovisor_test_guests::{guest_main, irq, report, report_info, report_skip, rt, smp, time, Env, SubTest};
 
     guest_main!(
@@ -85,24 +85,27 @@ mod guest {
             format_args!("GICR_TYPER.PLPIS set on {plpis} of {frames} redistributors ({} CPUs)", smp::count()),
         );
 
-        let typer = its::ItsTyper(read64(base + its::GITS_TYPER));
-        report(typer.physical(), format_args!("GITS_TYPER.Physical is set ({:#x})", typer.0));
-        let ite = typer.itt_entry_size();
+        let typer = its::ItsTyper::from_bits(read64(base + its::GITS_TYPER));
+        report(typer.physical, format_args!("GITS_TYPER.Physical is set ({:#x})", typer.raw));
+        let ite = typer.itt_entry_size;
         report((2..=16).contains(&ite), format_args!("GITS_TYPER.ITT_entry_size: {ite} bytes per ITE"));
-        let events = typer.event_id_bits();
+        let events = typer.id_bits;
         report(events >= 2, format_args!("GITS_TYPER.ID_bits: {events} EventID bits"));
-        let devices = typer.device_id_bits();
+        let devices = typer.dev_bits;
         report(devices >= 2, format_args!("GITS_TYPER.Devbits: {devices} DeviceID bits"));
         report_info(format_args!(
             "GITS_TYPER.PTA {} (collections name redistributors by {}), HCC {}, {} collection ID bits",
-            u8::from(typer.pta()),
-            if typer.pta() { "address" } else { "processor number" },
-            typer.hcc(),
-            typer.collection_id_bits()
+            u8::from(typer.pta),
+            if typer.pta { "address" } else { "processor number" },
+            typer.hcc,
+            typer.cid_bits
         ));
-        write64(base + its::GITS_TYPER, !typer.0);
+        write64(base + its::GITS_TYPER, !typer.raw);
         let after = read64(base + its::GITS_TYPER);
-        report(after == typer.0, format_args!("GITS_TYPER is read-only ({:#x}, after a write {after:#x})", typer.0));
+        report(
+            after == typer.raw,
+            format_args!("GITS_TYPER is read-only ({:#x}, after a write {after:#x})", typer.raw),
+        );
 
         let iidr = read32(base + its::GITS_IIDR);
         write32(base + its::GITS_IIDR, !iidr);
@@ -118,16 +121,17 @@ mod guest {
         let mut collection = 0;
         let mut sizes_ok = true;
         for n in 0..8 {
-            let b = Baser(read64(base + its::GITS_BASER + 8 * n));
-            let ty = b.table_type();
+            let b = read64(base + its::gits_baser(n));
+            let ty = BaserType::from_baser(b);
             match ty {
-                TableType::Device => device += 1,
-                TableType::Collection => collection += 1,
+                BaserType::Devices => device += 1,
+                BaserType::Collections => collection += 1,
                 _ => {}
             }
-            if ty != TableType::Unimplemented {
-                sizes_ok &= b.entry_size() >= 2;
-                report_info(format_args!("GITS_BASER{n}: {ty:?}, {} bytes per entry ({:#x})", b.entry_size(), b.0));
+            if ty != BaserType::Unimplemented {
+                let entry_size = its::baser_entry_size(b);
+                sizes_ok &= entry_size >= 2;
+                report_info(format_args!("GITS_BASER{n}: {ty:?}, {entry_size} bytes per entry ({b:#x})"));
             }
         }
         report(
@@ -137,8 +141,8 @@ mod guest {
             ),
         );
         let ctlr = read32(base + its::GITS_CTLR);
-        if ctlr & its::GITS_CTLR_ENABLED == 0 {
-            report(ctlr & its::GITS_CTLR_QUIESCENT != 0, format_args!("GITS_CTLR: disabled and quiescent ({ctlr:#x})"));
+        if ctlr & its::CTLR_ENABLED == 0 {
+            report(ctlr & its::CTLR_QUIESCENT != 0, format_args!("GITS_CTLR: disabled and quiescent ({ctlr:#x})"));
         } else {
             report_info(format_args!("GITS_CTLR {ctlr:#x}: already enabled"));
         }
@@ -283,9 +287,9 @@ mod guest {
     fn deliveries(its: &its::Its, n: usize, ready: &dyn Fn(usize) -> bool) {
         let lpi = |event: u32| its::LPI_BASE + event;
         let cpus = (0..n).filter(|&c| ready(c));
-        let mut setup: [Command; 2 * MAX_CPUS + 2] = [Command::sync(its::RdBase::ProcessorNumber(0)); 2 * MAX_CPUS + 2];
+        let mut setup: [Command; 2 * MAX_CPUS + 2] = [Command::sync(0); 2 * MAX_CPUS + 2];
         let mut k = 0;
-        setup[k] = Command::mapd(DEVICE, its.itt_event_bits(), its.itt(0), true);
+        setup[k] = Command::mapd(DEVICE, its.itt(0), its.itt_event_bits(), true);
         k += 1;
         for cpu in cpus.clone() {
             let Some(rd) = its.rdbase(cpu) else { continue };
@@ -537,7 +541,7 @@ mod guest {
         };
         its.set_lpi_property(WAKE_LPI, gic::DEFAULT_PRIORITY, true);
         let setup = [
-            Command::mapd(WAKE_DEVICE, its.itt_event_bits(), its.itt(1), true),
+            Command::mapd(WAKE_DEVICE, its.itt(1), its.itt_event_bits(), true),
             Command::mapc(target as u16, rd, true),
             Command::mapti(WAKE_DEVICE, WAKE_EVENT, WAKE_LPI, target as u16),
             Command::inv(WAKE_DEVICE, WAKE_EVENT),

@@ -245,11 +245,6 @@ mod guest {
     const LPI_DEVICE: u32 = 1;
     const LPI_EVENT: u32 = 0;
     const LPI: u32 = its::LPI_BASE;
-    /// `GITS_CBASER.Physical_Address`, bits [51:12].
-    const CBASER_PA_MASK: u64 = 0x000f_ffff_ffff_f000;
-    /// `GITS_CBASER.Size`: 4 KiB pages minus one.
-    const CBASER_SIZE_MASK: u64 = 0xff;
-    const COMMAND_SIZE: usize = 32;
 
     static LPI_AT: AtomicU64 = AtomicU64::new(0);
     static LPI_TAKEN: AtomicU64 = AtomicU64::new(0);
@@ -285,11 +280,11 @@ mod guest {
         fn new(its: &its::Its) -> Self {
             let base = its.base();
             let cbaser = read64(base + its::GITS_CBASER);
-            let write = read64(base + its::GITS_CWRITER) as usize & its::GITS_CQ_OFFSET_MASK as usize;
+            let write = read64(base + its::GITS_CWRITER) as usize & its::CQ_OFFSET as usize;
             Queue {
                 base,
-                addr: (cbaser & CBASER_PA_MASK) as usize,
-                size: ((cbaser & CBASER_SIZE_MASK) as usize + 1) * 0x1000,
+                addr: (cbaser & its::CBASER_PA) as usize,
+                size: ((cbaser & its::CBASER_SIZE) as usize + 1) * its::CBASER_PAGE,
                 start: write,
                 write,
             }
@@ -304,7 +299,7 @@ mod guest {
                 // consumed every command before it (the caller waits for that).
                 unsafe { core::ptr::write_volatile((slot + 8 * i) as *mut u64, *dw) };
             }
-            self.write = (self.write + COMMAND_SIZE) % self.size;
+            self.write = (self.write + its::COMMAND_BYTES) % self.size;
             // SAFETY: a barrier, so the ITS sees the command before CWRITER moves.
             unsafe { asm!("dsb sy", options(nostack)) };
             self.write as u64
@@ -319,9 +314,9 @@ mod guest {
             let mut creadr = 0;
             time::wait_for(TIMEOUT_MS, || {
                 creadr = read64(self.base + its::GITS_CREADR);
-                creadr & its::GITS_CREADR_STALLED != 0 || creadr & its::GITS_CQ_OFFSET_MASK == self.write as u64
+                creadr & its::CREADR_STALLED != 0 || creadr & its::CQ_OFFSET == self.write as u64
             });
-            if creadr & its::GITS_CREADR_STALLED != 0 || creadr & its::GITS_CQ_OFFSET_MASK != self.write as u64 {
+            if creadr & its::CREADR_STALLED != 0 || creadr & its::CQ_OFFSET != self.write as u64 {
                 Err(creadr)
             } else {
                 Ok(())
@@ -340,11 +335,11 @@ mod guest {
     }
 
     /// One event of one device mapped to the boot CPU's collection, enabled.
-    fn lpi_map(its: &its::Its, boot: usize) -> Result<its::RdBase, ItsError> {
+    fn lpi_map(its: &its::Its, boot: usize) -> Result<u64, ItsError> {
         let rd = its.rdbase(boot).ok_or(ItsError::Redistributor { cpu: boot })?;
         its.set_lpi_property(LPI, gic::DEFAULT_PRIORITY, true);
         its.send_all(&[
-            Command::mapd(LPI_DEVICE, its.itt_event_bits(), its.itt(0), true),
+            Command::mapd(LPI_DEVICE, its.itt(0), its.itt_event_bits(), true),
             Command::mapc(boot as u16, rd, true),
             Command::mapti(LPI_DEVICE, LPI_EVENT, LPI, boot as u16),
             Command::inv(LPI_DEVICE, LPI_EVENT),
