@@ -425,11 +425,11 @@ impl Vm {
         // Held while the effects are applied: commands of two vCPUs take
         // effect in the order the ITS ran them.
         let mut its = its.lock();
-        let effects = its.mmio_write(&mem, offset, size, value);
+        let effects = its.mmio_write_buffered(&mem, offset, size, value);
         if effects.is_empty() {
             return Kicks::default();
         }
-        self.apply_lpi_effects(&mem, &effects)
+        self.apply_lpi_effects(&mem, effects)
     }
 
     /// What happens to LPIs: on a GICv4 the GIC delivers them (or rings a

@@ -286,14 +286,14 @@ struct Ite {
     icid: u16,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Device {
     event_bits: u32,
     events: BTreeMap<u32, Ite>,
 }
 
 /// One VM's ITS.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Its {
     nr_vcpus: usize,
     lpi_id_bits: u32,
@@ -309,6 +309,8 @@ pub struct Its {
     collections: Vec<Option<usize>>,
     nr_ites: usize,
     drops: [u64; DropReason::ALL.len()],
+    /// Effects of the last buffered write.
+    scratch: Vec<Effect>,
 }
 
 impl Its {
@@ -340,6 +342,7 @@ impl Its {
             collections: alloc::vec![None; 1 << ICID_BITS],
             nr_ites: 0,
             drops: [0; DropReason::ALL.len()],
+            scratch: Vec::new(),
         })
     }
 
@@ -387,8 +390,36 @@ impl Its {
     /// [`Its::translate`].
     pub fn mmio_write<M: GuestMemory + ?Sized>(&mut self, mem: &M, offset: u64, size: u8, value: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
+        self.write_into(mem, offset, size, value, &mut effects);
+        effects
+    }
+
+    /// [`Its::mmio_write`] into a buffer the ITS keeps, sparing an
+    /// allocation on every command-queue write (the path of a guest `INT`).
+    pub fn mmio_write_buffered<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> &[Effect] {
+        let mut effects = core::mem::take(&mut self.scratch);
+        effects.clear();
+        self.write_into(mem, offset, size, value, &mut effects);
+        self.scratch = effects;
+        &self.scratch
+    }
+
+    fn write_into<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        offset: u64,
+        size: u8,
+        value: u64,
+        effects: &mut Vec<Effect>,
+    ) {
         if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
-            return effects;
+            return;
         }
         let aligned = offset & !7;
         let (shift, mask) = if size == 4 { ((offset & 4) * 8, 0xffff_ffffu64) } else { (0, u64::MAX) };
@@ -399,7 +430,7 @@ impl Its {
                 let was = self.enabled;
                 self.enabled = new & CTLR_ENABLED != 0;
                 if self.enabled && !was {
-                    self.process(mem, &mut effects);
+                    self.process(mem, effects);
                 }
             }
             GITS_CBASER if !self.enabled => {
@@ -413,7 +444,7 @@ impl Its {
                 if new & CWRITER_RETRY != 0 {
                     self.stalled = false;
                 }
-                self.process(mem, &mut effects);
+                self.process(mem, effects);
             }
             GITS_BASER0 | GITS_BASER1 if !self.enabled => {
                 let n = ((aligned - GITS_BASER0) / 8) as usize;
@@ -421,7 +452,6 @@ impl Its {
             }
             _ => {}
         }
-        effects
     }
 
     fn reg64(&self, aligned: u64) -> u64 {
@@ -738,8 +768,13 @@ pub(super) mod tests {
             vm.write(GITS_CTLR, 4, 1);
             vm
         }
+        /// Through the buffered write the hypervisor uses; the plain one
+        /// must give the same (checked on a clone).
         fn write(&mut self, off: u64, size: u8, value: u64) -> Vec<Effect> {
-            self.its.mmio_write(&self.ram, off, size, value)
+            let mut plain = self.its.clone();
+            let effects = self.its.mmio_write_buffered(&self.ram, off, size, value).to_vec();
+            assert_eq!(plain.mmio_write(&self.ram, off, size, value), effects);
+            effects
         }
         /// Puts `cmds` at CWRITER and moves CWRITER past them.
         fn run(&mut self, cmds: &[[u64; 4]]) -> Vec<Effect> {
