@@ -134,6 +134,11 @@ pub enum Command {
         pintid: u32,
         icid: u16,
     },
+    /// The pending LPIs of redistributor `from` move to `to` (vCPU indices).
+    Movall {
+        from: u64,
+        to: u64,
+    },
     Movi {
         device_id: u32,
         event_id: u32,
@@ -155,6 +160,7 @@ const CMD_MAPI: u8 = 0x0b;
 const CMD_INV: u8 = 0x0c;
 const CMD_INVALL: u8 = 0x0d;
 const CMD_DISCARD: u8 = 0x0f;
+const CMD_MOVALL: u8 = 0x0e;
 
 /// Decodes one command (four little-endian doublewords DW0..DW3). Reserved
 /// fields are ignored.
@@ -163,7 +169,7 @@ const CMD_DISCARD: u8 = 0x0f;
 ///
 /// [`CommandError::Unknown`] for a command number we do not implement.
 pub fn decode(cmd: &[u64; 4]) -> Result<Command, CommandError> {
-    let [dw0, dw1, dw2, _] = *cmd;
+    let [dw0, dw1, dw2, dw3] = *cmd;
     let device_id = (dw0 >> 32) as u32;
     let event_id = dw1 as u32;
     let icid = dw2 as u16;
@@ -181,6 +187,7 @@ pub fn decode(cmd: &[u64; 4]) -> Result<Command, CommandError> {
         CMD_INV => Command::Inv { device_id, event_id },
         CMD_INVALL => Command::Invall { icid },
         CMD_DISCARD => Command::Discard { device_id, event_id },
+        CMD_MOVALL => Command::Movall { from: rdbase, to: (dw3 & field(51, 16)) >> 16 },
         other => return Err(CommandError::Unknown(other)),
     })
 }
@@ -227,6 +234,12 @@ pub enum Effect {
     /// Re-read the configuration of every LPI of `vcpu`.
     InvalidateAll {
         vcpu: usize,
+    },
+    /// Every LPI of `from` now belongs to `to`, its pending state with it
+    /// (`MOVALL`).
+    MoveAll {
+        from: usize,
+        to: usize,
     },
 }
 
@@ -639,6 +652,13 @@ impl Its {
                 effects.push(Effect::Invalidate { vcpu: self.target(ite.icid)?, intid: ite.intid });
             }
             Command::Invall { icid } => effects.push(Effect::InvalidateAll { vcpu: self.target(icid)? }),
+            Command::Movall { from, to } => {
+                let vcpu = |rd: u64| usize::try_from(rd).ok().filter(|&v| v < self.nr_vcpus);
+                let (Some(from), Some(to)) = (vcpu(from), vcpu(to)) else { return Err(DropReason::BadTarget) };
+                if from != to {
+                    effects.push(Effect::MoveAll { from, to });
+                }
+            }
             Command::Sync { rdbase } => {
                 if rdbase >= self.nr_vcpus as u64 {
                     return Err(DropReason::BadTarget);
@@ -820,7 +840,8 @@ pub(super) mod tests {
         assert_eq!(decode(&inv(1, 2)), Ok(Command::Inv { device_id: 1, event_id: 2 }));
         assert_eq!(decode(&[0x0d, 0, 0xffff_ffff_ffff_0042, 0]), Ok(Command::Invall { icid: 0x42 }));
         assert_eq!(decode(&[0x05, 0, 3 << 16 | 0xffff, 0]), Ok(Command::Sync { rdbase: 3 }));
-        for unknown in [0x00, 0x02, 0x06, 0x07, 0x0e, 0x10, 0x29, 0xff] {
+        assert_eq!(decode(&[0x0e, 0, 2 << 16 | 0xffff, 3 << 16 | 0xffff]), Ok(Command::Movall { from: 2, to: 3 }));
+        for unknown in [0x00, 0x02, 0x06, 0x07, 0x10, 0x29, 0xff] {
             assert_eq!(decode(&[unknown, 0, 0, 0]), Err(CommandError::Unknown(unknown as u8)));
         }
     }
@@ -863,6 +884,14 @@ pub(super) mod tests {
         assert_eq!(vm.its.mmio_read(GITS_TYPER + 2, 4), 0);
         assert_eq!(vm.its.mmio_read(GITS_TYPER, 2), 0);
         assert!(Its::new(0, 16).is_err() && Its::new(65, 16).is_err() && Its::new(1, 13).is_err());
+    }
+
+    #[test]
+    fn movall_moves_one_redistributors_lpis() {
+        let mut vm = Vm::new();
+        let e = vm.run(&[[0x0e, 0, 1 << 16, 2 << 16], [0x0e, 0, 2 << 16, 2 << 16]]);
+        assert_eq!(e, [Effect::MoveAll { from: 1, to: 2 }], "a move to itself does nothing");
+        assert_eq!(DropReason::ALL.iter().map(|&r| vm.its.drops(r)).sum::<u64>(), 0);
     }
 
     #[test]
@@ -942,7 +971,7 @@ pub(super) mod tests {
             mapti(1, 3, 8192, 0),    // fine
             int(1, 3),               // collection 0 unmapped
             [0x05, 0, 9 << 16, 0],   // SYNC to no vCPU
-            [0x0e, 0, 0, 0],         // MOVALL: not implemented
+            [0x0e, 0, 0, 9 << 16],   // MOVALL to no vCPU
             int(1, 2),               // unmapped event
         ]);
         assert!(e.is_empty());
@@ -952,9 +981,9 @@ pub(super) mod tests {
             (DropReason::EventOutOfRange, 2),
             (DropReason::BadIntid, 2),
             (DropReason::BadCollection, 1),
-            (DropReason::BadTarget, 2),
+            (DropReason::BadTarget, 3),
             (DropReason::UnmappedCollection, 1),
-            (DropReason::UnknownCommand, 1),
+            (DropReason::UnknownCommand, 0),
             (DropReason::UnmappedEvent, 1),
         ];
         for (reason, n) in expect {
@@ -1084,7 +1113,7 @@ pub(super) mod tests {
                                 prop_assert!((LPI_BASE..1 << 16).contains(&intid));
                                 [vcpu, vcpu]
                             }
-                            Effect::Move { from, to, .. } => [from, to],
+                            Effect::Move { from, to, .. } | Effect::MoveAll { from, to } => [from, to],
                             Effect::InvalidateAll { vcpu } => [vcpu, vcpu],
                         };
                         prop_assert!(vcpus.iter().all(|&v| v < 4));

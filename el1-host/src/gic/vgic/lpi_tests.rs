@@ -346,6 +346,19 @@ fn enable_lpis_reads_the_pending_table_unless_ptz() {
 }
 
 #[test]
+fn movall_moves_every_pending_lpi_of_a_redistributor() {
+    let mut vm = Vm::new(3);
+    vm.ram.prop(8192, 0x40, true);
+    vm.ram.prop(8193, 0x40, true);
+    vm.run(&[mapd(0, 3), mapc(0, 0), mapc(1, 1), mapti(0, 0, 8192, 1), mapti(0, 1, 8193, 1), int(0, 0), int(0, 1)]);
+    let kicks = vm.run(&[[0x0e, 0, 1 << 16, 2 << 16]]);
+    assert!(kicks.contains(2), "{kicks:?}");
+    let (mut c1, mut c2) = (VgicCpuState::default(), VgicCpuState::default());
+    assert!(vm.flush(1, &mut c1).is_empty());
+    assert_eq!(intids(&vm.flush(2, &mut c2)), [8192, 8193]);
+}
+
+#[test]
 fn movi_moves_a_pending_lpi() {
     let mut vm = Vm::new(2);
     vm.ram.prop(8192, 0x40, true);

@@ -530,6 +530,24 @@ impl State {
                     self.reload_lpi(mem, key, kicks);
                 }
             }
+            Effect::MoveAll { from, to } => {
+                let Ok(to) = u8::try_from(to) else { return };
+                if usize::from(to) >= nr {
+                    return;
+                }
+                let ids: Vec<u16> = self
+                    .lpis
+                    .values()
+                    .filter(|irq| irq.routed_to.map(usize::from) == Some(from))
+                    .map(|irq| irq.intid)
+                    .collect();
+                for key in ids {
+                    if let Some(irq) = self.lpis.get_mut(&key) {
+                        irq.routed_to = Some(to);
+                    }
+                    self.update(0, key.into(), kicks);
+                }
+            }
             Effect::InvalidateAll { vcpu } => {
                 let ids: Vec<u16> = self
                     .lpis

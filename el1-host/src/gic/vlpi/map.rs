@@ -132,6 +132,20 @@ impl VlpiMap {
                     kicks.add(owner);
                 }
             }
+            Effect::MoveAll { from, to } => {
+                let Some(vpe) = self.vpe(to).filter(|_| from != to) else { return };
+                let mut moved = false;
+                for event in 0..self.mapped.len() as u32 {
+                    if self.owner(event) == Some(from) {
+                        self.set_owner(event, to);
+                        out.push(Command::vmovi(dev, event, vpe.vpeid, Some(vpe.doorbell)));
+                        moved = true;
+                    }
+                }
+                if moved {
+                    kicks.add(to);
+                }
+            }
             Effect::InvalidateAll { vcpu } => {
                 let Some(vpe) = self.vpe(vcpu) else { return };
                 for event in 0..self.mapped.len() as u32 {
@@ -249,7 +263,8 @@ mod tests {
                     to
                 }),
                 (vcpu.clone(), intid).prop_map(|(vcpu, intid)| Effect::Invalidate { vcpu, intid }),
-                vcpu.prop_map(|vcpu| Effect::InvalidateAll { vcpu }),
+                vcpu.clone().prop_map(|vcpu| Effect::InvalidateAll { vcpu }),
+                (vcpu.clone(), vcpu).prop_map(|(from, to)| Effect::MoveAll { from, to }),
             ]
         }
 
@@ -280,6 +295,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn movall_moves_every_vlpi_of_one_vcpu() {
+        let (mut m, mut vprop) = (map(), [0u8; 1024]);
+        run(&mut m, &mut vprop, Effect::SetPending { vcpu: 1, intid: 8192 });
+        run(&mut m, &mut vprop, Effect::SetPending { vcpu: 2, intid: 8193 });
+        run(&mut m, &mut vprop, Effect::SetPending { vcpu: 1, intid: 8194 });
+        let (cmds, kicks) = run_kicks(&mut m, &mut vprop, Effect::MoveAll { from: 1, to: 3 });
+        assert_eq!(cmds, [Command::vmovi(DEV, 0, 13, Some(8303)).0, Command::vmovi(DEV, 2, 13, Some(8303)).0]);
+        assert_eq!(kicks, [3]);
+        assert_eq!((m.mapped(8192), m.mapped(8193), m.mapped(8194)), (Some(3), Some(2), Some(3)));
+        assert!(run(&mut m, &mut vprop, Effect::MoveAll { from: 1, to: 3 }).is_empty());
     }
 
     #[test]
