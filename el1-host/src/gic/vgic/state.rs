@@ -535,13 +535,7 @@ impl State {
                 if usize::from(to) >= nr {
                     return;
                 }
-                let ids: Vec<u16> = self
-                    .lpis
-                    .values()
-                    .filter(|irq| irq.routed_to.map(usize::from) == Some(from))
-                    .map(|irq| irq.intid)
-                    .collect();
-                for key in ids {
+                for key in self.lpis_of(from) {
                     if let Some(irq) = self.lpis.get_mut(&key) {
                         irq.routed_to = Some(to);
                     }
@@ -549,17 +543,16 @@ impl State {
                 }
             }
             Effect::InvalidateAll { vcpu } => {
-                let ids: Vec<u16> = self
-                    .lpis
-                    .values()
-                    .filter(|irq| irq.routed_to.map(usize::from) == Some(vcpu))
-                    .map(|irq| irq.intid)
-                    .collect();
-                for key in ids {
+                for key in self.lpis_of(vcpu) {
                     self.reload_lpi(mem, key, kicks);
                 }
             }
         }
+    }
+
+    /// The LPIs routed to `vcpu`.
+    fn lpis_of(&self, vcpu: usize) -> Vec<u16> {
+        self.lpis.values().filter(|irq| irq.routed_to.map(usize::from) == Some(vcpu)).map(|irq| irq.intid).collect()
     }
 
     /// Re-evaluates SPIs routed 1-of-N (after a `GICR_WAKER` change).
