@@ -254,6 +254,10 @@ mod host {
         // SAFETY: the frames were just taken from the allocator for the heap
         // alone, and they are identity mapped as normal memory.
         unsafe { mm::init_heap(heap as usize, heap_size) };
+        // Guests' ITS and LPI state lives on the heap: all VMs together may
+        // use about a quarter of it (entries of 64 bytes or less, B-tree
+        // overhead included).
+        gic::vgic::budget::INTERRUPT_STATE.set_limit(heap_size / 4 / 64);
         let free = frames.lock().free_bytes();
         let heap = mm::heap_usage();
         log::debug!(

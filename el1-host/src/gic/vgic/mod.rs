@@ -30,6 +30,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
+pub mod budget;
 pub mod its;
 #[cfg(test)]
 mod lpi_tests;

@@ -6,6 +6,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use ferrovisor_shared::vcpu::MAX_LIST_REGS;
 
+use super::budget::INTERRUPT_STATE;
 use super::its::GuestMemory;
 use super::{Kicks, Model};
 
@@ -220,6 +221,12 @@ pub struct State {
     pub lpis: BTreeMap<u16, Irq>,
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        INTERRUPT_STATE.give(self.lpis.len());
+    }
+}
+
 impl State {
     pub fn new(model: Model, mpidrs: &[u64], nr_spis: u32, lpis_on: bool) -> Self {
         let mut s = State {
@@ -258,6 +265,7 @@ impl State {
             v.pend_ptz = false;
             v.scan_pending = false;
         }
+        INTERRUPT_STATE.give(self.lpis.len());
         self.lpis.clear();
         for irq in &mut self.spis {
             *irq = fresh(irq);
@@ -496,7 +504,7 @@ impl State {
                     return;
                 }
                 if !self.lpis.contains_key(&key) {
-                    if self.lpis.len() >= super::MAX_LPIS {
+                    if self.lpis.len() >= super::MAX_LPIS || !INTERRUPT_STATE.take(1) {
                         return;
                     }
                     // First use: the property table is read now, then cached
