@@ -332,10 +332,28 @@ impl psci::PsciVm for VmPsci<'_> {
 
 /// Makes `vcpu`'s vPE non-resident on this CPU (GICv4), keeping the GIC's
 /// word on whether a vLPI is pending.
+#[inline(always)]
 pub(super) fn put_vpe(vm: &Vm, vcpu: &Vcpu) {
     if let Some(direct) = &vm.direct {
-        if direct.put(vcpu.index, cpu::current()) {
-            vcpu.doorbell.note_pending_last(true);
-        }
+        put_vpe_direct(direct, vcpu);
+    }
+}
+
+/// Out of line: most boards have no GICv4, and the WFI and entry paths
+/// should not pay for it.
+#[inline(never)]
+fn put_vpe_direct(direct: &crate::gic::vlpi::DirectVm, vcpu: &Vcpu) {
+    if direct.put(vcpu.index, cpu::current()) {
+        vcpu.doorbell.note_pending_last(true);
+    }
+}
+
+/// Makes `vcpu`'s vPE resident on this CPU (GICv4): from then on the GIC
+/// delivers its vLPIs itself, so a `pending_last` is consumed.
+#[inline(never)]
+pub(super) fn load_vpe(direct: &crate::gic::vlpi::DirectVm, vcpu: &Vcpu) {
+    direct.load(vcpu.index, cpu::current());
+    if vcpu.doorbell.pending_last() {
+        vcpu.doorbell.take_pending_last();
     }
 }

@@ -1,7 +1,7 @@
 //! A vCPU's host thread: the seed-000/001 run loop of `sched::work` with the
 //! real world switch, exit handling, power states and VM-wide operations.
 
-use super::exit::{put_vpe, ExitHandler, Flow as ExitFlow};
+use super::exit::{load_vpe, put_vpe, ExitHandler, Flow as ExitFlow};
 use crate::arch::aarch64::{cpu, hyp, timer};
 use crate::sched::work::{self, EntryHw, Flow, GuestVcpu, RunOutcome};
 use crate::vm::instance::{self, Vcpu, Vm, RCU};
@@ -196,11 +196,7 @@ impl GuestVcpu for Runner<'_> {
         super::timers::load(vm, vcpu);
         super::timers::arm_ptimer(&ctx.timer);
         if let Some(direct) = &vm.direct {
-            // Resident, the GIC delivers its vLPIs itself, pending_last too.
-            direct.load(vcpu.index, cpu::current());
-            if vcpu.doorbell.pending_last() {
-                vcpu.doorbell.take_pending_last();
-            }
+            load_vpe(direct, vcpu);
         }
         Flow::Continue
     }
