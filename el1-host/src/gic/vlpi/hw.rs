@@ -12,6 +12,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::its::{
+    GICR_VPENDBASER, GICR_VPROPBASER, VPENDBASER_DIRTY, VPENDBASER_PENDING_LAST, VPENDBASER_VALID,
+};
 use spin::{Mutex, Once};
 
 /// The host's LPI INTID space: 8192 up to 2^14.
@@ -28,12 +31,6 @@ const MAX_DEVICES: u32 = 64;
 const VM_ID_BITS: u8 = crate::gic::vgic::LPI_ID_BITS as u8;
 const VM_EVENTS: u32 = (1 << VM_ID_BITS) - LPI_BASE;
 const HOST_PRIORITY: u8 = 0x80;
-const GICR_VLPI_FRAME: u64 = 0x2_0000;
-const GICR_VPROPBASER: u64 = 0x70;
-const GICR_VPENDBASER: u64 = 0x78;
-const VPENDBASER_VALID: u64 = 1 << 63;
-const VPENDBASER_PENDING_LAST: u64 = 1 << 61;
-const VPENDBASER_DIRTY: u64 = 1 << 60;
 const POLL_LIMIT: u32 = 1_000_000;
 
 struct Host {
@@ -323,13 +320,13 @@ impl DirectVm {
             send(&[Command::vmovp(vpe.vpeid, target, 0, 0), Command::vsync(vpe.vpeid)]);
             self.mapped_cpu[vcpu].store(cpu, Ordering::Relaxed);
         }
-        let Some(frame) = vlpi_frame(cpu) else { return };
+        let Some(rd) = crate::gic::rd_frame(cpu) else { return };
         // SAFETY: this CPU's VLPI frame (GICv4 redistributors have one); no vPE
         // is resident on it (checked above).
         unsafe {
-            ((frame + GICR_VPROPBASER) as usize as *mut u64)
+            ((rd as usize + GICR_VPROPBASER) as *mut u64)
                 .write_volatile(its::LpiTables::vpropbaser(vprop.pa, VM_ID_BITS));
-            ((frame + GICR_VPENDBASER) as usize as *mut u64).write_volatile(its::LpiTables::vpendbaser(vpt.pa, true));
+            ((rd as usize + GICR_VPENDBASER) as *mut u64).write_volatile(its::LpiTables::vpendbaser(vpt.pa, true));
         }
         RESIDENT[cpu].store(tag, Ordering::Relaxed);
     }
@@ -401,16 +398,12 @@ impl Drop for DirectVm {
     }
 }
 
-fn vlpi_frame(cpu: usize) -> Option<u64> {
-    crate::gic::rd_frame(cpu).map(|rd| rd + GICR_VLPI_FRAME)
-}
-
 /// Clears `GICR_VPENDBASER.Valid` on `cpu` (this CPU), waits for the GIC to
 /// finish with the vPE, and returns `PendingLast`.
 fn make_non_resident(cpu: usize) -> bool {
     RESIDENT[cpu].store(0, Ordering::Relaxed);
-    let Some(frame) = vlpi_frame(cpu) else { return false };
-    let reg = (frame + GICR_VPENDBASER) as usize as *mut u64;
+    let Some(rd) = crate::gic::rd_frame(cpu) else { return false };
+    let reg = (rd as usize + GICR_VPENDBASER) as *mut u64;
     // SAFETY: this CPU's VLPI frame, mapped as device memory.
     let value = unsafe { reg.read_volatile() };
     // SAFETY: as above; clearing Valid is how a vPE is made non-resident.
