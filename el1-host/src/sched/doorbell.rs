@@ -88,6 +88,13 @@ impl VpeDoorbell {
     /// in [`VpeDoorbell::ring`]'s [`Requests::make`]), then `pending_last`
     /// (set by the vCPU itself on put, or by a doorbell whose request this
     /// check has not seen yet).
+    #[cfg_attr(
+        target_os = "none",
+        allow(
+            dead_code,
+            reason = "the run loop tests every request bit at once (`wake_from_wfi`); the models use this"
+        )
+    )]
     pub fn runnable(&self, requests: &Requests) -> bool {
         self.runnable_with(|| requests.test(WORK_IRQ_PENDING))
     }

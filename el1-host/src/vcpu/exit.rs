@@ -295,11 +295,12 @@ impl ExitHandler<'_> {
     /// Whether a vCPU in WFI must go back to the guest.
     pub fn wake_from_wfi(&self, ctx: &VcpuContext) -> bool {
         // The requests first, with acquire: a doorbell's `pending_last` is
-        // published by its request (seed 004).
+        // published by its request (seed 004), which `pending()` already
+        // covers; this is `VpeDoorbell::runnable` with every request bit.
         self.vcpu.entry.pending() != 0
             || self.vcpu.power.is_off()
             || self.vm.vgic.has_pending(self.vcpu.index, &ctx.vgic)
-            || self.vcpu.doorbell.runnable(self.vcpu.entry.requests())
+            || self.vcpu.doorbell.pending_last()
     }
 
     fn stop(&self, why: alloc::string::String) -> Flow {

@@ -387,6 +387,7 @@ impl State {
             (GICR_CTLR, 4) if value as u32 & GICR_CTLR_ENABLE_LPIS != 0 && !vs.enable_lpis => {
                 vs.enable_lpis = true;
                 vs.scan_pending = !vs.pend_ptz && vs.pendbaser & PENDBASER_PA != 0;
+                self.scan_requested |= vs.scan_pending;
                 self.update_lpis(Some(idx), kicks);
             }
             (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (0x74 | 0x7c, 4) if !vs.enable_lpis => {

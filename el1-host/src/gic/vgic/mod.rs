@@ -164,6 +164,9 @@ pub struct Vgic {
     listed: Vec<AtomicBool>,
     /// `State::deferred` is not empty.
     deferred: AtomicBool,
+    /// Some vCPU's `scan_pending` is set: `pending_table_effects` has work,
+    /// so the other redistributor writes need not look.
+    scan_pending: AtomicBool,
 }
 
 impl Vgic {
@@ -204,6 +207,7 @@ impl Vgic {
             state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis, cfg.lpis)),
             listed: (0..count).map(|_| AtomicBool::new(true)).collect(),
             deferred: AtomicBool::new(false),
+            scan_pending: AtomicBool::new(false),
         })
     }
 
@@ -261,6 +265,9 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.redist_write(vcpu, offset, size, value, &mut kicks);
+        if core::mem::take(&mut s.scan_requested) {
+            self.scan_pending.store(true, Ordering::Relaxed);
+        }
         self.mark(kicks)
     }
 
@@ -323,6 +330,9 @@ impl Vgic {
     /// more LPIs could be kept.
     pub fn pending_table_effects(&self, mem: &dyn its::GuestMemory) -> Vec<its::Effect> {
         let mut effects = Vec::new();
+        if !self.scan_pending.swap(false, Ordering::Relaxed) {
+            return effects;
+        }
         let mut s = self.state.lock();
         for (vcpu, vs) in s.vcpus.iter_mut().enumerate().filter(|(_, vs)| vs.scan_pending) {
             vs.scan_pending = false;

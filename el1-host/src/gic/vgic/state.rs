@@ -217,6 +217,8 @@ pub struct State {
     pub deferred: Kicks,
     /// LPIs are implemented (`GICD_TYPER.LPIS`).
     pub lpis_on: bool,
+    /// A vCPU's `scan_pending` was set by the write just made.
+    pub scan_requested: bool,
     /// The LPIs ever made pending, by INTID (at most [`super::MAX_LPIS`]).
     pub lpis: BTreeMap<u16, Irq>,
 }
@@ -237,6 +239,7 @@ impl State {
             spis: (0..nr_spis).map(|i| Irq::new(model, NR_PRIVATE + i)).collect(),
             deferred: Kicks::default(),
             lpis_on,
+            scan_requested: false,
             lpis: BTreeMap::new(),
         };
         for i in 0..s.spis.len() {

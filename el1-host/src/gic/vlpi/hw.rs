@@ -152,7 +152,12 @@ fn barrier() {
 
 fn send(cmds: &[Command]) {
     let Some(host) = HOST.get() else { return };
-    if let Err(e) = host.its.lock().send(cmds) {
+    report(host.its.lock().send(cmds));
+}
+
+/// Logs the first failed ITS command batch (later ones would only repeat it).
+fn report(sent: Result<(), its::ItsError>) {
+    if let Err(e) = sent {
         if !SEND_FAILED.swap(true, Ordering::Relaxed) {
             log::error!("ITS: {e}");
         }
@@ -316,8 +321,10 @@ impl DirectVm {
         }
         if self.mapped_cpu[vcpu].load(Ordering::Relaxed) != cpu {
             let Some(host) = HOST.get() else { return };
-            let target = rdbase(&host.its.lock(), cpu);
-            send(&[Command::vmovp(vpe.vpeid, target, 0, 0), Command::vsync(vpe.vpeid)]);
+            let mut phys = host.its.lock();
+            let target = rdbase(&phys, cpu);
+            report(phys.send(&[Command::vmovp(vpe.vpeid, target, 0, 0), Command::vsync(vpe.vpeid)]));
+            drop(phys);
             self.mapped_cpu[vcpu].store(cpu, Ordering::Relaxed);
         }
         let Some(rd) = crate::gic::rd_frame(cpu) else { return };

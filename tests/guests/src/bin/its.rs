@@ -251,11 +251,7 @@ mod guest {
         }
         READY[boot].store(true, Ordering::SeqCst);
         irq::set_handler(Some(count_lpi));
-        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
-            if let Err(e) = smp::start(cpu, receiver) {
-                report(false, format_args!("cpu{cpu}: CPU_ON failed: {e:?}"));
-            }
-        }
+        start_secondaries(|_| receiver);
         let ready = |c: usize| READY[c].load(Ordering::SeqCst);
         let all = time::wait_for(CPU_TIMEOUT_MS, || (0..n).all(ready)).is_some();
         report(all, format_args!("every CPU set up its GIC within {CPU_TIMEOUT_MS} ms ({n} CPUs)"));
@@ -270,10 +266,24 @@ mod guest {
             }
         }
 
+        stop_secondaries(gic, "our LPIs");
+    }
+
+    /// Starts every secondary CPU on the job `job(cpu)` names.
+    fn start_secondaries(job: impl Fn(usize) -> smp::Job) {
+        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
+            if let Err(e) = smp::start(cpu, job(cpu)) {
+                report(false, format_args!("cpu{cpu}: CPU_ON failed: {e:?}"));
+            }
+        }
+    }
+
+    /// Checks that nothing but `what` was taken, then stops the secondaries
+    /// (an SGI each ends their WFI) and waits until they are off.
+    fn stop_secondaries(gic: &gic::Gic, what: &str) {
         let other: u32 = OTHER.iter().map(|o| o.load(Ordering::SeqCst)).sum();
-        report(other == 0, format_args!("no interrupt but our LPIs was taken ({other})"));
+        report(other == 0, format_args!("no interrupt but {what} was taken ({other})"));
         STOP.store(true, Ordering::SeqCst);
-        // Wake the receivers' WFI with an SGI each.
         for cpu in smp::secondaries() {
             gic.send_sgi(15, gic::SgiTarget::Cpu(cpu));
         }
@@ -508,12 +518,7 @@ mod guest {
         }
         READY[env.boot_cpu].store(true, Ordering::SeqCst);
         irq::set_handler(Some(wake_handler));
-        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
-            let job: smp::Job = if cpu == target { wake_target } else { receiver };
-            if let Err(e) = smp::start(cpu, job) {
-                report(false, format_args!("cpu{cpu}: CPU_ON failed: {e:?}"));
-            }
-        }
+        start_secondaries(|cpu| if cpu == target { wake_target } else { receiver });
         let ready = |c: usize| READY[c].load(Ordering::SeqCst);
         if time::wait_for(CPU_TIMEOUT_MS, || (0..n).all(ready)).is_none() {
             report(false, format_args!("not every CPU set up its GIC within {CPU_TIMEOUT_MS} ms"));
@@ -521,17 +526,7 @@ mod guest {
             wake_deliver(its, target, n);
         }
 
-        let other: u32 = OTHER.iter().map(|o| o.load(Ordering::SeqCst)).sum();
-        report(other == 0, format_args!("no interrupt but the LPI was taken ({other})"));
-        STOP.store(true, Ordering::SeqCst);
-        for cpu in smp::secondaries() {
-            gic.send_sgi(15, gic::SgiTarget::Cpu(cpu));
-        }
-        for cpu in smp::secondaries().filter(|&c| c < MAX_CPUS) {
-            smp::wait_done(cpu, CPU_TIMEOUT_MS);
-        }
-        smp::wait_all_off(CPU_TIMEOUT_MS);
-        irq::set_handler(None);
+        stop_secondaries(gic, "the LPI");
     }
 
     fn wake_deliver(its: &its::Its, target: usize, n: usize) {
