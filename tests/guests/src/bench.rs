@@ -1,6 +1,8 @@
 //! Micro-benchmark arithmetic: counter ticks to nanoseconds, and the
-//! figures of a `BENCH:` line from timed batches (mean per operation) or from
-//! separately timed samples (median).
+//! figures of a `BENCH:` line from timed batches (mean per operation), from
+//! separately timed samples (median), or from separately timed operations
+//! summed as they come ([`Mean`]: the mean, as kvm-unit-tests' micro-bench
+//! reports).
 
 use core::fmt;
 
@@ -75,6 +77,44 @@ pub fn from_samples(samples: &mut [u64], freq: u64) -> Option<Stats> {
     })
 }
 
+/// Separately timed operations, summed as they come (no buffer, so any
+/// number of them): the mean per operation as `ns_per_op` (total time over
+/// the count), the fastest and the slowest as min and max.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mean {
+    count: u64,
+    total: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Mean {
+    pub const fn new() -> Self {
+        Mean { count: 0, total: 0, min: u64::MAX, max: 0 }
+    }
+
+    /// One operation that took `ticks`.
+    pub fn add(&mut self, ticks: u64) {
+        self.count += 1;
+        self.total = self.total.saturating_add(ticks);
+        self.min = self.min.min(ticks);
+        self.max = self.max.max(ticks);
+    }
+
+    /// The figures at `freq` Hz; `None` before the first [`Mean::add`].
+    pub fn stats(&self, freq: u64) -> Option<Stats> {
+        if self.count == 0 {
+            return None;
+        }
+        Some(Stats {
+            iterations: self.count,
+            ns_per_op: ticks_to_ns(self.total, freq) / self.count,
+            min: ticks_to_ns(self.min, freq),
+            max: ticks_to_ns(self.max, freq),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +150,28 @@ mod tests {
         let mut halves = [3, 5];
         assert_eq!(from_samples(&mut halves, GHZ).unwrap().ns_per_op, 4);
         assert_eq!(from_samples(&mut [], GHZ), None);
+    }
+
+    #[test]
+    fn mean() {
+        assert_eq!(Mean::new().stats(GHZ), None);
+        let mut m = Mean::new();
+        for t in [10, 4, 7, 100] {
+            m.add(t);
+        }
+        assert_eq!(m.stats(GHZ), Some(Stats { iterations: 4, ns_per_op: 30, min: 4, max: 100 }));
+        // At 62.5 MHz a tick is 16 ns: 3 ticks over 2 operations.
+        let mut m = Mean::new();
+        m.add(1);
+        m.add(2);
+        assert_eq!(m.stats(62_500_000), Some(Stats { iterations: 2, ns_per_op: 24, min: 16, max: 32 }));
+        let mut m = Mean::new();
+        m.add(u64::MAX);
+        m.add(u64::MAX);
+        assert_eq!(m.stats(GHZ).unwrap().ns_per_op, u64::MAX / 2, "the total saturates");
+        let mut one = Mean::new();
+        one.add(0);
+        assert_eq!(one.stats(GHZ), Some(Stats { iterations: 1, ns_per_op: 0, min: 0, max: 0 }));
     }
 
     #[test]

@@ -5,7 +5,14 @@
 //! `hvc`, `mmio_read_user`, `mmio_read_vgic` and `eoi` run N = 4096
 //! operations in 16 timed batches: `ns_per_op` is the mean over all of
 //! them, `min`/`max` the fastest and slowest batch's mean. `ipi` and `timer`
-//! time each of 256 operations: `ns_per_op` is the median sample. `lpi`
+//! time each of 256 operations with the receiver in `WFI`: `ns_per_op` is
+//! the median sample. `ipi_busy` and `timer_busy` are the standard
+//! definitions (kvm-unit-tests' arm/micro-bench, DESIGN §6), with the
+//! receiver busy-waiting, `PSTATE.I` clear: `ipi_busy` times 4096 SGIs from
+//! the sender's SGI write to the receiver's handler's first counter read,
+//! `timer_busy` 32 virtual timer deadlines 10 ms ahead from the deadline
+//! (`CNTV_CVAL_EL0`) to the handler's first counter read; `ns_per_op` is
+//! the mean, `min`/`max` the fastest and slowest operation. `lpi`
 //! times, 256 times, from the `GITS_CWRITER` write that queues an `INT` to
 //! the LPI handler's first counter read on the same CPU (median too), and is
 //! a SKIP without an ITS (GICv2, or no `arm,gic-v3-its` node). Each op
@@ -24,7 +31,7 @@ mod guest {
 
     use ferrovisor_shared::boot::MAX_CPUS;
     use ferrovisor_shared::dt::PsciMethod;
-    use ferrovisor_test_guests::bench::{self, BenchLine, Stats};
+    use ferrovisor_test_guests::bench::{self, BenchLine, Mean, Stats};
     use ferrovisor_test_guests::cpus::ms_to_ticks;
     use ferrovisor_test_guests::gic::{self, read32, read64, write64, Gic, SgiTarget};
     use ferrovisor_test_guests::its::{self, Command, ItsError};
@@ -41,8 +48,10 @@ mod guest {
             SubTest { name: "mmio_read_vgic", run: mmio_read_vgic },
             SubTest { name: "eoi", run: eoi },
             SubTest { name: "ipi", run: ipi },
+            SubTest { name: "ipi_busy", run: ipi_busy },
             SubTest { name: "lpi", run: lpi },
             SubTest { name: "timer", run: timer },
+            SubTest { name: "timer_busy", run: timer_busy },
         ]
     );
 
@@ -186,7 +195,21 @@ mod guest {
         irq::wfi_until(600_000, || STOP.load(Ordering::SeqCst));
     }
 
-    fn ipi(_: &Env) {
+    /// `yield`: a hint, not a trap. QEMU's round-robin TCG (as under
+    /// -icount) moves to the next vCPU on it, so the other CPU runs at once
+    /// instead of at the end of this one's time slice (kvm-unit-tests'
+    /// `cpu_relax()` is the same instruction).
+    #[inline(always)]
+    fn relax() {
+        // SAFETY: `yield` has no architectural effect.
+        unsafe { asm!("yield", options(nomem, nostack)) };
+    }
+
+    /// Starts `receiver` on a second CPU with `handler` installed, runs
+    /// `send` (given the GIC and the receiver's index) once the receiver
+    /// set up its GIC, then stops it. A SKIP without a second CPU, a FAIL
+    /// when it does not start.
+    fn with_receiver(receiver: fn(usize), handler: irq::Handler, send: impl FnOnce(&Gic, usize)) {
         let Some(target) = smp::secondaries().find(|&c| c < MAX_CPUS) else {
             report_skip("needs a second CPU");
             return;
@@ -195,8 +218,8 @@ mod guest {
         READY.store(false, Ordering::SeqCst);
         STOP.store(false, Ordering::SeqCst);
         RECEIVED.store(0, Ordering::SeqCst);
-        irq::set_handler(Some(ipi_handler));
-        if let Err(e) = smp::start(target, ipi_receiver) {
+        irq::set_handler(Some(handler));
+        if let Err(e) = smp::start(target, receiver) {
             report(false, format_args!("cpu{target}: CPU_ON failed: {e:?}"));
             irq::set_handler(None);
             return;
@@ -204,39 +227,103 @@ mod guest {
         if time::wait_for(TIMEOUT_MS, || READY.load(Ordering::SeqCst)).is_none() {
             report(false, format_args!("cpu{target} did not set up its GIC"));
         }
-        let mut samples = [0u64; SAMPLES];
-        let mut lost = false;
-        for i in 0..SAMPLE_WARMUP + SAMPLES {
-            let before = RECEIVED.load(Ordering::SeqCst);
-            let start = time::counter();
-            gic.send_sgi(SGI_BENCH, SgiTarget::Cpu(target));
-            let arrived = time::wait_for(TIMEOUT_MS, || {
-                // A hint, not a trap: QEMU's round-robin TCG (as under
-                // -icount) moves to the next vCPU on it, so the receiver
-                // runs at once instead of at the end of this one's time slice.
-                // SAFETY: `yield` has no architectural effect.
-                unsafe { asm!("yield", options(nomem, nostack)) };
-                RECEIVED.load(Ordering::SeqCst) != before
-            });
-            let end = time::counter();
-            if arrived.is_none() {
-                lost = true;
-                break;
-            }
-            if let Some(s) = i.checked_sub(SAMPLE_WARMUP).and_then(|i| samples.get_mut(i)) {
-                *s = end - start;
-            }
-        }
-        if lost {
-            report(false, format_args!("ipi: an SGI to cpu{target} was not taken within {TIMEOUT_MS} ms"));
-        } else {
-            print("ipi", bench::from_samples(&mut samples, time::freq()));
-        }
+        send(gic, target);
         STOP.store(true, Ordering::SeqCst);
         gic.send_sgi(SGI_STOP, SgiTarget::Cpu(target));
         smp::wait_done(target, TIMEOUT_MS);
         smp::wait_all_off(TIMEOUT_MS);
         irq::set_handler(None);
+    }
+
+    /// Sends [`SGI_BENCH`] to `target` and waits, yielding, until its
+    /// handler counted it: the counter before the SGI write and after the
+    /// wait, or `None` when it was not taken within [`TIMEOUT_MS`]. A macro,
+    /// not a function: it is inside the timed part, and a call would add its
+    /// own instructions to both figures.
+    macro_rules! sgi_round_trip {
+        ($gic:expr, $target:expr) => {{
+            let before = RECEIVED.load(Ordering::SeqCst);
+            let start = time::counter();
+            $gic.send_sgi(SGI_BENCH, SgiTarget::Cpu($target));
+            let arrived = time::wait_for(TIMEOUT_MS, || {
+                relax();
+                RECEIVED.load(Ordering::SeqCst) != before
+            });
+            let end = time::counter();
+            arrived.map(|_| (start, end))
+        }};
+    }
+
+    /// From the SGI write to the sender's seeing the receiver's handler
+    /// count it, the receiver waking from `WFI`.
+    fn ipi(_: &Env) {
+        with_receiver(ipi_receiver, ipi_handler, |gic, target| {
+            let mut samples = [0u64; SAMPLES];
+            for i in 0..SAMPLE_WARMUP + SAMPLES {
+                let Some((start, end)) = sgi_round_trip!(gic, target) else {
+                    report(false, format_args!("ipi: an SGI to cpu{target} was not taken within {TIMEOUT_MS} ms"));
+                    return;
+                };
+                if let Some(s) = i.checked_sub(SAMPLE_WARMUP).and_then(|i| samples.get_mut(i)) {
+                    *s = end - start;
+                }
+            }
+            print("ipi", bench::from_samples(&mut samples, time::freq()));
+        });
+    }
+
+    // ---- ipi_busy ----
+
+    /// The counter when [`ipi_busy_handler`] last took [`SGI_BENCH`].
+    static IPI_AT: AtomicU64 = AtomicU64::new(0);
+
+    fn ipi_busy_handler() {
+        let now = time::counter();
+        let Some(gic) = gic::get() else { return };
+        let iar = gic.ack();
+        if iar.is_spurious() {
+            return;
+        }
+        if iar.intid() == SGI_BENCH {
+            IPI_AT.store(now, Ordering::SeqCst);
+            RECEIVED.fetch_add(1, Ordering::SeqCst);
+        }
+        gic.eoi(iar);
+    }
+
+    /// Spins with `PSTATE.I` clear (not in `WFI`) until told to stop, as
+    /// kvm-unit-tests' secondary does.
+    fn ipi_busy_receiver(_: usize) {
+        let Some(gic) = gic::get() else { return };
+        if gic.cpu_init().is_err() {
+            return;
+        }
+        READY.store(true, Ordering::SeqCst);
+        irq::unmask();
+        time::wait_for(600_000, || {
+            relax();
+            STOP.load(Ordering::SeqCst)
+        });
+        irq::mask();
+    }
+
+    /// From the sender's SGI write to the busy-waiting receiver's handler's
+    /// first counter read (one virtual counter for the VM's vCPUs, and one
+    /// instruction count for QEMU's CPUs under -icount).
+    fn ipi_busy(_: &Env) {
+        with_receiver(ipi_busy_receiver, ipi_busy_handler, |gic, target| {
+            let mut mean = Mean::new();
+            for i in 0..WARMUP + ITERATIONS {
+                let Some((start, _)) = sgi_round_trip!(gic, target) else {
+                    report(false, format_args!("ipi_busy: an SGI to cpu{target} was not taken within {TIMEOUT_MS} ms"));
+                    return;
+                };
+                if i >= WARMUP {
+                    mean.add(IPI_AT.load(Ordering::SeqCst).saturating_sub(start));
+                }
+            }
+            print("ipi_busy", mean.stats(time::freq()));
+        });
     }
 
     // ---- lpi ----
@@ -455,6 +542,57 @@ mod guest {
             report(false, format_args!("timer: the virtual timer's INTID {intid} was not taken"));
         } else {
             print("timer", bench::from_samples(&mut samples, time::freq()));
+        }
+    }
+
+    // ---- timer_busy ----
+
+    /// How far ahead `timer_busy` sets each deadline, and how many it times
+    /// (after [`TIMER_BUSY_WARMUP`] untimed ones): each costs 10 ms of guest
+    /// time, 10 million instructions under -icount shift=0.
+    const TIMER_BUSY_AHEAD_MS: u64 = 10;
+    const TIMER_BUSY_ROUNDS: u64 = 32;
+    const TIMER_BUSY_WARMUP: u64 = 2;
+
+    /// From the virtual timer's deadline, `CNTV_CVAL_EL0` = now + 10 ms, to
+    /// its handler's first counter read, busy-waiting with `PSTATE.I` clear
+    /// (Arm ARM, `CNTV_CVAL_EL0`: the timer condition is met when `CNTVCT_EL0` -
+    /// `CNTV_CVAL_EL0` >= 0, so the difference is the latency).
+    fn timer_busy(_: &Env) {
+        let Some(gic) = setup() else { return };
+        let intid = Timer::Virt.intid();
+        TIMER_INTID.store(intid, Ordering::SeqCst);
+        FIRED.store(0, Ordering::SeqCst);
+        Timer::Virt.stop();
+        gic.enable(intid);
+        irq::set_handler(Some(timer_handler));
+        let ahead = ms_to_ticks(TIMER_BUSY_AHEAD_MS, time::freq());
+        let mut mean = Mean::new();
+        let mut lost = false;
+        irq::unmask();
+        for i in 0..TIMER_BUSY_WARMUP + TIMER_BUSY_ROUNDS {
+            let before = FIRED.load(Ordering::SeqCst);
+            let cval = Timer::Virt.counter() + ahead;
+            Timer::Virt.arm_at(cval);
+            if time::wait_for(TIMEOUT_MS, || FIRED.load(Ordering::SeqCst) != before).is_none() {
+                lost = true;
+                break;
+            }
+            if i >= TIMER_BUSY_WARMUP {
+                mean.add(FIRED_AT.load(Ordering::SeqCst).saturating_sub(cval));
+            }
+        }
+        irq::mask();
+        Timer::Virt.stop();
+        gic.disable(intid);
+        irq::set_handler(None);
+        if lost {
+            report(
+                false,
+                format_args!("timer_busy: the virtual timer's INTID {intid} was not taken within {TIMEOUT_MS} ms"),
+            );
+        } else {
+            print("timer_busy", mean.stats(time::freq()));
         }
     }
 }
