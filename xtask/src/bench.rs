@@ -21,6 +21,11 @@ RUNS times, and prints each operation's ns_per_op over the runs: the median,
 the least and greatest (with their spread around the median), the runs. With
 -icount shift=0 one nanosecond of guest time is one instruction.
 
+Every run must print every operation: hvc, mmio_read_user, mmio_read_vgic,
+eoi, ipi and timer (the receiver in WFI), ipi_busy and timer_busy (the
+receiver busy-waiting, as kvm-unit-tests and DESIGN §6 define them), and with
+GICv3 and GICv4 lpi.
+
   --runs N     boot it N times (default: 5)
   --gic 2|3|4  the GIC version (default: 3)
   --bare       run the guest alone on QEMU, without the hypervisor (the floor)
@@ -30,6 +35,33 @@ the least and greatest (with their spread around the median), the runs. With
 
 exit status: 0 when every run ended well and printed every operation; 1 when
 a run failed or an operation is missing from a run; 2 for a wrong option.";
+
+/// The operations every run must report, in the guest's order: `lpi` needs
+/// an ITS, which QEMU virt has with GICv3 and GICv4 only.
+pub fn required_ops(gic: u8) -> &'static [&'static str] {
+    const ALL: &[&str] =
+        &["hvc", "mmio_read_user", "mmio_read_vgic", "eoi", "ipi", "ipi_busy", "lpi", "timer", "timer_busy"];
+    const NO_ITS: &[&str] =
+        &["hvc", "mmio_read_user", "mmio_read_vgic", "eoi", "ipi", "ipi_busy", "timer", "timer_busy"];
+    if gic == 2 {
+        NO_ITS
+    } else {
+        ALL
+    }
+}
+
+/// Checks that a run reported each of `required`.
+///
+/// # Errors
+/// Names the operations that are missing.
+pub fn check_required(samples: &[Sample], required: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = required.iter().copied().filter(|op| !samples.iter().any(|s| s.op == *op)).collect();
+    match missing.as_slice() {
+        [] => Ok(()),
+        [op] => Err(format!("operation {op} is missing")),
+        ops => Err(format!("operations {} are missing", ops.join(", "))),
+    }
+}
 
 /// The guest, its file name (`target/guests/<GUEST>.flat`) and VM name.
 const GUEST: &str = "micro-bench";
@@ -321,6 +353,7 @@ fn bench(o: &Opts) -> Result<(), (String, u8)> {
         };
         check_run(&out.output, out.end, &prefix, o.bare).map_err(failed)?;
         let samples = parse_run(&out.output, &prefix).map_err(failed)?;
+        check_required(&samples, required_ops(o.gic)).map_err(failed)?;
         eprintln!("xtask bench: run {i} of {}: {} operations", o.runs, samples.len());
         runs.push(samples);
     }
@@ -482,6 +515,22 @@ EXIT: STATUS=1
         );
         let zero = summarize(&[run(&[("nop", 0)])]).unwrap();
         assert!(table(&zero).contains("| nop | 0 | 0..0 (-) | 1 |"));
+    }
+
+    #[test]
+    fn required_operations() {
+        let v3 = required_ops(3);
+        assert_eq!(required_ops(4), v3);
+        assert!(v3.contains(&"ipi_busy") && v3.contains(&"timer_busy") && v3.contains(&"lpi"));
+        assert_eq!(required_ops(2), v3.iter().copied().filter(|&op| op != "lpi").collect::<Vec<_>>());
+        let all: Vec<Sample> = v3.iter().map(|op| sample(op, 1, 1, 1, 1)).collect();
+        assert_eq!(check_required(&all, v3), Ok(()));
+        assert_eq!(check_required(&all, required_ops(2)), Ok(()), "an extra operation is fine");
+        let no_busy: Vec<Sample> = all.iter().filter(|s| !s.op.ends_with("_busy")).cloned().collect();
+        assert_eq!(check_required(&no_busy, v3).unwrap_err(), "operations ipi_busy, timer_busy are missing");
+        let no_lpi: Vec<Sample> = all.iter().filter(|s| s.op != "lpi").cloned().collect();
+        assert_eq!(check_required(&no_lpi, v3).unwrap_err(), "operation lpi is missing");
+        assert_eq!(check_required(&no_lpi, required_ops(2)), Ok(()));
     }
 
     #[test]

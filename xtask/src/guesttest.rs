@@ -100,7 +100,9 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
             "BENCH: mmio_read_vgic ",
             "BENCH: eoi ",
             "BENCH: ipi ",
+            "BENCH: ipi_busy ",
             "BENCH: timer ",
+            "BENCH: timer_busy ",
         ]
     } else {
         &[
@@ -109,8 +111,10 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
             "BENCH: mmio_read_vgic ",
             "BENCH: eoi ",
             "BENCH: ipi ",
+            "BENCH: ipi_busy ",
             "BENCH: lpi ",
             "BENCH: timer ",
+            "BENCH: timer_busy ",
         ]
     };
     // Oversubscribed: 4 vCPUs on 2 CPUs, every one must make progress, and
