@@ -7,8 +7,13 @@
 //! - Device, collection and interrupt translation tables are kept in host
 //!   memory. Their in-memory formats are IMPLEMENTATION DEFINED, so the
 //!   memory the guest gives through `GITS_BASER0` (devices), `GITS_BASER1`
-//!   (collections) and MAPD's ITT address is never read nor written, and a
-//!   guest cannot corrupt or grow our state beyond the bounds below.
+//!   (collections) and MAPD's ITT address is never written, and a guest
+//!   cannot corrupt or grow our state beyond the bounds below. The one
+//!   architected format, the level-1 entries of an indirect device table,
+//!   is read (at MAPD) to see whether the DeviceID has a level-2 table.
+//! - `GITS_BASER<n>.Page_Size` resets to 64 KiB (as on QEMU and KVM) and
+//!   takes 4, 16 or 64 KiB; the tables are sized in the page size chosen.
+//!   Only the device table can be Indirect.
 //! - `GITS_TYPER.HCC` is 0 with a collection table in `GITS_BASER1` (Linux
 //!   then needs no other path for more vCPUs than held collections).
 //! - `GITS_TYPER.PTA` is 0: MAPC and SYNC name a vCPU index
@@ -54,6 +59,10 @@ pub const MAX_ITES: usize = 1 << 16;
 pub const LPI_BASE: u32 = 8192;
 /// Bytes per entry reported for ITTs, device and collection tables.
 const ENTRY_SIZE: u64 = 8;
+/// A level-1 entry of an indirect table: Valid [63], PA of one page of
+/// level-2 entries [51:N] (IHI 0069 §5.2.1).
+const LEVEL1_ENTRY_SIZE: u64 = 8;
+const LEVEL1_VALID: u64 = 1 << 63;
 const COMMAND_SIZE: u64 = 32;
 
 const CTLR_ENABLED: u64 = 1 << 0;
@@ -68,9 +77,16 @@ const CWRITER_RETRY: u64 = 1 << 0;
 const CREADR_STALLED: u64 = 1 << 0;
 
 const BASER_VALID: u64 = 1 << 63;
-/// Valid, InnerCache, OuterCache, Physical_Address[47:12], Shareability,
-/// Page_Size, Size. Indirect (bit 62) is RAZ/WI: flat tables only.
-const BASER_RW: u64 = BASER_VALID | (7 << 59) | (7 << 53) | field(47, 12) | (3 << 10) | (3 << 8) | 0xff;
+/// Two-level table (IHI 0069 §12.19.1, `GITS_BASER<n>.Indirect`):
+/// writable for the device table only.
+const BASER_INDIRECT: u64 = 1 << 62;
+/// Valid, InnerCache, OuterCache, Physical_Address[47:12] (with 64 KiB
+/// pages [15:12] hold PA[51:48]), Shareability, Page_Size, Size.
+const BASER_RW: u64 = BASER_VALID | (7 << 59) | (7 << 53) | field(47, 12) | (3 << 10) | BASER_PAGE_SIZE | 0xff;
+const BASER_PAGE_SIZE: u64 = 3 << 8;
+/// Page_Size 0b10. Also the reset value, as on QEMU's and KVM's ITS
+/// (KVM's is fixed at 64 KiB).
+const BASER_PAGE_64K: u64 = 2 << 8;
 const BASER_TYPE_SHIFT: u32 = 56;
 const BASER_TYPE_DEVICES: u64 = 1;
 const BASER_TYPE_COLLECTIONS: u64 = 4;
@@ -250,6 +266,9 @@ pub enum DropReason {
     UnknownCommand,
     /// DeviceID beyond Devbits or the device table (`GITS_BASER0`).
     DeviceOutOfRange,
+    /// MAPD of a DeviceID whose level-1 entry (indirect device table) is
+    /// not Valid or not in guest memory.
+    NoLevel2Table,
     UnmappedDevice,
     /// EventID beyond the device's MAPD Size, or a MAPD Size beyond IDbits.
     EventOutOfRange,
@@ -270,9 +289,10 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::UnknownCommand,
         DropReason::DeviceOutOfRange,
+        DropReason::NoLevel2Table,
         DropReason::UnmappedDevice,
         DropReason::EventOutOfRange,
         DropReason::UnmappedEvent,
@@ -350,7 +370,8 @@ impl Its {
         if !(14..=32).contains(&lpi_id_bits) {
             return Err(ItsError::BadLpiIdBits(lpi_id_bits));
         }
-        let baser_ro = |kind: u64| (kind << BASER_TYPE_SHIFT) | ((ENTRY_SIZE - 1) << BASER_ENTRY_SIZE_SHIFT);
+        let baser_ro =
+            |kind: u64| (kind << BASER_TYPE_SHIFT) | ((ENTRY_SIZE - 1) << BASER_ENTRY_SIZE_SHIFT) | BASER_PAGE_64K;
         Ok(Its {
             nr_vcpus,
             lpi_id_bits,
@@ -473,7 +494,17 @@ impl Its {
             }
             GITS_BASER0 | GITS_BASER1 if !self.enabled => {
                 let n = ((aligned - GITS_BASER0) / 8) as usize;
-                self.baser[n] = (self.baser[n] & !BASER_RW) | (new & BASER_RW);
+                // The collection table (256 entries of 8 bytes) always fits
+                // one page: Indirect is RAZ/WI there, as on KVM.
+                let rw = if aligned == GITS_BASER0 { BASER_RW | BASER_INDIRECT } else { BASER_RW };
+                let mut value = (self.baser[n] & !rw) | (new & rw);
+                // IHI 0069 §12.19.1: Page_Size 0b11 is reserved and treated
+                // as 0b10; it reads back as what it is treated as (KVM's
+                // read-back too), so the guest sees the size in use.
+                if value & BASER_PAGE_SIZE == BASER_PAGE_SIZE {
+                    value = (value & !BASER_PAGE_SIZE) | BASER_PAGE_64K;
+                }
+                self.baser[n] = value;
             }
             _ => {}
         }
@@ -546,7 +577,7 @@ impl Its {
                 *word = u64::from_le_bytes(b);
             }
             let result = match decode(&words) {
-                Ok(cmd) => self.execute(cmd, effects),
+                Ok(cmd) => self.execute(mem, cmd, effects),
                 Err(CommandError::Unknown(_)) => Err(DropReason::UnknownCommand),
             };
             if let Err(reason) = result {
@@ -556,17 +587,51 @@ impl Its {
         }
     }
 
-    /// Entries a flat table described by a `GITS_BASER<n>` value holds.
+    /// Bytes per page of a `GITS_BASER<n>` value (Page_Size; 0b11 cannot
+    /// be stored, and would be treated as 64 KiB).
+    fn page_bytes(baser: u64) -> u64 {
+        match (baser >> 8) & 3 {
+            0 => 0x1000,
+            1 => 0x4000,
+            _ => 0x1_0000,
+        }
+    }
+
+    /// IDs a table described by a `GITS_BASER<n>` value covers: (Size + 1)
+    /// pages of entries when flat; when Indirect, (Size + 1) pages of 8-byte
+    /// level-1 entries, each naming one page of entries (IHI 0069 §5.2.1).
     fn table_entries(baser: u64) -> u64 {
         if baser & BASER_VALID == 0 {
             return 0;
         }
-        let page = match (baser >> 8) & 3 {
-            0 => 4096,
-            1 => 16384,
-            _ => 65536,
+        let page = Its::page_bytes(baser);
+        let pages = (baser & 0xff) + 1;
+        if baser & BASER_INDIRECT != 0 {
+            pages * (page / LEVEL1_ENTRY_SIZE) * (page / ENTRY_SIZE)
+        } else {
+            pages * page / ENTRY_SIZE
+        }
+    }
+
+    /// With an indirect device table, whether the level-1 entry covering
+    /// `device_id` is Valid in guest memory (an entry outside guest memory
+    /// is not). Always true for a flat table.
+    fn level2_valid<M: GuestMemory + ?Sized>(&self, mem: &M, device_id: u32) -> bool {
+        let baser = self.baser[0];
+        if baser & BASER_INDIRECT == 0 {
+            return true;
+        }
+        let page = Its::page_bytes(baser);
+        // 64 KiB pages keep PA[51:48] in bits [15:12].
+        let base = if page == 0x1_0000 {
+            (baser & field(47, 16)) | ((baser & field(15, 12)) << 36)
+        } else {
+            baser & field(47, 12)
         };
-        ((baser & 0xff) + 1) * page / ENTRY_SIZE
+        let index = u64::from(device_id) / (page / ENTRY_SIZE);
+        let Some(ipa) = base.checked_add(index * LEVEL1_ENTRY_SIZE) else { return false };
+        let mut entry = [0u8; LEVEL1_ENTRY_SIZE as usize];
+        mem.read(ipa, &mut entry).is_ok() && u64::from_le_bytes(entry) & LEVEL1_VALID != 0
     }
 
     fn ite(&self, device_id: u32, event_id: u32) -> Result<Ite, DropReason> {
@@ -589,12 +654,21 @@ impl Its {
         self.collections[usize::from(icid)].ok_or(DropReason::UnmappedCollection)
     }
 
-    fn execute(&mut self, cmd: Command, effects: &mut Vec<Effect>) -> Result<(), DropReason> {
+    fn execute<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        cmd: Command,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), DropReason> {
         match cmd {
             Command::Mapd { device_id, size, itt_addr: _, valid } => {
                 let limit = Its::table_entries(self.baser[0]).min(1 << DEVICE_ID_BITS);
                 if u64::from(device_id) >= limit {
                     return Err(DropReason::DeviceOutOfRange);
+                }
+                // Unmapping needs no level-2 table: only new mappings are checked.
+                if valid && !self.level2_valid(mem, device_id) {
+                    return Err(DropReason::NoLevel2Table);
                 }
                 let event_bits = u32::from(size) + 1;
                 if valid && event_bits > EVENT_ID_BITS {
@@ -912,14 +986,17 @@ pub(super) mod tests {
         assert_eq!((typer >> 36) & 1, 1, "CIL");
         assert_eq!(its.mmio_read(GITS_TYPER + 4, 4), typer >> 32);
         assert_eq!(its.mmio_read(GITS_PIDR2, 4), 0x30);
-        assert_eq!(its.mmio_read(GITS_BASER0, 8), 1 << 56 | 7 << 48);
-        assert_eq!(its.mmio_read(GITS_BASER1, 8), 4 << 56 | 7 << 48);
+        assert_eq!(its.mmio_read(GITS_BASER0, 8), 1 << 56 | 7 << 48 | BASER_PAGE_64K);
+        assert_eq!(its.mmio_read(GITS_BASER1, 8), 4 << 56 | 7 << 48 | BASER_PAGE_64K);
         assert_eq!(its.mmio_read(GITS_BASER0 + 16, 8), 0);
-        // RO fields and Indirect keep their values; RW ones take the write.
+        // RO fields keep their values; RW ones take the write, Page_Size 0b11 reads as 0b10.
         vm.write(GITS_BASER0, 8, u64::MAX);
-        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), BASER_RW | 1 << 56 | 7 << 48);
+        let rw_64k = (BASER_RW & !BASER_PAGE_SIZE) | BASER_PAGE_64K;
+        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), rw_64k | BASER_INDIRECT | 1 << 56 | 7 << 48);
+        vm.write(GITS_BASER1, 8, u64::MAX);
+        assert_eq!(vm.its.mmio_read(GITS_BASER1, 8), rw_64k | 4 << 56 | 7 << 48, "no Indirect collections");
         vm.write(GITS_BASER0 + 4, 4, 0);
-        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), 0xffff_ffff | 1 << 56 | 7 << 48);
+        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), 0xffff_feff | 1 << 56 | 7 << 48);
         vm.write(GITS_CBASER, 8, u64::MAX);
         assert_eq!(vm.its.mmio_read(GITS_CBASER, 8), CBASER_RW);
         vm.write(GITS_CREADR, 8, 0x40);
