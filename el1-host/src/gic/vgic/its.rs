@@ -60,7 +60,7 @@ pub const LPI_BASE: u32 = 8192;
 /// Bytes per entry reported for ITTs, device and collection tables.
 const ENTRY_SIZE: u64 = 8;
 /// A level-1 entry of an indirect table: Valid [63], PA of one page of
-/// level-2 entries [51:N] (IHI 0069 §5.2.1).
+/// level-2 entries [51:N] (IHI 0069, `GITS_BASER<n>.Indirect`).
 const LEVEL1_ENTRY_SIZE: u64 = 8;
 const LEVEL1_VALID: u64 = 1 << 63;
 const COMMAND_SIZE: u64 = 32;
@@ -77,7 +77,7 @@ const CWRITER_RETRY: u64 = 1 << 0;
 const CREADR_STALLED: u64 = 1 << 0;
 
 const BASER_VALID: u64 = 1 << 63;
-/// Two-level table (IHI 0069 §12.19.1, `GITS_BASER<n>.Indirect`):
+/// Two-level table (IHI 0069, `GITS_BASER<n>.Indirect`):
 /// writable for the device table only.
 const BASER_INDIRECT: u64 = 1 << 62;
 /// Valid, InnerCache, OuterCache, Physical_Address[47:12] (with 64 KiB
@@ -498,7 +498,7 @@ impl Its {
                 // one page: Indirect is RAZ/WI there, as on KVM.
                 let rw = if aligned == GITS_BASER0 { BASER_RW | BASER_INDIRECT } else { BASER_RW };
                 let mut value = (self.baser[n] & !rw) | (new & rw);
-                // IHI 0069 §12.19.1: Page_Size 0b11 is reserved and treated
+                // IHI 0069, `GITS_BASER<n>.Page_Size`: 0b11 is reserved and treated
                 // as 0b10; it reads back as what it is treated as (KVM's
                 // read-back too), so the guest sees the size in use.
                 if value & BASER_PAGE_SIZE == BASER_PAGE_SIZE {
@@ -599,7 +599,7 @@ impl Its {
 
     /// IDs a table described by a `GITS_BASER<n>` value covers: (Size + 1)
     /// pages of entries when flat; when Indirect, (Size + 1) pages of 8-byte
-    /// level-1 entries, each naming one page of entries (IHI 0069 §5.2.1).
+    /// level-1 entries, each naming one page of entries (IHI 0069, `GITS_BASER<n>.Indirect`).
     fn table_entries(baser: u64) -> u64 {
         if baser & BASER_VALID == 0 {
             return 0;

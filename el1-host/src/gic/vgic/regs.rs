@@ -155,8 +155,12 @@ impl State {
     }
 
     /// GICv2 `GICD_ITARGETSR`: `n` bytes from INTID `first`. Private ones
-    /// read as the accessing CPU's own bit.
+    /// read as the accessing CPU's own bit. With one vCPU they are all RAZ/WI
+    /// and every SPI goes to it (IHI 0048B §4.3.12, as on QEMU).
     pub fn read_targets(&self, accessor: usize, first: u32, n: u32) -> u32 {
+        if self.vcpus.len() == 1 {
+            return 0;
+        }
         let own = if accessor < 8 { 1u32 << accessor } else { 0 };
         (0..n).fold(0, |acc, i| {
             let intid = first + i;
@@ -174,6 +178,9 @@ impl State {
     }
 
     pub fn write_targets(&mut self, first: u32, n: u32, value: u32, kicks: &mut Kicks) {
+        if self.vcpus.len() == 1 {
+            return;
+        }
         let mask = self.vcpu_mask();
         for i in 0..n {
             let intid = first + i;

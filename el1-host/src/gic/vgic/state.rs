@@ -376,6 +376,8 @@ impl State {
             return irq.routed_to.map(usize::from).filter(|&v| v < self.vcpus.len());
         }
         match self.model {
+            // A uniprocessor GIC's ITARGETSR are RAZ/WI: its SPIs all go to the one CPU.
+            Model::V2 if self.vcpus.len() == 1 => Some(0),
             Model::V2 => self.first_in_mask(irq.targets),
             Model::V3 if irq.route & IROUTER_IRM != 0 => {
                 // 1 of N: the first vCPU that is awake, else vCPU 0.
