@@ -1,13 +1,17 @@
 //! Guest tests for `cargo xtask test`: the test guests of `tests/guests` run
 //! as VMs under the hypervisor, described to it in the board's device tree
 //! the way `scripts/run --guest` does, and every VM's verdicts are asserted.
+//! Then each VM's guest runs alone on QEMU, and its verdicts must match
+//! (`reference.rs`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::boottest::{Ctx, Failure};
 use crate::guestcfg::{self, GuestSpec};
-use crate::qemu::{self, Board, End, Machine, Watch};
+use crate::qemu::{self, Board, End, Machine, Outcome, Watch};
+use crate::reference::{self, Verdicts, ALLOWED};
 
 /// One VM of a guest test and what its console must show.
 pub struct Vm {
@@ -330,9 +334,113 @@ pub fn run(ctx: &Ctx, board: Board, gic: u8, smp: u32, vms: &[Vm]) -> Result<(),
         return Err(fail("no `ferrovisor: all VMs ended`".into()));
     }
     match (o.end, crate::check::power_off_status(&o.output)) {
-        (End::Exited(Some(0)), Some(0)) => Ok(()),
-        (end, status) => Err(fail(format!("expected power-off status 0 and QEMU exit 0, got {status:?} and {end:?}"))),
+        (End::Exited(Some(0)), Some(0)) => {}
+        (end, status) => {
+            return Err(fail(format!("expected power-off status 0 and QEMU exit 0, got {status:?} and {end:?}")))
+        }
     }
+    for vm in vms {
+        differential(ctx, board, gic, vm, &o.output)?;
+    }
+    Ok(())
+}
+
+/// Bare runs already made, by command line: the same guest with the same
+/// options recurs across tests (the GICv4 and raspi4b tests share their
+/// references with GICv3 and GICv2), and one run of each is enough.
+static BARE_RUNS: Mutex<BTreeMap<Vec<String>, Arc<Outcome>>> = Mutex::new(BTreeMap::new());
+
+/// The reference for `vm`: its guest alone on QEMU virt at EL1 with the VM's
+/// vCPUs as CPUs, its memory, bootargs and initrd. raspi4b has no bare
+/// reference of its own (QEMU enters a raspi4b kernel at EL2 with spin
+/// tables and no PSCI, which our guests cannot use): the guest sees the same
+/// vGICv2 there as on virt GICv2, which is its reference.
+fn bare_args(ctx: &Ctx, board: Board, gic: u8, vm: &Vm) -> Result<Vec<String>, Failure> {
+    let gic = match board {
+        Board::Virt => reference::reference_gic(gic),
+        Board::Raspi4b => 2,
+    };
+    let machine = Machine {
+        board: Board::Virt,
+        gic,
+        smp: vm.vcpus,
+        mem_mib: vm.mem_mib,
+        virtualization: false,
+        append: vm.bootargs.into(),
+        gdb: false,
+    };
+    let initrd = vm.initrd_pattern.map(|n| pattern_file(&ctx.work, n)).transpose()?;
+    let mut args = machine.boot_args(&guest_path(ctx, vm.guest)?, None, initrd.as_deref());
+    if let Some(o) = reference::bare_options(vm.guest) {
+        args.extend(o.args.iter().map(|s| s.to_string()));
+        if ctx.verbose {
+            println!("bare reference: {} adds {}: {}", vm.guest, o.args.join(" "), o.reason);
+        }
+    }
+    Ok(args)
+}
+
+fn bare_end(line: &str) -> Option<std::time::Duration> {
+    // QEMU exits by itself on the PSCI SYSTEM_OFF that follows.
+    line.starts_with("EXIT: STATUS=").then_some(std::time::Duration::from_secs(2))
+}
+
+/// Runs `vm`'s guest alone on QEMU and compares its verdicts with those it
+/// printed under the hypervisor (`output`).
+fn differential(ctx: &Ctx, board: Board, gic: u8, vm: &Vm, output: &str) -> Result<(), Failure> {
+    if let Some(e) = reference::excluded(vm.guest) {
+        println!("    note: vm {}: no bare QEMU reference for `{}`: {}", vm.name, vm.guest, e.reason);
+        return Ok(());
+    }
+    let args = bare_args(ctx, board, gic, vm)?;
+    let command = format!("{} {}", qemu::QEMU, args.join(" "));
+    let cached = BARE_RUNS.lock().map_err(|_| Failure::plain("bare-run cache poisoned"))?.get(&args).cloned();
+    let bare = match cached {
+        Some(o) => o,
+        None => {
+            if ctx.verbose {
+                println!("bare reference: {command}");
+            }
+            let watch = Watch {
+                echo: ctx.verbose,
+                interactive: false,
+                timeout: Some(std::time::Duration::from_secs(60)),
+                stop_on: bare_end,
+            };
+            let o = Arc::new(qemu::run(&args, &watch).map_err(|e| Failure::plain(e.to_string()))?);
+            BARE_RUNS.lock().map_err(|_| Failure::plain("bare-run cache poisoned"))?.insert(args, o.clone());
+            o
+        }
+    };
+    let hyp = Verdicts::parse(output, &format!("{}: ", vm.name));
+    let c = reference::compare(vm.guest, &Verdicts::parse(&bare.output, ""), &hyp, ALLOWED);
+    if ctx.verbose {
+        for (d, i) in &c.allowed {
+            let a = &ALLOWED[*i];
+            println!("    allowed ({:?}: {}): {d}", a.why, a.reason);
+        }
+    }
+    if c.agrees() {
+        return Ok(());
+    }
+    let problems = c.problems(ALLOWED);
+    let mut log = format!("bare run: {command}\n(ended {:?})\n", bare.end);
+    for p in &problems {
+        log.push_str(p);
+        log.push('\n');
+    }
+    log.push_str("---- bare run's output ----\n");
+    log.push_str(&bare.tail(40));
+    Err(Failure {
+        reason: format!(
+            "vm {}: {} difference(s) from `{}` alone on QEMU, first: {}",
+            vm.name,
+            problems.len(),
+            vm.guest,
+            problems[0]
+        ),
+        log,
+    })
 }
 
 /// `scripts/run --guest FILE --append ARGS ...` exits with what the guest's

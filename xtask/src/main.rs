@@ -11,6 +11,7 @@ mod guesttest;
 mod linux;
 mod pack;
 mod qemu;
+mod reference;
 mod sdcard;
 
 use std::env;
