@@ -2,7 +2,7 @@
 //! an MPIDR no CPU has, judging a `CPU_ON` race, and counter arithmetic.
 
 use ferrovisor_shared::dt::CpuDesc;
-use smccc::psci::error::{ALREADY_ON, SUCCESS};
+use smccc::psci::error::{ALREADY_ON, ON_PENDING, SUCCESS};
 
 /// `MPIDR_EL1`'s affinity fields (Aff3, Aff2, Aff1, Aff0), as a device
 /// tree's cpu `reg` and PSCI's target-CPU arguments hold them.
@@ -21,7 +21,7 @@ pub fn unused_mpidr(cpus: &[CpuDesc]) -> u64 {
 /// What a `CPU_ON` race for one CPU gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RaceVerdict {
-    /// Exactly one `SUCCESS`, every other call `ALREADY_ON`.
+    /// Exactly one `SUCCESS`, every other call `ALREADY_ON` or `ON_PENDING`.
     Good,
     /// How many calls returned `SUCCESS`, when that is not one.
     Winners(usize),
@@ -29,8 +29,13 @@ pub enum RaceVerdict {
     Unexpected { racer: usize, code: i32 },
 }
 
+/// A call that loses the race finds the target on (`ALREADY_ON`) or still
+/// powering on after the winner's call (`ON_PENDING`): PSCI (Arm DEN 0022)
+/// allows either (its CPU_ON/CPU_OFF races section), as Trusted Firmware-A
+/// answers.
 pub fn race_verdict(results: &[i32]) -> RaceVerdict {
-    if let Some((racer, &code)) = results.iter().enumerate().find(|(_, &r)| r != SUCCESS && r != ALREADY_ON) {
+    let lost = |r: i32| r == ALREADY_ON || r == ON_PENDING;
+    if let Some((racer, &code)) = results.iter().enumerate().find(|(_, &r)| r != SUCCESS && !lost(r)) {
         return RaceVerdict::Unexpected { racer, code };
     }
     match results.iter().filter(|&&r| r == SUCCESS).count() {
@@ -56,7 +61,7 @@ pub fn ticks_to_us(ticks: u64, freq: u64) -> u64 {
 mod tests {
     use super::*;
     use ferrovisor_shared::dt::EnableMethod;
-    use smccc::psci::error::{INVALID_PARAMETERS, ON_PENDING};
+    use smccc::psci::error::INVALID_PARAMETERS;
 
     fn cpus(mpidrs: &[u64]) -> Vec<CpuDesc> {
         mpidrs.iter().map(|&mpidr| CpuDesc { mpidr, enable_method: EnableMethod::Psci }).collect()
@@ -84,7 +89,8 @@ mod tests {
         assert_eq!(race_verdict(&[ALREADY_ON, SUCCESS, ALREADY_ON]), RaceVerdict::Good);
         assert_eq!(race_verdict(&[SUCCESS, SUCCESS]), RaceVerdict::Winners(2));
         assert_eq!(race_verdict(&[ALREADY_ON, ALREADY_ON]), RaceVerdict::Winners(0));
-        assert_eq!(race_verdict(&[SUCCESS, ON_PENDING]), RaceVerdict::Unexpected { racer: 1, code: ON_PENDING });
+        assert_eq!(race_verdict(&[ON_PENDING, SUCCESS, ALREADY_ON]), RaceVerdict::Good);
+        assert_eq!(race_verdict(&[ON_PENDING, ON_PENDING]), RaceVerdict::Winners(0));
         assert_eq!(
             race_verdict(&[INVALID_PARAMETERS, SUCCESS]),
             RaceVerdict::Unexpected { racer: 0, code: INVALID_PARAMETERS }
