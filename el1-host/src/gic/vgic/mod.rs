@@ -31,6 +31,8 @@ use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
 pub mod budget;
+#[cfg(test)]
+mod conformance_tests;
 pub mod its;
 #[cfg(test)]
 mod lpi_tests;
