@@ -87,12 +87,27 @@ const fn field(shift: u32) -> u64 {
     0xf << shift
 }
 
+/// What a guest has beyond the base the ID registers always show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestFeatures {
+    /// A GICv3 (the system-register CPU interface).
+    pub gicv3: bool,
+    /// A PMUv3 that el2 switches (`CONFIG_PMU` on a CPU with PMUv3).
+    pub pmu: bool,
+}
+
+/// The highest PMU version guests are shown: PMUv3p5 (64-bit event
+/// counters, `MDCR_EL2.HCCD`). Later versions add state el2 does not switch.
+const PMUVER_MAX: u64 = 6;
+
 /// What a guest reads for an ID register whose real value is `value`:
 /// features with state Ferrovisor does not switch or emulate (SVE, SME, MTE,
-/// AMU, MPAM, RAS, the PMU, trace, SPE, LORegions, AArch32) are removed, the
-/// GIC system registers are shown only to a GICv3 guest, and the physical
-/// address size is capped at the guest's 40-bit IPA space.
-pub fn sanitize_id_reg(reg: IdReg, value: u64, gicv3: bool) -> u64 {
+/// AMU, MPAM, RAS, trace, SPE, LORegions, AArch32) are removed, the GIC
+/// system registers are shown only to a GICv3 guest, the PMU only to a guest
+/// that has one (at most PMUv3p5), and the physical address size is capped
+/// at the guest's 40-bit IPA space.
+pub fn sanitize_id_reg(reg: IdReg, value: u64, features: GuestFeatures) -> u64 {
+    let gicv3 = features.gicv3;
     match reg {
         IdReg::Pfr0 => {
             // Keep EL0..EL3 (forced AArch64-only at EL0/EL1), FP, AdvSIMD,
@@ -107,8 +122,13 @@ pub fn sanitize_id_reg(reg: IdReg, value: u64, gicv3: bool) -> u64 {
         }
         // BT, SSBS, CSV2_frac.
         IdReg::Pfr1 => value & (field(0) | field(4) | field(32)),
-        // DebugVer, BRPs, WRPs, CTX_CMPs; no PMU, trace, SPE, BRBE.
-        IdReg::Dfr0 => value & (field(0) | field(12) | field(20) | field(28)),
+        // DebugVer, BRPs, WRPs, CTX_CMPs, PMUVer if the guest has a PMU;
+        // no trace, SPE, BRBE.
+        IdReg::Dfr0 => {
+            let pmuver = (value >> 8) & 0xf;
+            let pmu = if features.pmu && pmuver != 0xf { pmuver.min(PMUVER_MAX) << 8 } else { 0 };
+            (value & (field(0) | field(12) | field(20) | field(28))) | pmu
+        }
         IdReg::Isar0 | IdReg::Isar1 | IdReg::Isar2 => value,
         IdReg::Mmfr0 => {
             const PARANGE_40_BITS: u64 = 2;
@@ -158,30 +178,40 @@ mod tests {
         assert!(!is_id_reg(SysReg::new(3, 3, 14, 2, 1)));
     }
 
+    const V3: GuestFeatures = GuestFeatures { gicv3: true, pmu: false };
+
     #[test]
     fn sanitizing_removes_what_guests_cannot_use() {
         // QEMU -cpu max's ID_AA64PFR0_EL1: SVE, AMU, RAS, GIC, AArch32 EL0.
         let pfr0 = 0x1201_1011_1111_2122u64;
-        let v = sanitize_id_reg(IdReg::Pfr0, pfr0, true);
+        let v = sanitize_id_reg(IdReg::Pfr0, pfr0, V3);
         assert_eq!(v & 0xf, 1, "EL0 AArch64 only");
         assert_eq!((v >> 4) & 0xf, 1, "EL1 AArch64 only");
         assert_eq!((v >> 32) & 0xf, 0, "no SVE");
         assert_eq!((v >> 28) & 0xf, 0, "no RAS");
         assert_eq!((v >> 44) & 0xf, 0, "no AMU");
         assert_eq!((v >> 24) & 0xf, 1, "GICv3 system registers for a GICv3 guest");
-        assert_eq!((sanitize_id_reg(IdReg::Pfr0, pfr0, false) >> 24) & 0xf, 0);
+        assert_eq!((sanitize_id_reg(IdReg::Pfr0, pfr0, GuestFeatures::default()) >> 24) & 0xf, 0);
         assert_eq!((v >> 16) & 0xff, (pfr0 >> 16) & 0xff, "FP and AdvSIMD kept");
-        // PMUVer (bits 11:8) and TraceVer gone, DebugVer kept.
+        // PMUVer (bits 11:8) gone without a PMU, TraceVer gone, DebugVer kept.
         let dfr0 = 0x0000_0001_f210_5319u64;
-        let d = sanitize_id_reg(IdReg::Dfr0, dfr0, true);
+        let d = sanitize_id_reg(IdReg::Dfr0, dfr0, V3);
         assert_eq!((d >> 8) & 0xf, 0);
         assert_eq!((d >> 4) & 0xf, 0);
         assert_eq!(d & 0xf, 9);
+        // With a PMU: a version up to PMUv3p5 shown as it is, PMUv3p7 as PMUv3p5, an
+        // IMPLEMENTATION DEFINED PMU (0xf) not at all.
+        let pmu = GuestFeatures { gicv3: true, pmu: true };
+        assert_eq!((sanitize_id_reg(IdReg::Dfr0, dfr0, pmu) >> 8) & 0xf, 3);
+        assert_eq!((sanitize_id_reg(IdReg::Dfr0, 0x0000_0710, pmu) >> 8) & 0xf, 6);
+        assert_eq!((sanitize_id_reg(IdReg::Dfr0, 0x0000_0410, pmu) >> 8) & 0xf, 4);
+        assert_eq!((sanitize_id_reg(IdReg::Dfr0, 0x0000_0f10, pmu) >> 8) & 0xf, 0);
+        assert_eq!((sanitize_id_reg(IdReg::Dfr0, 0x0000_0f10, pmu) >> 4) & 0xf, 0, "TraceVer gone");
         // PARange 48 bits capped at 40.
-        assert_eq!(sanitize_id_reg(IdReg::Mmfr0, 0x1000_0000_0010_1125, true) & 0xf, 2);
-        assert_eq!(sanitize_id_reg(IdReg::Mmfr0, 0x1, true) & 0xf, 1);
+        assert_eq!(sanitize_id_reg(IdReg::Mmfr0, 0x1000_0000_0010_1125, V3) & 0xf, 2);
+        assert_eq!(sanitize_id_reg(IdReg::Mmfr0, 0x1, V3) & 0xf, 1);
         // MTE (PFR1 bits 11:8) and SME (27:24) gone, BT kept.
-        let p1 = sanitize_id_reg(IdReg::Pfr1, 0x0000_0000_0100_0321, true);
+        let p1 = sanitize_id_reg(IdReg::Pfr1, 0x0000_0000_0100_0321, V3);
         assert_eq!(p1, 0x21);
     }
 }

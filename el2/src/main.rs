@@ -10,6 +10,7 @@
 
 mod cpus;
 mod fastpath;
+mod pmu;
 mod psci;
 
 #[cfg(target_os = "none")]

@@ -12,6 +12,7 @@
 
 use crate::arch::boot;
 use crate::fastpath::{self, IdReg};
+use crate::pmu;
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 use ferrovisor_shared::boot::MAX_CPUS;
@@ -36,6 +37,10 @@ pub struct El2Cpu {
     host_vmpidr: u64,
     vtcr: u64,
     pauth: bool,
+    /// `ID_AA64DFR0_EL1.PMUVer` and the event counters the guests get (the
+    /// host's `MDCR_EL2.HPMN`: all of them).
+    pmuver: u64,
+    pmu_counters: usize,
 }
 
 pub const EL2CPU_GUEST: usize = core::mem::offset_of!(El2Cpu, guest);
@@ -84,6 +89,8 @@ const EL2CPU_INIT: El2Cpu = El2Cpu {
     host_vmpidr: 0,
     vtcr: 0,
     pauth: false,
+    pmuver: 0,
+    pmu_counters: 0,
 };
 
 static EL2_CPUS: PerCpu = PerCpu([const { core::cell::UnsafeCell::new(EL2CPU_INIT) }; MAX_CPUS]);
@@ -111,6 +118,8 @@ pub fn init_cpu(index: usize) {
     c.host_vmpidr = VMPIDR_EL2.get();
     c.vtcr = vtcr();
     c.pauth = has_pauth();
+    c.pmuver = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
+    c.pmu_counters = (c.host_mdcr & pmu::MDCR_HPMN) as usize;
     TPIDR_EL2.set(cpu as u64);
     crate::vgic::reset_cpu();
 }
@@ -192,10 +201,6 @@ fn guest_hcr(flags: u64, pauth: bool) -> u64 {
     hcr
 }
 
-/// `MDCR_EL2` for guests: the host's, plus PMU accesses trapped (guests see
-/// no PMU).
-const MDCR_TPMCR: u64 = 1 << 5;
-const MDCR_TPM: u64 = 1 << 6;
 /// `CNTHCTL_EL2` for guests: the physical counter readable, the EL1 physical
 /// timer trapped (the host emulates it).
 const CNTHCTL_GUEST: u64 = 1 << 0;
@@ -328,11 +333,17 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     VMPIDR_EL2.set(ctx.config.mpidr);
     VTCR_EL2.set(cpu.vtcr);
     VTTBR_EL2.set(root | ((ctx.config.vmid & 0xffff) << 48));
-    MDCR_EL2.set(cpu.host_mdcr | MDCR_TPM | MDCR_TPMCR);
+    let pmu_on = pmu_active(cpu, ctx);
+    MDCR_EL2.set(cpu.host_mdcr | pmu::guest_mdcr(cpu.pmuver, pmu_on));
     CNTHCTL_EL2.set(CNTHCTL_GUEST);
     HCR_EL2.set(guest_hcr(ctx.config.flags, cpu.pauth));
     crate::vgic::restore(&ctx.vgic);
     isb();
+    // After the ISB, so that MDCR_EL2.HPMD already keeps el2 out of the
+    // counts the guest's PMCR_EL0.E starts.
+    if pmu_on {
+        pmu::restore(&ctx.pmu, cpu.pmu_counters);
+    }
 
     let reason = loop {
         ELR_EL2.set(ctx.regs.pc);
@@ -357,6 +368,9 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     };
 
     // Guest out.
+    if pmu_active(cpu, ctx) {
+        pmu::save(&mut ctx.pmu, cpu.pmu_counters);
+    }
     save_el1(&mut ctx.el1);
     ctx.regs.sp_el0 = SP_EL0.get();
     // SAFETY: as for the restore.
@@ -383,6 +397,29 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     SPSR_EL2.set(cpu.host_spsr);
     isb();
     reason as i64
+}
+
+/// Whether `ctx`'s PMU state is the hardware's while it runs.
+fn pmu_active(cpu: &El2Cpu, ctx: &VcpuContext) -> bool {
+    ctx.pmu.active != 0 && guest_has_pmu(cpu, ctx)
+}
+
+fn guest_has_pmu(cpu: &El2Cpu, ctx: &VcpuContext) -> bool {
+    ctx.config.flags & CONFIG_PMU != 0 && pmu::is_pmuv3(cpu.pmuver)
+}
+
+/// The first access of a guest to its PMU: its (reset) state is loaded, the
+/// traps go, and the access runs again, now on the hardware.
+fn activate_pmu(ctx: &mut VcpuContext) -> bool {
+    let cpu = this_cpu();
+    if !guest_has_pmu(cpu, ctx) || ctx.pmu.active != 0 {
+        return false;
+    }
+    ctx.pmu.active = 1;
+    MDCR_EL2.set(cpu.host_mdcr | pmu::guest_mdcr(cpu.pmuver, true));
+    isb();
+    pmu::restore(&ctx.pmu, cpu.pmu_counters);
+    true
 }
 
 /// Finishes an exit in el2 if it can; true means "re-enter the guest".
@@ -414,11 +451,18 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                 }
                 ExceptionClass::SysRegTrap => {
                     let access = esr.sys_reg();
+                    if pmu::is_pmu_reg(access.reg) {
+                        return activate_pmu(ctx);
+                    }
                     if !access.read || !fastpath::is_id_reg(access.reg) {
                         return false;
                     }
+                    let features = fastpath::GuestFeatures {
+                        gicv3: ctx.config.flags & CONFIG_GICV3 != 0,
+                        pmu: guest_has_pmu(this_cpu(), ctx),
+                    };
                     let value = match IdReg::from_sys_reg(access.reg) {
-                        Some(r) => fastpath::sanitize_id_reg(r, read_id_reg(r), ctx.config.flags & CONFIG_GICV3 != 0),
+                        Some(r) => fastpath::sanitize_id_reg(r, read_id_reg(r), features),
                         None => 0,
                     };
                     if access.register < 31 {

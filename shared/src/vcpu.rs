@@ -109,6 +109,48 @@ pub struct VgicCpuState {
     pub lr: [u64; MAX_LIST_REGS],
 }
 
+/// The guest's PMUv3 (Arm ARM D13, "The Performance Monitors Extension"):
+/// the counters run in hardware while the guest does, and el2 switches this
+/// state in and out around the guest (docs: the PMU is passed through, never
+/// emulated, so the counts are the hardware's). Until the guest first
+/// touches a PMU register (`active` = 0) nothing is switched: its accesses
+/// trap, and el2 loads this (reset) state and lets the access run again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PmuState {
+    /// Non-zero once the guest has used its PMU: el2 switches the state.
+    pub active: u64,
+    /// `PMCR_EL0` as read back (the write-only `P` and `C` read as 0).
+    pub pmcr: u64,
+    pub pmselr: u64,
+    pub pmccntr: u64,
+    pub pmccfiltr: u64,
+    /// `PMCNTENSET_EL0`, `PMINTENSET_EL1`, `PMOVSSET_EL0`.
+    pub pmcnten: u64,
+    pub pminten: u64,
+    pub pmovs: u64,
+    pub pmuserenr: u64,
+    /// `PMEVCNTR<n>_EL0` / `PMEVTYPER<n>_EL0`; only the first `PMCR_EL0.N`
+    /// are switched.
+    pub evcntr: [u64; PMU_MAX_COUNTERS],
+    pub evtyper: [u64; PMU_MAX_COUNTERS],
+}
+
+/// Event counters PMUv3 can have (`PMCR_EL0.N` is at most 31).
+pub const PMU_MAX_COUNTERS: usize = 31;
+
+impl PmuState {
+    /// `PMCR_EL0.E`: counters enabled.
+    pub const PMCR_E: u64 = 1 << 0;
+
+    /// The level of the guest's PMU overflow interrupt request: counting
+    /// enabled and an overflow flag set whose interrupt is enabled (Arm ARM
+    /// D13.3.3; QEMU's `pmu_update_irq` computes the same).
+    pub fn overflow_irq(&self) -> bool {
+        self.active != 0 && self.pmcr & Self::PMCR_E != 0 && self.pmovs & self.pminten != 0
+    }
+}
+
 /// What the host asks of el2 for this vCPU; el2 turns it into `HCR_EL2`,
 /// `VTTBR_EL2` and the rest.
 #[repr(C)]
@@ -127,6 +169,9 @@ pub struct VcpuConfig {
 pub const CONFIG_TRAP_WFE: u64 = 1 << 0;
 /// The guest's GIC is a GICv3 (system-register CPU interface).
 pub const CONFIG_GICV3: u64 = 1 << 1;
+/// The guest has a PMUv3 (`ID_AA64DFR0_EL1.PMUVer`, [`PmuState`]); without
+/// it every PMU access is UNDEFINED for the guest.
+pub const CONFIG_PMU: u64 = 1 << 2;
 
 /// The last exit, as el2 saw it.
 #[repr(C)]
@@ -166,6 +211,7 @@ pub struct VcpuContext {
     pub config: VcpuConfig,
     pub exit: ExitInfo,
     pub counters: El2Counters,
+    pub pmu: PmuState,
 }
 
 /// Offsets el2's assembly uses.
@@ -249,6 +295,22 @@ mod tests {
         assert_eq!(c.el1.sctlr & (1 << 2), 0, "data cache off");
         assert_eq!(c.timer.cntvoff, 7);
         assert_eq!(c.config, cfg);
+    }
+
+    #[test]
+    fn pmu_overflow_level_needs_enable_flag_and_interrupt_enable() {
+        let mut p =
+            PmuState { active: 1, pmcr: PmuState::PMCR_E, pmovs: 1 << 31, pminten: 1 << 31, ..Default::default() };
+        assert!(p.overflow_irq());
+        p.pminten = 1;
+        assert!(!p.overflow_irq(), "the overflow's interrupt is not enabled");
+        p.pminten = 1 << 31;
+        p.pmcr = 0;
+        assert!(!p.overflow_irq(), "PMCR_EL0.E clear");
+        p.pmcr = PmuState::PMCR_E;
+        p.active = 0;
+        assert!(!p.overflow_irq(), "a PMU never used has no state in hardware");
+        assert_eq!(VcpuContext::reset(0, 0, VcpuConfig::default(), 0).pmu, PmuState::default());
     }
 
     #[test]
