@@ -38,6 +38,18 @@ pub fn vtimer_intid() -> u32 {
     VTIMER_INTID.load(Ordering::Relaxed)
 }
 
+/// The PMU overflow interrupt when it is a PPI the host knows (QEMU virt's
+/// INTID 23), 0 otherwise: guests' PMU interrupts are linked to it.
+static PMU_INTID: AtomicU32 = AtomicU32::new(0);
+
+pub fn set_pmu_intid(intid: Option<u32>) {
+    PMU_INTID.store(intid.filter(|i| (16..32).contains(i)).unwrap_or(0), Ordering::Relaxed);
+}
+
+pub fn pmu_intid() -> Option<u32> {
+    Some(PMU_INTID.load(Ordering::Relaxed)).filter(|&i| i != 0)
+}
+
 /// Called from the IRQ vector with IRQs masked.
 pub fn handle() {
     let cpu = crate::arch::aarch64::cpu::current();
@@ -62,6 +74,11 @@ pub fn handle() {
             // A guest's timer, hardware-linked: it stays active until the
             // guest deactivates its virtual copy (`vcpu::timers`).
             crate::vcpu::timers::physical_fired();
+            gic::drop_priority(ack);
+            continue;
+        } else if Some(intid) == pmu_intid() {
+            // A guest's PMU overflow, hardware-linked like the timer's.
+            crate::vcpu::pmu::physical_fired();
             gic::drop_priority(ack);
             continue;
         } else if intid >= LPI_BASE {

@@ -213,7 +213,15 @@ mod host {
         cpu::set_current(index);
         // The guests' virtual timer is off until one runs here.
         timer::vtimer_off();
-        gic::init_cpu(index, &[irq::SGI_PING, irq::timer_intid(), irq::vtimer_intid(), gic::maintenance_intid()]);
+        let mut ppis = [irq::SGI_PING, irq::timer_intid(), irq::vtimer_intid(), gic::maintenance_intid(), 0];
+        let n = match irq::pmu_intid() {
+            Some(p) => {
+                ppis[4] = p;
+                5
+            }
+            None => 4,
+        };
+        gic::init_cpu(index, &ppis[..n]);
         timer::arm_in_us(irq::TICK_US);
         smp::mark_online();
         cpu::irq_enable();
@@ -273,6 +281,11 @@ mod host {
         if let Some(t) = board.timer() {
             irq::set_timer_intid(t.nonsecure_phys);
             irq::set_vtimer_intid(t.virt);
+        }
+        // A PMU interrupt that is a PPI (QEMU virt: INTID 23) is linked to the
+        // guests'; the Pi 4's are SPIs, one per CPU, which guests do without.
+        if crate::vcpu::pmu::host_has_pmuv3() {
+            irq::set_pmu_intid(board.pmu_intid());
         }
         let Some(desc) = board.gic() else { board::fail("the device tree has no GIC this host drives") };
         let mut mpidrs = [0u64; MAX_CPUS];

@@ -603,6 +603,7 @@ pub struct Board<'a> {
     console: Option<UartDesc>,
     gic: Option<GicDesc>,
     timer: Option<TimerDesc>,
+    pmu_intid: Option<u32>,
     bootargs: &'a str,
     initrd: Option<MemRegion>,
     watchdog: Option<u64>,
@@ -664,6 +665,7 @@ impl<'a> Board<'a> {
             console: None,
             gic: None,
             timer: None,
+            pmu_intid: None,
             bootargs: "",
             initrd: None,
             watchdog: None,
@@ -741,6 +743,12 @@ impl<'a> Board<'a> {
 
     pub fn timer(&self) -> Option<TimerDesc> {
         self.timer
+    }
+
+    /// The first interrupt of the PMU's node (`arm,armv8-pmuv3` or a
+    /// Cortex-A57/A72 PMU), as an INTID.
+    pub fn pmu_intid(&self) -> Option<u32> {
+        self.pmu_intid
     }
 
     /// `/chosen` `bootargs`, or "".
@@ -863,6 +871,9 @@ impl<'a> Board<'a> {
         if scan.timer.is_none() && has(&["arm,armv8-timer", "arm,armv7-timer"]) {
             scan.timer = Some(Located::new(node, anc));
         }
+        if scan.pmu.is_none() && has(&["arm,armv8-pmuv3", "arm,cortex-a72-pmu", "arm,cortex-a57-pmu"]) {
+            scan.pmu = Some(Located::new(node, anc));
+        }
         if scan.pl011.is_none() && has(&["arm,pl011"]) {
             scan.pl011 = uart_desc(tree, node, anc, UartKind::Pl011);
         }
@@ -955,6 +966,9 @@ impl<'a> Board<'a> {
         if let Some(timer) = &scan.timer {
             self.timer = timer_desc(tree, timer);
         }
+        if let Some(pmu) = &scan.pmu {
+            self.pmu_intid = tree.interrupts(pmu).next().flatten();
+        }
         Ok(())
     }
 }
@@ -990,6 +1004,7 @@ struct Scan<'a> {
     gic: Option<(Located<'a>, bool)>,
     its: Option<MemRegion>,
     timer: Option<Located<'a>>,
+    pmu: Option<Located<'a>>,
     pl011: Option<UartDesc>,
     mini_uart: Option<UartDesc>,
 }
@@ -1906,6 +1921,7 @@ mod tests {
         assert_virt_common(&b);
         let t = b.timer().unwrap();
         assert_eq!(t.hyp_virt, Some(28));
+        assert_eq!(b.pmu_intid(), Some(23), "arm,armv8-pmuv3 on PPI 7");
         assert_eq!(
             b.gic(),
             Some(GicDesc::V2 {
@@ -1930,6 +1946,7 @@ mod tests {
         assert_eq!(redist_regions, 1);
         assert_eq!(its.map(|i| i.base), Some(0x808_0000));
         assert_eq!(maintenance_irq, Some(25));
+        assert_eq!(b.pmu_intid(), Some(23), "arm,armv8-pmuv3 on PPI 7");
     }
 
     /// The Raspberry Pi 4 tree from Debian's kernel package: committed as a
@@ -1999,6 +2016,8 @@ mod tests {
         assert_eq!(maintenance_irq, Some(25));
         let t = b.timer().unwrap();
         assert_eq!((t.secure_phys, t.nonsecure_phys, t.virt, t.hyp_phys), (29, 30, 27, 26));
+        // The Cortex-A72 PMU's interrupts are SPIs 16-19, one per CPU.
+        assert_eq!(b.pmu_intid(), Some(48));
         assert_eq!(b.watchdog(), Some(0xfe10_0000));
         assert_eq!(b.bootargs(), "");
 

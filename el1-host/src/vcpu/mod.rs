@@ -3,7 +3,11 @@
 #[cfg(target_os = "none")]
 pub mod exit;
 pub mod inject;
+#[cfg(target_os = "none")]
+pub mod linked;
 pub mod mmio;
+#[cfg(target_os = "none")]
+pub mod pmu;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod run;

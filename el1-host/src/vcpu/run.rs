@@ -194,6 +194,7 @@ impl GuestVcpu for Runner<'_> {
         // folded back by the flush itself.)
         vm.vgic.flush(vcpu.index, &mut ctx.vgic, nr_lrs());
         super::timers::load(vm, vcpu);
+        super::pmu::load(vm, vcpu, ctx);
         super::timers::arm_ptimer(&ctx.timer);
         if let Some(direct) = &vm.direct {
             load_vpe(direct, vcpu);
@@ -226,6 +227,7 @@ impl GuestVcpu for Runner<'_> {
         vm.vgic.sync(vcpu.index, &mut ctx.vgic);
         vm.kick(vm.vgic.take_kicks());
         super::timers::sample(vm, vcpu, ctx);
+        super::pmu::sample(vm, vcpu, ctx);
         let handler = ExitHandler { vm, vcpu };
         match handler.handle(ctx, reason) {
             ExitFlow::Continue => Flow::Continue,

@@ -5,11 +5,11 @@
 //! device tree). The virtual timer's interrupt is hardware-linked to its
 //! physical PPI, which the host leaves active for the guest to deactivate.
 
+use super::linked::LinkedPpi;
 use super::sysreg;
 use crate::arch::aarch64::{cpu, timer};
 use crate::vm::instance::{Vcpu, Vm};
-use core::sync::atomic::{AtomicBool, Ordering};
-use ferrovisor_shared::boot::MAX_CPUS;
+use core::sync::atomic::Ordering;
 use ferrovisor_shared::vcpu::{TimerState, VcpuContext};
 
 /// The guest's virtual timer PPI (PPI 11).
@@ -19,16 +19,19 @@ pub const GUEST_PTIMER_INTID: u32 = 30;
 
 const VTIMER_LINE: u8 = 1 << 0;
 const PTIMER_LINE: u8 = 1 << 1;
+/// The PMU's overflow line, sampled by `vcpu::pmu` in the same byte.
+pub const PMU_LINE: u8 = 1 << 2;
 
 /// Sets the vGIC lines of `vcpu`'s two timers from their state now. Only the
-/// vCPU's own loop drives these lines, so `vcpu.timer_lines` knows their
+/// vCPU's own loop drives these lines, so `vcpu.ppi_lines` knows their
 /// levels and only a change costs a vGIC call.
 pub fn sample(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
     let vcount = cpu::virtual_count().wrapping_sub(ctx.timer.cntvoff);
     let v = sysreg::vtimer_pending(&ctx.timer, vcount);
     let p = sysreg::ptimer_pending(&ctx.timer, timer::now());
     let now = if v { VTIMER_LINE } else { 0 } | if p { PTIMER_LINE } else { 0 };
-    let was = vcpu.timer_lines.swap(now, Ordering::Relaxed);
+    let was = vcpu.ppi_lines.load(Ordering::Relaxed);
+    vcpu.ppi_lines.store((was & !(VTIMER_LINE | PTIMER_LINE)) | now, Ordering::Relaxed);
     if (was ^ now) & VTIMER_LINE != 0 {
         // A private interrupt of this vCPU: nobody else to kick.
         let _ = vm.vgic.set_line(vcpu.index, GUEST_VTIMER_INTID, v);
@@ -61,17 +64,13 @@ pub fn arm_ptimer(t: &TimerState) {
     }
 }
 
-/// Whether each CPU's physical virtual-timer PPI is active, as far as the
-/// host knows: set when the host acknowledges it for a guest, and by [`load`].
-/// A guest's deactivation through its hardware-linked list register clears
-/// the hardware state behind the host's back; `load` then writes the state
-/// again, which is harmless.
-static PHYS_ACTIVE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// The virtual timer's physical PPI, hardware-linked to the guest's.
+static VTIMER: LinkedPpi = LinkedPpi::new();
 
 /// From the IRQ handler: the virtual timer's PPI fired while a guest ran and
 /// the host acknowledged it without deactivating it.
 pub fn physical_fired() {
-    PHYS_ACTIVE[cpu::current() % MAX_CPUS].store(true, Ordering::Relaxed);
+    VTIMER.fired();
 }
 
 /// The guest's virtual timer interrupt is hardware-linked (DESIGN §3): its
@@ -84,21 +83,8 @@ pub fn link(vm: &Vm) {
 }
 
 /// Before entry, after the vGIC flush: the physical PPI is active exactly
-/// while this vCPU's virtual timer interrupt is pending or active, so a timer
-/// that still fires does not bring the guest straight back out, and the
-/// state another vCPU left on this CPU does not leak into this one.
+/// while this vCPU's virtual timer interrupt is pending or active.
 pub fn load(vm: &Vm, vcpu: &Vcpu) {
-    let slot = &PHYS_ACTIVE[cpu::current() % MAX_CPUS];
-    let line = vcpu.timer_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
-    let was = slot.load(Ordering::Relaxed);
-    if !line && !was {
-        // Nothing pending (the line is low) and nothing left active here: an
-        // interrupt still active in the guest is caught at the next exit.
-        return;
-    }
-    let want = vm.vgic.is_pending_or_active(vcpu.index, GUEST_VTIMER_INTID);
-    if want != was || want {
-        crate::gic::set_private_active(crate::irq::vtimer_intid(), want);
-        slot.store(want, Ordering::Relaxed);
-    }
+    let line = vcpu.ppi_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
+    VTIMER.load(vm, vcpu, GUEST_VTIMER_INTID, crate::irq::vtimer_intid(), line);
 }

@@ -48,6 +48,8 @@ pub const GIC_MAINTENANCE_PPI: u32 = 9;
 /// The architected timer's PPIs: secure physical, non-secure physical,
 /// virtual, hypervisor physical (INTIDs 29, 30, 27, 26).
 pub const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+/// The PMU overflow interrupt's PPI (INTID 23), as QEMU virt wires it.
+pub const PMU_PPI: u32 = 7;
 /// The PL011's and APB's clock.
 pub const APB_CLOCK_HZ: u32 = 24_000_000;
 pub const UART_PATH: &str = "/pl011@9000000";
@@ -86,6 +88,9 @@ pub struct GuestDt<'a> {
     pub bootargs: &'a str,
     /// The initrd's guest physical `[start, end)`, inside RAM.
     pub initrd: Option<(u64, u64)>,
+    /// A PMUv3 node (`arm,armv8-pmuv3`, overflow interrupt PPI 7 = INTID 23
+    /// as on QEMU virt).
+    pub pmu: bool,
 }
 
 /// Why a device tree could not be built.
@@ -255,6 +260,13 @@ pub fn build(cfg: &GuestDt<'_>) -> Result<Vec<u8>, FdtError> {
     w.property_string("compatible", "arm,armv8-timer")?;
     w.end_node(timer)?;
 
+    if cfg.pmu {
+        let pmu = w.begin_node("pmu")?;
+        w.property_array_u32("interrupts", &[GIC_PPI, PMU_PPI, ppi_flags])?;
+        w.property_string("compatible", "arm,armv8-pmuv3")?;
+        w.end_node(pmu)?;
+    }
+
     let clock = w.begin_node("apb-pclk")?;
     w.property_phandle(PHANDLE_CLOCK)?;
     w.property_string("clock-output-names", "clk24mhz")?;
@@ -404,6 +416,7 @@ mod tests {
             gic,
             bootargs: "console=ttyAMA0 -- selftest setup smp=4",
             initrd: Some((0x4800_0000, 0x4800_0123)),
+            pmu: true,
         }
     }
 
@@ -552,14 +565,13 @@ mod tests {
     }
 
     /// QEMU nodes a guest here does not get.
-    const NOT_EMULATED: [&str; 8] = [
+    const NOT_EMULATED: [&str; 7] = [
         "platform-bus@c000000",
         "fw-cfg@9020000",
         "gpio-keys",
         "pl061@9030000",
         "pcie@10000000",
         "pl031@9010000",
-        "pmu",
         "flash@0",
     ];
 
@@ -609,6 +621,8 @@ mod tests {
                 same("/apb-pclk", prop);
             }
             same("/memory@40000000", "reg");
+            same("/pmu", "interrupts");
+            same("/pmu", "compatible");
             same("/aliases", "serial0");
             same("/chosen", "stdout-path");
             for prop in ["#interrupt-cells", "#address-cells", "#size-cells", "interrupts", "compatible"] {

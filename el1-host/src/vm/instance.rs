@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::esr::SysReg;
-use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3};
+use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_PMU};
 
 /// The host's RCU: the VM list is read under it.
 pub static RCU: Rcu = Rcu::new();
@@ -87,7 +87,7 @@ pub struct Vcpu {
     /// Physical count by which a blocked vCPU must run again (its timers).
     pub wake_at: AtomicU64,
     /// The levels of its timers' vGIC lines (`vcpu::timers`).
-    pub timer_lines: core::sync::atomic::AtomicU8,
+    pub ppi_lines: core::sync::atomic::AtomicU8,
     pub power: VcpuPower,
     /// Work bits, guest mode and run-loop counters (`sched::work`).
     pub entry: VcpuEntry,
@@ -222,6 +222,7 @@ impl Vm {
             }
         };
         let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));
+        let pmu = crate::vcpu::pmu::host_has_pmuv3();
         let dt = fdt::GuestDt {
             name: &spec.name,
             ram_base: ram.ipa,
@@ -230,6 +231,7 @@ impl Vm {
             gic: if gicv3 { fdt::GuestGic::V3 { its } } else { fdt::GuestGic::V2 },
             bootargs: &spec.bootargs,
             initrd: initrd_range,
+            pmu,
         };
         let dtb = match fdt::build(&dt) {
             Ok(d) if d.len() as u64 <= DTB_MAX => d,
@@ -276,7 +278,7 @@ impl Vm {
                     stage2_root: stage2.root_pa(),
                     vmid: 0,
                     mpidr,
-                    flags: if gicv3 { CONFIG_GICV3 } else { 0 },
+                    flags: if gicv3 { CONFIG_GICV3 } else { 0 } | if pmu { CONFIG_PMU } else { 0 },
                 };
                 let ctx = VcpuContext::reset(entry, dtb_ipa, config, cntvoff);
                 Vcpu {
@@ -286,7 +288,7 @@ impl Vm {
                     running_on: AtomicUsize::new(NOT_RUNNING),
                     block: crate::sched::wakeup::BlockState::new(),
                     wake_at: AtomicU64::new(u64::MAX),
-                    timer_lines: core::sync::atomic::AtomicU8::new(0),
+                    ppi_lines: core::sync::atomic::AtomicU8::new(0),
                     power: if i == 0 { VcpuPower::new_on() } else { VcpuPower::new_off() },
                     entry: VcpuEntry::new(),
                     ctx: UnsafeCell::new(Box::new(ctx)),
@@ -319,6 +321,7 @@ impl Vm {
             cntvoff,
         };
         crate::vcpu::timers::link(&vm);
+        crate::vcpu::pmu::link(&vm);
         vm.populate(true);
         Ok(vm)
     }

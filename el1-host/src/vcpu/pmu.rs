@@ -1,0 +1,70 @@
+//! The guest's PMUv3 (docs/pmu.md): el2 passes the hardware PMU through and
+//! switches its state with the vCPU (`el2/src/pmu.rs`); here the host turns
+//! the saved state into the guest's overflow interrupt, virtual PPI 7
+//! (INTID 23, `arm,armv8-pmuv3` in its device tree). The line is sampled at
+//! every exit, as the timers' are. Where the board's PMU interrupt is a PPI
+//! the host knows (QEMU virt: INTID 23), the guest's is hardware-linked to
+//! it, so an overflow while the guest runs brings it out at once and the
+//! guest's deactivation re-arms the physical one; elsewhere (the Pi 4's PMU
+//! interrupts are SPIs) the overflow shows at the next exit.
+
+use super::linked::LinkedPpi;
+use super::timers::PMU_LINE;
+use crate::vm::instance::{Vcpu, Vm};
+use aarch64_cpu::registers::{Readable, ID_AA64DFR0_EL1};
+use core::sync::atomic::Ordering;
+use ferrovisor_shared::vcpu::{VcpuContext, CONFIG_PMU};
+
+/// The guest's PMU overflow interrupt (PPI 7).
+pub const GUEST_PMU_INTID: u32 = 16 + crate::vm::fdt::PMU_PPI;
+
+static PHYS: LinkedPpi = LinkedPpi::new();
+
+/// Whether this CPU has a PMUv3 el2 can give guests (`PMUVer` neither 0
+/// nor IMPLEMENTATION DEFINED).
+pub fn host_has_pmuv3() -> bool {
+    let v = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
+    v != 0 && v != 0xf
+}
+
+/// From the IRQ handler: the PMU's PPI fired while a guest ran; the host
+/// acknowledged it and leaves it active for the guest to deactivate.
+pub fn physical_fired() {
+    PHYS.fired();
+}
+
+/// At VM creation: hardware-links each vCPU's PMU interrupt where the
+/// board's is a known PPI.
+pub fn link(vm: &Vm) {
+    if let Some(p) = crate::irq::pmu_intid() {
+        for i in 0..vm.vcpus.len() {
+            vm.vgic.set_hw(i, GUEST_PMU_INTID, Some(p));
+        }
+    }
+}
+
+/// At an exit: the guest's overflow interrupt request from the state el2
+/// saved.
+pub fn sample(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
+    if ctx.config.flags & CONFIG_PMU == 0 {
+        return;
+    }
+    let level = ctx.pmu.overflow_irq();
+    let was = vcpu.ppi_lines.load(Ordering::Relaxed);
+    if (was & PMU_LINE != 0) != level {
+        vcpu.ppi_lines.store(if level { was | PMU_LINE } else { was & !PMU_LINE }, Ordering::Relaxed);
+        let _ = vm.vgic.set_line(vcpu.index, GUEST_PMU_INTID, level);
+    }
+}
+
+/// Before entry, after the vGIC flush: the physical PPI's active state
+/// follows this vCPU's interrupt.
+pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
+    if ctx.config.flags & CONFIG_PMU == 0 {
+        return;
+    }
+    if let Some(p) = crate::irq::pmu_intid() {
+        let line = vcpu.ppi_lines.load(Ordering::Relaxed) & PMU_LINE != 0;
+        PHYS.load(vm, vcpu, GUEST_PMU_INTID, p, line);
+    }
+}
