@@ -96,6 +96,15 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
     ];
     let mut timer = Vm::new("timer", "timer", "", 2);
     timer.expect = &["PASS: timer: vtimer: ", "PASS: timer: ptimer: ", "PASS: timer: wfi: "];
+    let mut pmu = Vm::new("pmu", "pmu", "", 4);
+    pmu.expect = &[
+        "PASS: pmu: introspection: ID_AA64DFR0_EL1.PMUVer reports a PMUv3",
+        "PASS: pmu: cycles: PMCCNTR_EL0 stands still while PMCNTENSET_EL0 bit 31 is clear",
+        "PASS: pmu: swinc: 100 writes of PMSWINC_EL0 bit 0 count 100",
+        "PASS: pmu: overflow: taken once after the handler cleared the flag (1)",
+        "PASS: pmu: el0: PMUSERENR_EL0.CR = 1: EL0 reads PMCCNTR_EL0",
+        "PASS: pmu: percpu: every CPU counted exactly its own SW_INCR events",
+    ];
     let mut bench = Vm::new("micro-bench", "micro-bench", "", 2);
     bench.expect = if gic == 2 {
         &[
@@ -145,11 +154,16 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         GuestTest::new(v("two-vms"), vec![two_a, two_b]),
         GuestTest::new(v("gic"), vec![gic_vm]),
         GuestTest::new(v("timer"), vec![timer]),
+        GuestTest::new(v("pmu"), vec![pmu]),
         GuestTest::new(v("micro-bench"), vec![bench]),
         GuestTest::new(v("pinned"), vec![pinned]),
         GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed"), vec![over_selftest]) },
     ];
     tests.push(GuestTest { smp: 2, ..GuestTest::new(v("oversubscribed-gic-timer"), vec![over_gic, over_timer]) });
+    // The PMU's state follows each vCPU through time-slicing and moves.
+    let mut over_pmu = Vm::new("pmu", "pmu", "percpu", 4);
+    over_pmu.expect = &["PASS: pmu: percpu: every CPU counted exactly its own SW_INCR events"];
+    tests.push(GuestTest { smp: 2, ..GuestTest::new(v("pmu-oversubscribed"), vec![over_pmu]) });
     if gic != 2 {
         // The emulated ITS (GICv3 guests; GICv2 has none).
         let mut its = Vm::new("its", "its", "", 4);
@@ -208,6 +222,7 @@ pub fn raspi_tests() -> Vec<GuestTest> {
         "two-vms",
         "gic",
         "timer",
+        "pmu",
         "micro-bench",
         "pinned",
     ];
