@@ -117,7 +117,11 @@ mod driver {
                 }
                 Self::Redistributor { cpu } => write!(f, "cpu{cpu}: no redistributor with GICR_TYPER.PLPIS"),
                 Self::Table { table, baser } => {
-                    write!(f, "{} table: GITS_BASER {baser:#x} did not take a 64 KiB flat table", table.name())
+                    write!(
+                        f,
+                        "{} table: GITS_BASER {baser:#x} did not keep a 64 KiB flat table in any page size",
+                        table.name()
+                    )
                 }
                 Self::Queue { cbaser } => write!(f, "GITS_CBASER reads {cbaser:#x} after set-up"),
                 Self::Stalled { creadr } => write!(f, "command queue stalled (GITS_CREADR {creadr:#x})"),
@@ -295,14 +299,18 @@ mod driver {
     }
 
     /// Points the `GITS_BASER<n>` of type `table` at the 64 KiB at `pa`, as
-    /// one 64 KiB page, four 16 KiB or sixteen 4 KiB ones, whichever it keeps.
+    /// Linux does: in the page size the register reads (64 KiB on KVM and
+    /// QEMU), else in the first of 64, 16 and 4 KiB it keeps.
     fn set_table(its: usize, table: BaserType, pa: u64) -> Result<(), ItsError> {
         let reg = (0..GITS_BASER_COUNT)
             .map(|n| its + gits_baser(n))
             .find(|&r| BaserType::from_baser(read64(r)) == table)
             .ok_or(ItsError::Table { table, baser: 0 })?;
+        let presented = PageSize::from_baser(read64(reg));
+        let others =
+            [PageSize::Size64K, PageSize::Size16K, PageSize::Size4K].into_iter().filter(|&p| Some(p) != presented);
         let mut last = 0;
-        for page in [PageSize::Size64K, PageSize::Size16K, PageSize::Size4K] {
+        for page in presented.into_iter().chain(others) {
             let pages = UNIT / page.bytes();
             let pa_field = baser_pa_field(pa, page).ok_or(ItsError::Table { table, baser: last })?;
             write64(reg, baser(read64(reg), true, pa_field, page, pages, CACHE, SHARE));

@@ -143,8 +143,47 @@ mod guest {
         let ctlr = read32(base + its::GITS_CTLR);
         if ctlr & its::CTLR_ENABLED == 0 {
             report(ctlr & its::CTLR_QUIESCENT != 0, format_args!("GITS_CTLR: disabled and quiescent ({ctlr:#x})"));
+            baser_page_sizes(base);
         } else {
             report_info(format_args!("GITS_CTLR {ctlr:#x}: already enabled"));
+            report_skip("GITS_BASER<n>.Page_Size: the ITS is enabled, its tables are not ours to rewrite");
+        }
+    }
+
+    /// The device and collection tables' `GITS_BASER<n>.Page_Size` reads
+    /// 64 KiB at reset (as on KVM and QEMU, and as third-party guests
+    /// expect), and each of 4, 16 and 64 KiB written (Valid clear, on a
+    /// disabled ITS) reads back. The register is restored afterwards.
+    fn baser_page_sizes(base: usize) {
+        const PAGE_SIZE: u64 = 3 << its::BASER_PAGE_SIZE_SHIFT;
+        for n in 0..its::GITS_BASER_COUNT {
+            let reg = base + its::gits_baser(n);
+            let reset = read64(reg);
+            let ty = BaserType::from_baser(reset);
+            if !matches!(ty, BaserType::Devices | BaserType::Collections) {
+                continue;
+            }
+            let page = its::PageSize::from_baser(reset);
+            report(
+                page == Some(its::PageSize::Size64K),
+                format_args!("GITS_BASER{n} ({}) Page_Size at reset: {page:?}, want 64 KiB ({reset:#x})", ty.name()),
+            );
+            let mut kept = [None; 3];
+            for (i, enc) in [0u64, 1, 2].into_iter().enumerate() {
+                let value = (reset & !(PAGE_SIZE | its::BASER_VALID)) | enc << its::BASER_PAGE_SIZE_SHIFT;
+                write64(reg, value);
+                kept[i] = its::PageSize::from_baser(read64(reg));
+            }
+            write64(reg, reset);
+            let restored = read64(reg);
+            report(
+                kept == [Some(its::PageSize::Size4K), Some(its::PageSize::Size16K), Some(its::PageSize::Size64K)],
+                format_args!("GITS_BASER{n} ({}) Page_Size 4K/16K/64K written, read back {kept:?}", ty.name()),
+            );
+            report(
+                restored == reset,
+                format_args!("GITS_BASER{n} restored to its reset value ({restored:#x}, was {reset:#x})"),
+            );
         }
     }
 
