@@ -56,6 +56,8 @@ pub struct Machine {
     pub append: String,
     /// Wait for gdb on port 1234 before the first instruction.
     pub gdb: bool,
+    /// `-cpu` on virt (raspi4b's is always its Cortex-A72).
+    pub cpu: &'static str,
 }
 
 impl Default for Machine {
@@ -68,6 +70,7 @@ impl Default for Machine {
             virtualization: true,
             append: DEFAULT_BOOTARGS.into(),
             gdb: false,
+            cpu: "max",
         }
     }
 }
@@ -94,7 +97,7 @@ impl Machine {
             "-M".into(),
             format!("virt,{virt}gic-version={}{extra_machine_opts}", self.gic),
             "-cpu".into(),
-            "max".into(),
+            self.cpu.into(),
             "-smp".into(),
             self.smp.to_string(),
             "-m".into(),
@@ -436,6 +439,8 @@ mod tests {
         assert!(a.contains("-kernel target/ferrovisor.img -append loglevel=info semihosting-exit"), "{a}");
         assert!(a.contains("-serial stdio") && a.contains("-semihosting-config enable=on,target=native"), "{a}");
         assert!(!a.contains("-S"), "{a}");
+        let a72 = Machine { cpu: "cortex-a72", virtualization: false, ..Machine::default() };
+        assert!(joined(&a72.args(Path::new("i"), None)).starts_with("-M virt,gic-version=3 -cpu cortex-a72 -smp 4 "));
         let el1 = Machine { virtualization: false, gdb: true, ..Machine::default() };
         let a = joined(&el1.args(Path::new("i"), None));
         assert!(a.starts_with("-M virt,gic-version=3 "), "{a}");
