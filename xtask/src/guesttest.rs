@@ -370,7 +370,8 @@ static BARE_RUNS: Mutex<BTreeMap<Vec<String>, Arc<Outcome>>> = Mutex::new(BTreeM
 /// reference of its own (QEMU enters a raspi4b kernel at EL2 with spin
 /// tables and no PSCI, which our guests cannot use): the guest sees the same
 /// vGICv2 there as on virt GICv2, which is its reference, with the Pi's CPU
-/// (QEMU's raspi4b is a Cortex-A72; its ID registers are what the guest reads).
+/// (QEMU's raspi4b is a Cortex-A72: its ID registers and PMU, PMUv3 without
+/// PMUv3p5's 64-bit counters, are what the guest sees).
 fn bare_args(ctx: &Ctx, board: Board, gic: u8, vm: &Vm) -> Result<Vec<String>, Failure> {
     let (gic, cpu) = match board {
         Board::Virt => (reference::reference_gic(gic), "max"),
@@ -387,13 +388,6 @@ fn bare_args(ctx: &Ctx, board: Board, gic: u8, vm: &Vm) -> Result<Vec<String>, F
     };
     let initrd = vm.initrd_pattern.map(|n| pattern_file(&ctx.work, n)).transpose()?;
     let mut args = machine.boot_args(&guest_path(ctx, vm.guest)?, None, initrd.as_deref());
-    if board == Board::Raspi4b {
-        // The Pi 4's CPU, which QEMU raspi4b models: its ID registers and PMU
-        // (PMUv3 without PMUv3p5's 64-bit counters) are what the guest sees.
-        if let Some(i) = args.iter().position(|a| a == "-cpu") {
-            args[i + 1] = "cortex-a72".into();
-        }
-    }
     if let Some(o) = reference::bare_options(vm.guest) {
         args.extend(o.args.iter().map(|s| s.to_string()));
         if ctx.verbose {
