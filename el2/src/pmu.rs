@@ -119,6 +119,7 @@ mod hw {
     const PMCR_C: u64 = 1 << 2;
 
     /// Loads a guest's PMU state, counters enabled last.
+    #[inline(never)]
     pub fn restore(p: &PmuState, n: usize) {
         let all = counter_mask(n);
         msr!(p.pmcr & !(PmuState::PMCR_E | PMCR_P | PMCR_C), "pmcr_el0");
@@ -141,6 +142,7 @@ mod hw {
 
     /// Stops the guest's counters and saves them: after this nothing counts,
     /// and the PMU's interrupt request is low.
+    #[inline(never)]
     pub fn save(p: &mut PmuState, n: usize) {
         let pmcr = mrs!("pmcr_el0");
         msr!(pmcr & !(PmuState::PMCR_E | PMCR_P | PMCR_C), "pmcr_el0");

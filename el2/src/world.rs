@@ -409,7 +409,10 @@ fn guest_has_pmu(cpu: &El2Cpu, ctx: &VcpuContext) -> bool {
 }
 
 /// The first access of a guest to its PMU: its (reset) state is loaded, the
-/// traps go, and the access runs again, now on the hardware.
+/// traps go, and the access runs again, now on the hardware. Once per vCPU
+/// life, so out of the fast paths' line.
+#[cold]
+#[inline(never)]
 fn activate_pmu(ctx: &mut VcpuContext) -> bool {
     let cpu = this_cpu();
     if !guest_has_pmu(cpu, ctx) || ctx.pmu.active != 0 {
