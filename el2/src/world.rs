@@ -425,7 +425,34 @@ fn activate_pmu(ctx: &mut VcpuContext) -> bool {
     true
 }
 
+/// A trapped system register access el2 finishes itself: ID registers
+/// (read from a sanitised copy of the CPU's), and the first PMU access.
+/// Out of line, so that the hypercall fast path stays short.
+#[inline(never)]
+fn fast_sysreg(ctx: &mut VcpuContext, esr: Esr) -> bool {
+    let access = esr.sys_reg();
+    if pmu::is_pmu_reg(access.reg) {
+        return activate_pmu(ctx);
+    }
+    if !access.read || !fastpath::is_id_reg(access.reg) {
+        return false;
+    }
+    let features =
+        fastpath::GuestFeatures { gicv3: ctx.config.flags & CONFIG_GICV3 != 0, pmu: guest_has_pmu(this_cpu(), ctx) };
+    let value = match IdReg::from_sys_reg(access.reg) {
+        Some(r) => fastpath::sanitize_id_reg(r, read_id_reg(r), features),
+        None => 0,
+    };
+    if access.register < 31 {
+        ctx.regs.x[access.register as usize] = value;
+    }
+    ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
+    ctx.counters.fast_id_reg += 1;
+    true
+}
+
 /// Finishes an exit in el2 if it can; true means "re-enter the guest".
+#[inline(always)]
 fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
     match reason {
         ExitReason::Irq | ExitReason::Fiq => {
@@ -452,29 +479,7 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                     ctx.counters.fast_smccc += 1;
                     true
                 }
-                ExceptionClass::SysRegTrap => {
-                    let access = esr.sys_reg();
-                    if pmu::is_pmu_reg(access.reg) {
-                        return activate_pmu(ctx);
-                    }
-                    if !access.read || !fastpath::is_id_reg(access.reg) {
-                        return false;
-                    }
-                    let features = fastpath::GuestFeatures {
-                        gicv3: ctx.config.flags & CONFIG_GICV3 != 0,
-                        pmu: guest_has_pmu(this_cpu(), ctx),
-                    };
-                    let value = match IdReg::from_sys_reg(access.reg) {
-                        Some(r) => fastpath::sanitize_id_reg(r, read_id_reg(r), features),
-                        None => 0,
-                    };
-                    if access.register < 31 {
-                        ctx.regs.x[access.register as usize] = value;
-                    }
-                    ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
-                    ctx.counters.fast_id_reg += 1;
-                    true
-                }
+                ExceptionClass::SysRegTrap => fast_sysreg(ctx, esr),
                 _ => false,
             }
         }

@@ -34,6 +34,7 @@ pub enum ExceptionClass {
 }
 
 impl ExceptionClass {
+    #[inline]
     pub fn from_ec(ec: u8) -> Self {
         match ec {
             0x00 => Self::Unknown,
@@ -104,10 +105,12 @@ pub enum FaultStatus {
 }
 
 impl Esr {
+    #[inline]
     pub fn ec(self) -> u8 {
         ((self.0 >> 26) & 0x3f) as u8
     }
 
+    #[inline]
     pub fn class(self) -> ExceptionClass {
         ExceptionClass::from_ec(self.ec())
     }

@@ -26,16 +26,18 @@ impl LinkedPpi {
 
     /// From the IRQ handler: the physical PPI fired while a guest ran and
     /// the host acknowledged it without deactivating it.
+    #[inline]
     pub fn fired(&self) {
         self.active[cpu::current() % MAX_CPUS].store(true, Ordering::Relaxed);
     }
 
-    /// Before entry, after the vGIC flush: the physical PPI `pintid` is
+    /// Before entry, after the vGIC flush: the physical PPI `pintid()` is
     /// active exactly while `vcpu`'s `intid` is pending or active, so a level
     /// still high does not bring the guest straight back out, and the state
     /// another vCPU left on this CPU does not leak into this one. `line` is
     /// the level the host last sampled for `intid`.
-    pub fn load(&self, vm: &Vm, vcpu: &Vcpu, intid: u32, pintid: u32, line: bool) {
+    #[inline]
+    pub fn load(&self, vm: &Vm, vcpu: &Vcpu, intid: u32, pintid: impl FnOnce() -> u32, line: bool) {
         let slot = &self.active[cpu::current() % MAX_CPUS];
         let was = slot.load(Ordering::Relaxed);
         if !line && !was {
@@ -45,7 +47,7 @@ impl LinkedPpi {
         }
         let want = vm.vgic.is_pending_or_active(vcpu.index, intid);
         if want != was || want {
-            crate::gic::set_private_active(pintid, want);
+            crate::gic::set_private_active(pintid(), want);
             slot.store(want, Ordering::Relaxed);
         }
     }

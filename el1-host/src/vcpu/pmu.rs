@@ -13,7 +13,7 @@ use super::timers::PMU_LINE;
 use crate::vm::instance::{Vcpu, Vm};
 use aarch64_cpu::registers::{Readable, ID_AA64DFR0_EL1};
 use core::sync::atomic::Ordering;
-use ferrovisor_shared::vcpu::{VcpuContext, CONFIG_PMU};
+use ferrovisor_shared::vcpu::VcpuContext;
 
 /// The guest's PMU overflow interrupt (PPI 7).
 pub const GUEST_PMU_INTID: u32 = 16 + crate::vm::fdt::PMU_PPI;
@@ -45,12 +45,14 @@ pub fn link(vm: &Vm) {
 
 /// At an exit: the guest's overflow interrupt request from the state el2
 /// saved.
+/// A PMU the guest never touched (most guests) costs a test of its state.
+#[inline]
 pub fn sample(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
-    if ctx.config.flags & CONFIG_PMU == 0 {
+    let was = vcpu.ppi_lines.load(Ordering::Relaxed);
+    if ctx.pmu.active == 0 && was & PMU_LINE == 0 {
         return;
     }
     let level = ctx.pmu.overflow_irq();
-    let was = vcpu.ppi_lines.load(Ordering::Relaxed);
     if (was & PMU_LINE != 0) != level {
         vcpu.ppi_lines.store(if level { was | PMU_LINE } else { was & !PMU_LINE }, Ordering::Relaxed);
         let _ = vm.vgic.set_line(vcpu.index, GUEST_PMU_INTID, level);
@@ -59,12 +61,16 @@ pub fn sample(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
 
 /// Before entry, after the vGIC flush: the physical PPI's active state
 /// follows this vCPU's interrupt.
+/// The physical PPI another vCPU left active here is harmless to a vCPU
+/// whose PMU is not active (its counters are stopped and its line low), and
+/// is put right when a vCPU that uses its PMU comes back.
+#[inline]
 pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
-    if ctx.config.flags & CONFIG_PMU == 0 {
+    if ctx.pmu.active == 0 {
         return;
     }
     if let Some(p) = crate::irq::pmu_intid() {
         let line = vcpu.ppi_lines.load(Ordering::Relaxed) & PMU_LINE != 0;
-        PHYS.load(vm, vcpu, GUEST_PMU_INTID, p, line);
+        PHYS.load(vm, vcpu, GUEST_PMU_INTID, || p, line);
     }
 }
