@@ -53,7 +53,7 @@ pub fn pmu_intid() -> Option<u32> {
 /// Called from the IRQ vector with IRQs masked.
 pub fn handle() {
     let cpu = crate::arch::aarch64::cpu::current();
-    if !crate::vm::instance::RCU.irq_entry_check(cpu) {
+    if !crate::rcu::RCU.irq_entry_check(cpu) {
         // An IRQ taken in an extended quiescent state: RCU is not watching
         // this CPU, so nothing below may read RCU-protected data (seed 001).
         debug_assert!(false, "cpu{cpu}: IRQ taken in an RCU extended quiescent state");

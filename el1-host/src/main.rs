@@ -79,7 +79,7 @@ mod host {
         let memory = init_memory(&board, info, dtb);
         let gic_version = init_interrupts(&board, info);
         let lpis = init_lpis(gic_version, info.cpu_count as usize, bootargs::software_vlpi(args));
-        vm::instance::init();
+        vm::registry::init();
         per_cpu_init(info.boot_cpu as usize);
         let online = smp::start_secondaries(info);
 
@@ -92,14 +92,12 @@ mod host {
         if !ok {
             board::power_off(1);
         }
-        vm::instance::starting();
-        let (started, refused) = start_vms(&board, gic_version);
+        let (started, refused) = vm::registry::start_vms(&board, gic_version);
         if started == 0 {
             println!("ferrovisor: no guests to run");
             let ok = online == info.cpu_count as usize && refused == 0;
             board::power_off(if ok { 0 } else { 1 })
         }
-        vm::instance::starting_done();
         sched::cpu_main()
     }
 
@@ -108,104 +106,6 @@ mod host {
     extern "C" fn host_secondary_main(index: usize) -> ! {
         per_cpu_init(index);
         sched::cpu_main()
-    }
-
-    /// The built-in guest bundle (`default.vms` and its images), used when
-    /// the device tree names no VMs and the initrd has no manifest.
-    static DEFAULT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-guests.cpio"));
-
-    /// Creates and publishes the VMs the device tree (or a bundle) asks for;
-    /// returns how many started and how many were refused. vCPUs may
-    /// outnumber CPUs (they are time-sliced); a VM whose memory or images do
-    /// not fit is refused.
-    fn start_vms(board: &Board, gic: gic::Version) -> (usize, usize) {
-        use vm::config::{self, Source};
-        // SAFETY: the initrd and module ranges were kept out of the frame
-        // allocator (init_memory reserves the initrd; module `reg`s are the
-        // device tree's reservations), and nothing writes them.
-        let mut read_host = unsafe { config::host_memory(board) };
-        let mut list = config::vms_from_board(board, &mut read_host);
-        if let Some(e) = &list.bundle_error {
-            log::error!("{e}");
-        }
-        let mut builtin = false;
-        if list.source == Source::Nothing && !DEFAULT_BUNDLE.is_empty() {
-            match vm::bundle::Bundle::parse(DEFAULT_BUNDLE) {
-                Ok(b) => match b.get(config::MANIFEST) {
-                    Some(text) => {
-                        println!("ferrovisor: no VMs in the device tree: starting the built-in set");
-                        list.vms = config::from_manifest(text, &b);
-                        builtin = true;
-                    }
-                    None => log::error!("the built-in bundle has no {}", config::MANIFEST),
-                },
-                Err(e) => log::error!("the built-in bundle: {e}"),
-            }
-        }
-        let (gicv3, its) = match gic {
-            gic::Version::V2 => (false, false),
-            // GICv3 guests get an emulated ITS (LPIs by software injection)
-            // when the board has one.
-            gic::Version::V3 { its, .. } => (true, its),
-        };
-        let cpus: alloc::vec::Vec<usize> =
-            (0..MAX_CPUS).filter(|&c| smp::CPUS[c].online.load(core::sync::atomic::Ordering::Acquire)).collect();
-        let (mut started, mut refused) = (0, 0);
-        let mut vcpus = 0;
-        for (id, spec) in list.vms.into_iter().enumerate() {
-            let spec = match spec {
-                Ok(s) => s,
-                Err(e) => {
-                    log::error!("VM not started: {e}");
-                    refused += 1;
-                    vm::instance::record_refused();
-                    continue;
-                }
-            };
-            let n = spec.vcpus as usize;
-            if builtin && vcpus + n > cpus.len() {
-                // The demonstration set adapts to the board (every vCPU a CPU
-                // of its own); what a user asks for is time-sliced.
-                println!("vm {}: skipped: it needs {n} vCPUs and {} CPUs are free", spec.name, cpus.len() - vcpus);
-                continue;
-            }
-            // Pinned vCPUs take CPUs in turn from where the last VM's ended.
-            let pin: Option<alloc::vec::Vec<usize>> =
-                spec.pinned.then(|| (0..n).map(|i| cpus[(vcpus + i) % cpus.len()]).collect());
-            match vm::instance::Vm::create(id, &spec, pin.as_deref(), gicv3, its) {
-                Ok(v) => {
-                    let placement = match &pin {
-                        Some(p) => alloc::format!("pinned to CPUs {p:?}"),
-                        None => String::from("on any CPU"),
-                    };
-                    println!(
-                        "vm {}: {} vCPU{} {placement}, {} MiB, bootargs \"{}\"",
-                        spec.name,
-                        n,
-                        if n == 1 { "" } else { "s" },
-                        v.ram.size >> 20,
-                        spec.bootargs
-                    );
-                    vm::instance::publish(v);
-                    vcpus += n;
-                    started += 1;
-                }
-                Err(e) => {
-                    log::error!("vm {}: not started: {e}", spec.name);
-                    refused += 1;
-                    vm::instance::record_refused();
-                }
-            }
-        }
-        if vcpus > cpus.len() {
-            println!("ferrovisor: {vcpus} vCPUs on {} CPUs: time-sliced", cpus.len());
-        }
-        for &c in &cpus {
-            if c != cpu::current() {
-                gic::send_sgi(irq::SGI_PING, c);
-            }
-        }
-        (started, refused)
     }
 
     /// GIC CPU interface, timer tick, then IRQs on.

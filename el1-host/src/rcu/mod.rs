@@ -186,6 +186,10 @@ impl Default for Rcu {
     }
 }
 
+/// The host's RCU: the VM list is read under it (`vm::registry`).
+#[cfg(target_os = "none")]
+pub static RCU: Rcu = Rcu::new();
+
 impl Rcu {
     /// Every CPU offline, outside EQS, with no quiescent states yet.
     #[cfg(not(loom))]

@@ -10,9 +10,11 @@
 //! schedulers' scan. Otherwise a blocked vCPU waits on its own CPU in `WFI`.
 
 use crate::arch::aarch64::{cpu, timer};
+use crate::rcu::RCU;
 use crate::sched::work::{VcpuEntry, WORK_RESCHED};
 use crate::vcpu::run::Turn;
-use crate::vm::instance::{self, Vcpu, NOT_RUNNING, RCU};
+use crate::vm::instance::{self, Vcpu, NOT_RUNNING};
+use crate::vm::registry;
 use crate::{gic, irq, smp};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -145,7 +147,7 @@ pub fn cpu_main() -> ! {
     loop {
         let next = {
             let guard = RCU.read_lock(me);
-            let vms = instance::list().read(&guard);
+            let vms = registry::list().read(&guard);
             wake_due(vms, timer::now());
             let total: usize = vms.iter().map(|vm| vm.vcpus.len()).sum();
             let mut found = None;

@@ -3,9 +3,11 @@
 
 use super::exit::{load_vpe, put_vpe, ExitHandler, Flow as ExitFlow};
 use crate::arch::aarch64::{cpu, hyp, timer};
+use crate::rcu::RCU;
 use crate::sched::work::{self, EntryHw, Flow, GuestVcpu, RunOutcome};
-use crate::vm::instance::{self, Vcpu, Vm, RCU};
+use crate::vm::instance::{Vcpu, Vm};
 use crate::vm::outcome::EndReason;
+use crate::vm::registry;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
@@ -186,7 +188,7 @@ impl GuestVcpu for Runner<'_> {
             }
         }
         self.vm.perform_pending_cmo();
-        let refresh = instance::vmids().refresh(&self.vm.vmid, force_all_out_and_flush);
+        let refresh = registry::vmids().refresh(&self.vm.vmid, force_all_out_and_flush);
         let (vm, vcpu) = (self.vm, self.vcpu);
         let ctx = self.ctx();
         ctx.config.vmid = refresh.vmid.into();
@@ -203,7 +205,7 @@ impl GuestVcpu for Runner<'_> {
     }
 
     fn requests_pending(&self) -> bool {
-        self.vcpu.power.is_off() || self.vm.cmo.is_pending() || !instance::vmids().is_current(&self.vm.vmid)
+        self.vcpu.power.is_off() || self.vm.cmo.is_pending() || !registry::vmids().is_current(&self.vm.vmid)
     }
 
     fn enter(&mut self) -> Self::Exit {
@@ -260,7 +262,7 @@ fn sleep(vcpu: &Vcpu, runnable: impl FnOnce() -> bool, deadline: Option<u64>) ->
 fn force_all_out_and_flush() {
     let me = cpu::current();
     let guard = RCU.read_lock(me);
-    for vm in instance::list().read(&guard).iter() {
+    for vm in registry::list().read(&guard).iter() {
         for v in vm.vcpus.iter().filter(|v| v.running_on.load(Ordering::Acquire) != me) {
             crate::sched::kick(v);
             while v.entry.mode() != work::Mode::Outside {
@@ -301,7 +303,7 @@ pub fn run(vm: Arc<Vm>, index: usize) -> Turn {
     vcpu.stopped.store(true, Ordering::Release);
     crate::sched::vcpu_gone();
     if vm.vcpu_stopped(vcpu) {
-        instance::finish(vm);
+        registry::finish(vm);
     }
     Turn::Stopped
 }

@@ -1,7 +1,8 @@
-//! A running VM: its memory, stage 2, vCPUs, console and end; the list of
-//! VMs (read under RCU), and what happens when the last one ends.
+//! A running VM: its memory, stage 2, vCPUs, console and end (the list of
+//! VMs and their start-up are `vm::registry`'s).
 
 use super::outcome::{self, EndReason, Verdict};
+use super::ram::GuestRam;
 use super::stats::{CmoFigures, VmStats};
 use super::{cmo, config::VmSpec, fdt, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
@@ -10,10 +11,9 @@ use crate::devices::pl011::{LineBuffer, Pl011};
 use crate::gic::vgic::its::{GuestMemory, Its};
 use crate::gic::vgic::{Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS};
 use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
-use crate::rcu::{Rcu, RcuCell};
+use crate::println;
 use crate::sched::work::VcpuEntry;
 use crate::vcpu::psci::VcpuPower;
-use crate::{mm, println};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -22,53 +22,6 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_PMU};
-
-/// The host's RCU: the VM list is read under it.
-pub static RCU: Rcu = Rcu::new();
-/// The VMID allocator (width set at [`init`]).
-static VMIDS: spin::Once<vmid::Vmids> = spin::Once::new();
-/// Every running VM.
-static VMS: spin::Once<RcuCell<Vec<Arc<Vm>>>> = spin::Once::new();
-/// Writers of [`VMS`] serialise here.
-static VMS_WRITE: spin::Mutex<()> = spin::Mutex::new(());
-/// Verdicts of the VMs that ended, and how many are still to end.
-static VERDICTS: spin::Mutex<Vec<Verdict>> = spin::Mutex::new(Vec::new());
-static VMS_LEFT: AtomicUsize = AtomicUsize::new(0);
-
-/// The device tree's VMID width, the RCU list, the allocator.
-pub fn init() {
-    let bits = vmid::bits_from_mmfr1(crate::arch::aarch64::cpu::id_aa64mmfr1());
-    VMIDS.call_once(|| vmid::Vmids::new(bits));
-    VMS.call_once(|| RcuCell::new(Box::new(Vec::new())));
-}
-
-pub fn vmids() -> &'static vmid::Vmids {
-    VMIDS.get().expect("vm::init ran")
-}
-
-/// The VM list, for a reader on `cpu` holding `guard`.
-pub fn list() -> &'static RcuCell<Vec<Arc<Vm>>> {
-    VMS.get().expect("vm::init ran")
-}
-
-/// Guest RAM: one contiguous block of host frames at IPA [`map::RAM`].
-pub struct GuestRam {
-    pub ipa: u64,
-    pub pa: u64,
-    pub size: u64,
-    frames: usize,
-}
-
-impl GuestRam {
-    pub fn contains(&self, ipa: u64, len: u64) -> bool {
-        ipa >= self.ipa && ipa.checked_add(len).is_some_and(|end| end <= self.ipa + self.size)
-    }
-
-    /// The host (identity-mapped) address of guest IPA `ipa`.
-    fn host_ptr(&self, ipa: u64) -> *mut u8 {
-        (self.pa + (ipa - self.ipa)) as *mut u8
-    }
-}
 
 /// [`Vcpu::running_on`] of a vCPU no CPU runs.
 pub const NOT_RUNNING: usize = usize::MAX;
@@ -167,13 +120,7 @@ impl Vm {
     /// # Errors
     /// A message naming what did not fit or parse; nothing is left allocated.
     pub fn create(id: usize, spec: &VmSpec, pin: Option<&[usize]>, gicv3: bool, its: bool) -> Result<Arc<Vm>, String> {
-        let size = spec.mem_bytes.next_multiple_of(2 << 20);
-        let frames = (size / mm::FRAME_SIZE as u64) as usize;
-        let pa = mm::frames()
-            .lock()
-            .alloc(frames)
-            .ok_or_else(|| alloc::format!("no {} MiB of free memory for its RAM", size >> 20))?;
-        let ram = GuestRam { ipa: map::RAM, pa, size, frames };
+        let ram = GuestRam::alloc(spec.mem_bytes)?;
         let vm = Self::build(id, spec, pin, gicv3, its, ram);
         vm.map(Arc::new)
     }
@@ -187,33 +134,20 @@ impl Vm {
         ram: GuestRam,
     ) -> Result<Vm, String> {
         let mpidrs: Vec<u64> = (0..spec.vcpus).map(|i| (1 << 31) | fdt::vcpu_mpidr(i)).collect();
-        let vgic = match Vgic::new(VgicConfig {
+        let vgic = Vgic::new(VgicConfig {
             model: if gicv3 { Model::V3 } else { Model::V2 },
             vcpu_mpidrs: mpidrs.clone(),
             nr_spis: GUEST_SPIS,
             lpis: its,
-        }) {
-            Ok(v) => v,
-            Err(e) => {
-                free_ram(&ram);
-                return Err(alloc::format!("virtual GIC: {e}"));
-            }
-        };
+        })
+        .map_err(|e| alloc::format!("virtual GIC: {e}"))?;
         let initrd_len = spec.initrd.as_ref().map(|i| i.len() as u64);
-        let layout = match loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len) {
-            Ok(l) => l,
-            Err(e) => {
-                free_ram(&ram);
-                return Err(alloc::format!("{e}"));
-            }
-        };
-        let guest_its = match its.then(|| Its::new(spec.vcpus as usize, LPI_ID_BITS)).transpose() {
-            Ok(i) => i,
-            Err(e) => {
-                free_ram(&ram);
-                return Err(alloc::format!("virtual ITS: {e:?}"));
-            }
-        };
+        let layout =
+            loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len).map_err(|e| alloc::format!("{e}"))?;
+        let guest_its = its
+            .then(|| Its::new(spec.vcpus as usize, LPI_ID_BITS))
+            .transpose()
+            .map_err(|e| alloc::format!("virtual ITS: {e:?}"))?;
         let direct = match its.then(|| crate::gic::vlpi::DirectVm::new(id, spec.vcpus as usize)).transpose() {
             Ok(d) => d.flatten(),
             Err(e) => {
@@ -233,41 +167,11 @@ impl Vm {
             initrd: initrd_range,
             pmu,
         };
-        let dtb = match fdt::build(&dt) {
-            Ok(d) if d.len() as u64 <= DTB_MAX => d,
-            Ok(d) => {
-                free_ram(&ram);
-                return Err(alloc::format!("its device tree is {} bytes, more than {DTB_MAX}", d.len()));
-            }
-            Err(e) => {
-                free_ram(&ram);
-                return Err(alloc::format!("device tree: {e}"));
-            }
-        };
-        let mut stage2 = match Stage2::new(HostFrames) {
-            Ok(s) => s,
-            Err(e) => {
-                free_ram(&ram);
-                return Err(alloc::format!("stage 2: {e}"));
-            }
-        };
-        if let Err(e) = stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb) {
-            stage2.destroy(0, &El2Tlb);
-            free_ram(&ram);
-            return Err(alloc::format!("stage 2: {e}"));
+        let dtb = fdt::build(&dt).map_err(|e| alloc::format!("device tree: {e}"))?;
+        if dtb.len() as u64 > DTB_MAX {
+            return Err(alloc::format!("its device tree is {} bytes, more than {DTB_MAX}", dtb.len()));
         }
-        if !gicv3 {
-            // The GICv2 virtual CPU interface, where the guest expects its GICC.
-            let mapped = match crate::gic::gicv_base() {
-                Some(gicv) => stage2.map(map::GIC_CPU, gicv, map::GIC_CPU_SIZE, MemKind::Device, 0, &El2Tlb),
-                None => Ok(()),
-            };
-            if let Err(e) = mapped {
-                stage2.destroy(0, &El2Tlb);
-                free_ram(&ram);
-                return Err(alloc::format!("stage 2 (GICV): {e}"));
-            }
-        }
+        let stage2 = guest_stage2(&ram, gicv3)?;
         let cntvoff = timer::now();
         let entry = layout.entry_ipa;
         let dtb_ipa = layout.dtb_ipa;
@@ -507,6 +411,30 @@ impl Vm {
         self.running.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
+    /// Prints how the VM ended, its `EXIT` line and its statistics (after
+    /// the console's last partial line); its verdict.
+    pub fn report_end(&self) -> Verdict {
+        if let Some(rest) = self.uart.lock().1.flush() {
+            self.console_line(&rest);
+        }
+        let reason = self.end.lock().clone().unwrap_or(EndReason::Stopped("no vCPU left running".into()));
+        let status = self.status();
+        let verdict = outcome::verdict(&reason, status);
+        let how = match &reason {
+            EndReason::SystemOff => String::from("system off"),
+            EndReason::Stopped(why) => alloc::format!("stopped: {why}"),
+        };
+        let status_text = match status {
+            Some(n) => alloc::format!("EXIT: STATUS={n}"),
+            None => String::from("no EXIT line"),
+        };
+        println!("vm {}: ended ({how}), {status_text}, verdict {verdict:?}", self.name);
+        for line in alloc::format!("{}", self.stats.report(self.cmo_figures())).lines() {
+            println!("vm {}: {line}", self.name);
+        }
+        verdict
+    }
+
     fn status(&self) -> Option<u32> {
         match self.exit_status.load(Ordering::Relaxed) {
             NO_STATUS => None,
@@ -520,13 +448,35 @@ impl Vm {
     }
 }
 
+/// The VM's stage 2: its RAM as normal memory and, for a GICv2 guest, the
+/// hardware's virtual CPU interface where the guest expects its GICC. A
+/// table half built is destroyed before the error returns.
+fn guest_stage2(ram: &GuestRam, gicv3: bool) -> Result<Stage2<HostFrames>, String> {
+    let mut stage2 = Stage2::new(HostFrames).map_err(|e| alloc::format!("stage 2: {e}"))?;
+    let mut mapped =
+        stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb).map_err(|e| alloc::format!("stage 2: {e}"));
+    if let (Ok(()), false, Some(gicv)) = (&mapped, gicv3, crate::gic::gicv_base()) {
+        mapped = stage2
+            .map(map::GIC_CPU, gicv, map::GIC_CPU_SIZE, MemKind::Device, 0, &El2Tlb)
+            .map_err(|e| alloc::format!("stage 2 (GICV): {e}"));
+    }
+    match mapped {
+        Ok(()) => Ok(stage2),
+        Err(e) => {
+            stage2.destroy(0, &El2Tlb);
+            Err(e)
+        }
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         if let Some(stage2) = self.stage2.get_mut().take() {
             stage2.destroy(self.vmid.vmid(), &El2Tlb);
         }
-        vmids().release(&self.vmid, hyp::tlb_flush_vmid);
-        free_ram(&self.ram);
+        super::registry::vmids().release(&self.vmid, hyp::tlb_flush_vmid);
+        // The RAM goes back to the allocator when the field drops, after
+        // stage 2 no longer maps it.
     }
 }
 
@@ -555,10 +505,6 @@ impl GuestMemory for RamView<'_> {
     }
 }
 
-fn free_ram(ram: &GuestRam) {
-    mm::frames().lock().dealloc(ram.pa, ram.frames);
-}
-
 /// # Safety
 /// `[ipa, ipa + bytes.len())` lies in `ram`, which nobody else accesses.
 unsafe fn copy_in(ram: &GuestRam, ipa: u64, bytes: &[u8]) {
@@ -576,112 +522,4 @@ impl cmo::CacheOps for HostCacheOps {
     fn invalidate_icache(&self) {
         cache::invalidate_icache();
     }
-}
-
-/// vCPU `vcpu` of VM `vm_id` has a vLPI pending while its vPE is not
-/// resident (its doorbell rang): `pending_last`, the request, the kick, and
-/// nothing that takes a lock (seed 004). Called from the IRQ handler.
-pub fn ring_doorbell(vm_id: usize, vcpu: usize) {
-    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
-    if let Some(v) = list().read(&guard).iter().find(|vm| vm.id == vm_id).and_then(|vm| vm.vcpus.get(vcpu)) {
-        v.doorbell.ring(v.entry.requests(), || crate::sched::kick(v));
-    }
-}
-
-/// The VM list's writers' lock. A CPU waiting for it holds no RCU-protected
-/// reference, so it reports quiescent states meanwhile: the holder may be
-/// waiting for a grace period.
-fn lock_vms_write() -> spin::MutexGuard<'static, ()> {
-    let me = crate::arch::aarch64::cpu::current();
-    loop {
-        if let Some(guard) = VMS_WRITE.try_lock() {
-            return guard;
-        }
-        RCU.note_quiescent(me);
-        core::hint::spin_loop();
-    }
-}
-
-/// Adds a VM to the list.
-pub fn publish(vm: Arc<Vm>) {
-    let w = lock_vms_write();
-    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
-    let mut next = list().read(&guard).clone();
-    drop(guard);
-    crate::sched::vcpus_added(vm.vcpus.len());
-    next.push(vm);
-    VMS_LEFT.fetch_add(1, Ordering::AcqRel);
-    let old = list().replace(Box::new(next));
-    // Not under the writers' lock: a CPU spinning for it (a VM's `finish`)
-    // reports no quiescent state, so this grace period would wait for it
-    // while it waits for us.
-    drop(w);
-    old.free_after(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop);
-}
-
-/// The last vCPU of `vm` stopped: report, take it off the list, wait for a
-/// grace period so no CPU still reads it, free it, and power off after the
-/// last VM.
-pub fn finish(vm: Arc<Vm>) {
-    let me = crate::arch::aarch64::cpu::current();
-    if let Some(rest) = vm.uart.lock().1.flush() {
-        vm.console_line(&rest);
-    }
-    let reason = vm.end.lock().clone().unwrap_or(EndReason::Stopped("no vCPU left running".into()));
-    let status = vm.status();
-    let verdict = outcome::verdict(&reason, status);
-    let how = match &reason {
-        EndReason::SystemOff => String::from("system off"),
-        EndReason::Stopped(why) => alloc::format!("stopped: {why}"),
-    };
-    let status_text = match status {
-        Some(n) => alloc::format!("EXIT: STATUS={n}"),
-        None => String::from("no EXIT line"),
-    };
-    println!("vm {}: ended ({how}), {status_text}, verdict {verdict:?}", vm.name);
-    for line in alloc::format!("{}", vm.stats.report(vm.cmo_figures())).lines() {
-        println!("vm {}: {line}", vm.name);
-    }
-    {
-        let w = lock_vms_write();
-        let guard = RCU.read_lock(me);
-        let next: Vec<Arc<Vm>> = list().read(&guard).iter().filter(|v| v.id != vm.id).cloned().collect();
-        drop(guard);
-        let old = list().replace(Box::new(next));
-        // The grace period is waited for without the writers' lock (see
-        // `publish`).
-        drop(w);
-        let before = RCU.grace_periods();
-        old.free_after(&RCU, me, core::hint::spin_loop);
-        log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
-    }
-    drop(vm);
-    VERDICTS.lock().push(verdict);
-    one_less();
-}
-
-/// Holds the board up while VMs are being created: a VM that starts running
-/// (on another CPU) and ends before the next one is published must not be
-/// taken for the last. Paired with [`starting_done`].
-pub fn starting() {
-    VMS_LEFT.fetch_add(1, Ordering::AcqRel);
-}
-
-/// Every VM is published (or refused); powers off if all have ended already.
-pub fn starting_done() {
-    one_less();
-}
-
-fn one_less() {
-    if VMS_LEFT.fetch_sub(1, Ordering::AcqRel) == 1 {
-        let status = outcome::board_status(VERDICTS.lock().iter().copied());
-        println!("ferrovisor: all VMs ended");
-        crate::board::power_off(status);
-    }
-}
-
-/// A VM the configuration asked for could not start: the board's final
-/// status reports a failure even if the others pass.
-pub fn record_refused() {
-    VERDICTS.lock().push(Verdict::Fail(1));
 }

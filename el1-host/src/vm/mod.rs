@@ -8,5 +8,9 @@ pub mod fdt;
 pub mod instance;
 pub mod loader;
 pub mod outcome;
+#[cfg(target_os = "none")]
+pub mod ram;
+#[cfg(target_os = "none")]
+pub mod registry;
 pub mod stats;
 pub mod vmid;

@@ -4,6 +4,8 @@
 //! (Linux, bare-metal programs) a clean `SYSTEM_OFF` is a pass.
 
 use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Why a VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,9 +61,70 @@ pub fn board_status(verdicts: impl IntoIterator<Item = Verdict>) -> u32 {
     }
 }
 
+/// The verdicts of the VMs that ended and how many are still to end: the
+/// board powers off when the count reaches zero. Start-up holds one count
+/// while it creates VMs ([`Tally::hold`]), so that a VM that ends before the
+/// next one is published is not taken for the last.
+pub struct Tally {
+    verdicts: spin::Mutex<Vec<Verdict>>,
+    left: AtomicUsize,
+}
+
+impl Tally {
+    pub const fn new() -> Self {
+        Self { verdicts: spin::Mutex::new(Vec::new()), left: AtomicUsize::new(0) }
+    }
+
+    /// One more VM (or start-up itself) to wait for.
+    pub fn hold(&self) {
+        self.left.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A VM the configuration asked for could not start: the board's status
+    /// reports a failure even if the others pass.
+    pub fn refused(&self) {
+        self.verdicts.lock().push(Verdict::Fail(1));
+    }
+
+    /// A VM ended with `verdict`; the board's status once it was the last.
+    pub fn ended(&self, verdict: Verdict) -> Option<u32> {
+        self.verdicts.lock().push(verdict);
+        self.release()
+    }
+
+    /// Start-up is done (or a hold is given back); the board's status if
+    /// nothing is left to wait for.
+    pub fn release(&self) -> Option<u32> {
+        (self.left.fetch_sub(1, Ordering::AcqRel) == 1).then(|| board_status(self.verdicts.lock().iter().copied()))
+    }
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_end_gives_the_board_status_once() {
+        let t = Tally::new();
+        t.hold(); // start-up
+        t.hold(); // vm a
+        assert_eq!(t.ended(Verdict::Pass), None, "start-up still holds the board");
+        t.hold(); // vm b
+        t.refused(); // vm c
+        assert_eq!(t.release(), None, "vm b still runs");
+        assert_eq!(t.ended(Verdict::Pass), Some(1), "the refused VM fails the board");
+        let t = Tally::new();
+        t.hold();
+        t.hold();
+        assert_eq!(t.ended(Verdict::Skip), None);
+        assert_eq!(t.release(), Some(77));
+    }
 
     #[test]
     fn exit_lines() {

@@ -180,6 +180,19 @@ pub fn selftest(timeout_us: u64) -> bool {
     false
 }
 
+/// Where a doorbell goes: (VM id, vCPU index) to the VM registry, which
+/// finds the vCPU under RCU and kicks it. Registered at start-up rather than
+/// called upward, so the GIC code does not depend on the VMs.
+pub type DoorbellHandler = fn(usize, usize);
+
+static DOORBELL_HANDLER: spin::Once<DoorbellHandler> = spin::Once::new();
+
+/// Sets the function doorbells call, from the IRQ handler: it must take no
+/// lock (docs/interrupts.md).
+pub fn set_doorbell_handler(handler: DoorbellHandler) {
+    DOORBELL_HANDLER.call_once(|| handler);
+}
+
 /// What the IRQ handler does with LPI `intid`; `false` if it is not one of
 /// the host's.
 pub fn handle_lpi(intid: u32) -> bool {
@@ -192,7 +205,9 @@ pub fn handle_lpi(intid: u32) -> bool {
     };
     let owner = DOORBELL_OWNER[n].load(Ordering::Acquire);
     if owner != 0 {
-        crate::vm::instance::ring_doorbell((owner >> 8) - 1, owner & 0xff);
+        if let Some(ring) = DOORBELL_HANDLER.get() {
+            ring((owner >> 8) - 1, owner & 0xff);
+        }
     }
     true
 }

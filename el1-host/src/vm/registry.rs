@@ -1,0 +1,230 @@
+//! The VMs that run: creating them at start-up, the list every CPU reads
+//! under RCU (publish, lookup, finish), the VMID allocator, and the tally of
+//! verdicts that powers the board off after the last VM.
+//!
+//! Writers of the list serialise on one lock, but never wait for a grace
+//! period while holding it: a CPU spinning for the lock (another VM's
+//! `finish`) reports quiescent states while it spins, and the holder must
+//! not wait for that CPU while it waits for the holder (docs/run-loop.md).
+
+use super::instance::Vm;
+use super::outcome::Tally;
+use super::vmid;
+use crate::gic;
+use crate::rcu::{RcuCell, RCU};
+use crate::{println, smp};
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use ferrovisor_shared::boot::MAX_CPUS;
+use ferrovisor_shared::dt::Board;
+
+/// The VMID allocator (width set at [`init`]).
+static VMIDS: spin::Once<vmid::Vmids> = spin::Once::new();
+/// Every running VM.
+static VMS: spin::Once<RcuCell<Vec<Arc<Vm>>>> = spin::Once::new();
+/// Writers of [`VMS`] serialise here.
+static VMS_WRITE: spin::Mutex<()> = spin::Mutex::new(());
+/// Verdicts of the VMs that ended, and how many are still to end.
+static TALLY: Tally = Tally::new();
+
+/// The VMID width from `ID_AA64MMFR1_EL1`, the list, and the GICv4
+/// doorbells' way to a vCPU.
+pub fn init() {
+    let bits = vmid::bits_from_mmfr1(crate::arch::aarch64::cpu::id_aa64mmfr1());
+    VMIDS.call_once(|| vmid::Vmids::new(bits));
+    VMS.call_once(|| RcuCell::new(Box::new(Vec::new())));
+    gic::vlpi::set_doorbell_handler(ring_doorbell);
+}
+
+pub fn vmids() -> &'static vmid::Vmids {
+    VMIDS.get().expect("vm::registry::init ran")
+}
+
+/// The VM list, for a reader holding an RCU read guard.
+pub fn list() -> &'static RcuCell<Vec<Arc<Vm>>> {
+    VMS.get().expect("vm::registry::init ran")
+}
+
+/// vCPU `vcpu` of VM `vm_id` has a vLPI pending while its vPE is not
+/// resident (its doorbell rang): `pending_last`, the request, the kick, and
+/// nothing that takes a lock: the vGIC's lock may be held by the CPU this
+/// interrupt came in on (docs/interrupts.md). Called from the IRQ handler.
+fn ring_doorbell(vm_id: usize, vcpu: usize) {
+    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
+    if let Some(v) = list().read(&guard).iter().find(|vm| vm.id == vm_id).and_then(|vm| vm.vcpus.get(vcpu)) {
+        v.doorbell.ring(v.entry.requests(), || crate::sched::kick(v));
+    }
+}
+
+/// The VM list's writers' lock. A CPU waiting for it holds no RCU-protected
+/// reference, so it reports quiescent states meanwhile: the holder may be
+/// waiting for a grace period.
+fn lock_vms_write() -> spin::MutexGuard<'static, ()> {
+    let me = crate::arch::aarch64::cpu::current();
+    loop {
+        if let Some(guard) = VMS_WRITE.try_lock() {
+            return guard;
+        }
+        RCU.note_quiescent(me);
+        core::hint::spin_loop();
+    }
+}
+
+/// Adds a VM to the list.
+pub fn publish(vm: Arc<Vm>) {
+    let w = lock_vms_write();
+    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
+    let mut next = list().read(&guard).clone();
+    drop(guard);
+    crate::sched::vcpus_added(vm.vcpus.len());
+    next.push(vm);
+    TALLY.hold();
+    let old = list().replace(Box::new(next));
+    // Not under the writers' lock: a CPU spinning for it (a VM's `finish`)
+    // reports no quiescent state, so this grace period would wait for it
+    // while it waits for us.
+    drop(w);
+    old.free_after(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop);
+}
+
+/// The last vCPU of `vm` stopped: report, take it off the list, wait for a
+/// grace period so no CPU still reads it, free it, and power off after the
+/// last VM.
+pub fn finish(vm: Arc<Vm>) {
+    let me = crate::arch::aarch64::cpu::current();
+    let verdict = vm.report_end();
+    {
+        let w = lock_vms_write();
+        let guard = RCU.read_lock(me);
+        let next: Vec<Arc<Vm>> = list().read(&guard).iter().filter(|v| v.id != vm.id).cloned().collect();
+        drop(guard);
+        let old = list().replace(Box::new(next));
+        // The grace period is waited for without the writers' lock (see
+        // `publish`).
+        drop(w);
+        let before = RCU.grace_periods();
+        old.free_after(&RCU, me, core::hint::spin_loop);
+        log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
+    }
+    drop(vm);
+    if let Some(status) = TALLY.ended(verdict) {
+        power_off(status);
+    }
+}
+
+fn power_off(status: u32) -> ! {
+    println!("ferrovisor: all VMs ended");
+    crate::board::power_off(status)
+}
+
+/// The built-in guest bundle (`default.vms` and its images), used when
+/// the device tree names no VMs and the initrd has no manifest.
+static DEFAULT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-guests.cpio"));
+
+/// Creates and publishes the VMs the device tree (or a bundle) asks for;
+/// returns how many started and how many were refused. vCPUs may outnumber
+/// CPUs (they are time-sliced); a VM whose memory or images do not fit is
+/// refused. The board is held up meanwhile (a VM that starts running on
+/// another CPU and ends before the next is published is not the last); it
+/// powers off here if every VM has already ended.
+pub fn start_vms(board: &Board, gic: gic::Version) -> (usize, usize) {
+    TALLY.hold();
+    let counts = create_all(board, gic);
+    if counts.0 > 0 {
+        if let Some(status) = TALLY.release() {
+            power_off(status);
+        }
+    }
+    counts
+}
+
+fn create_all(board: &Board, gic: gic::Version) -> (usize, usize) {
+    use super::config::{self, Source};
+    // SAFETY: the initrd and module ranges were kept out of the frame
+    // allocator (init_memory reserves the initrd; module `reg`s are the
+    // device tree's reservations), and nothing writes them.
+    let mut read_host = unsafe { config::host_memory(board) };
+    let mut list = config::vms_from_board(board, &mut read_host);
+    if let Some(e) = &list.bundle_error {
+        log::error!("{e}");
+    }
+    let mut builtin = false;
+    if list.source == Source::Nothing && !DEFAULT_BUNDLE.is_empty() {
+        match super::bundle::Bundle::parse(DEFAULT_BUNDLE) {
+            Ok(b) => match b.get(config::MANIFEST) {
+                Some(text) => {
+                    println!("ferrovisor: no VMs in the device tree: starting the built-in set");
+                    list.vms = config::from_manifest(text, &b);
+                    builtin = true;
+                }
+                None => log::error!("the built-in bundle has no {}", config::MANIFEST),
+            },
+            Err(e) => log::error!("the built-in bundle: {e}"),
+        }
+    }
+    let (gicv3, its) = match gic {
+        gic::Version::V2 => (false, false),
+        // GICv3 guests get an emulated ITS (LPIs by software injection)
+        // when the board has one.
+        gic::Version::V3 { its, .. } => (true, its),
+    };
+    let cpus: Vec<usize> =
+        (0..MAX_CPUS).filter(|&c| smp::CPUS[c].online.load(core::sync::atomic::Ordering::Acquire)).collect();
+    let (mut started, mut refused) = (0, 0);
+    let mut vcpus = 0;
+    for (id, spec) in list.vms.into_iter().enumerate() {
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("VM not started: {e}");
+                refused += 1;
+                TALLY.refused();
+                continue;
+            }
+        };
+        let n = spec.vcpus as usize;
+        if builtin && vcpus + n > cpus.len() {
+            // The demonstration set adapts to the board (every vCPU a CPU
+            // of its own); what a user asks for is time-sliced.
+            println!("vm {}: skipped: it needs {n} vCPUs and {} CPUs are free", spec.name, cpus.len() - vcpus);
+            continue;
+        }
+        // Pinned vCPUs take CPUs in turn from where the last VM's ended.
+        let pin: Option<Vec<usize>> = spec.pinned.then(|| (0..n).map(|i| cpus[(vcpus + i) % cpus.len()]).collect());
+        match Vm::create(id, &spec, pin.as_deref(), gicv3, its) {
+            Ok(v) => {
+                let placement = match &pin {
+                    Some(p) => alloc::format!("pinned to CPUs {p:?}"),
+                    None => String::from("on any CPU"),
+                };
+                println!(
+                    "vm {}: {} vCPU{} {placement}, {} MiB, bootargs \"{}\"",
+                    spec.name,
+                    n,
+                    if n == 1 { "" } else { "s" },
+                    v.ram.size >> 20,
+                    spec.bootargs
+                );
+                publish(v);
+                vcpus += n;
+                started += 1;
+            }
+            Err(e) => {
+                log::error!("vm {}: not started: {e}", spec.name);
+                refused += 1;
+                TALLY.refused();
+            }
+        }
+    }
+    if vcpus > cpus.len() {
+        println!("ferrovisor: {vcpus} vCPUs on {} CPUs: time-sliced", cpus.len());
+    }
+    for &c in &cpus {
+        if c != crate::arch::aarch64::cpu::current() {
+            gic::send_sgi(crate::irq::SGI_PING, c);
+        }
+    }
+    (started, refused)
+}
