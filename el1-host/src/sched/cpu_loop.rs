@@ -26,6 +26,29 @@ pub fn request(vcpu: &Vcpu, bits: u32) {
     kick(vcpu);
 }
 
+/// Brings every vCPU of `vcpus` but `except` out of guest mode and waits
+/// until each is outside it (or has stopped for good): what a guest reset and
+/// a VMID roll-over need before they change what those vCPUs run with.
+/// `prepare` runs on each first (a reset powers them off); each then gets
+/// [`work::WORK_NOTIFY`], so its next pass through the run loop's `prepare`
+/// sees the change. The caller holds no RCU read guard, and reports
+/// quiescent states while it waits: a vCPU it waits for may itself be
+/// waiting for a grace period on its way out (docs/run-loop.md).
+pub fn pause_all<'a>(vcpus: impl Iterator<Item = &'a Vcpu> + Clone, except: Option<&Vcpu>, prepare: impl Fn(&Vcpu)) {
+    let others = vcpus.filter(|v| !except.is_some_and(|e| core::ptr::eq(*v, e)));
+    for v in others.clone() {
+        prepare(v);
+        request(v, super::work::WORK_NOTIFY);
+    }
+    let me = cpu::current();
+    for v in others {
+        while v.entry.mode() != super::work::Mode::Outside && !v.stopped.load(Ordering::Acquire) {
+            RCU.note_quiescent(me);
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// The run-loop state of the vCPU each CPU runs, for the tick handler.
 static CURRENT: [AtomicPtr<VcpuEntry>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 /// CPUs idling in [`cpu_main`] with nothing to run.

@@ -138,20 +138,8 @@ impl Runner<'_> {
     /// the deferred cache maintenance again), restart at the entry point.
     fn reset(&mut self) {
         let me = self.vcpu.index;
-        for v in self.vm.vcpus.iter().filter(|v| v.index != me) {
-            v.power.force_off();
-            crate::sched::request(v, work::WORK_NOTIFY);
-        }
-        // Wait until none is in guest mode any more: each sees it is off at its
-        // next pass through `prepare`.
-        let cpu = cpu::current();
-        for v in self.vm.vcpus.iter().filter(|v| v.index != me) {
-            while v.entry.mode() != work::Mode::Outside && !v.stopped.load(Ordering::Acquire) {
-                // No read-side section here: grace periods may go on.
-                RCU.note_quiescent(cpu);
-                core::hint::spin_loop();
-            }
-        }
+        // Each sees it is off at its next pass through `prepare`.
+        crate::sched::pause_all(self.vm.vcpus.iter(), Some(self.vcpu), |v| v.power.force_off());
         self.vm.reload();
         let (entry, dtb) = self.vm.boot_entry();
         let vm = self.vm;
@@ -262,15 +250,14 @@ fn sleep(vcpu: &Vcpu, runnable: impl FnOnce() -> bool, deadline: Option<u64>) ->
 fn force_all_out_and_flush() {
     let me = cpu::current();
     let guard = RCU.read_lock(me);
-    for vm in registry::list().read(&guard).iter() {
-        for v in vm.vcpus.iter().filter(|v| v.running_on.load(Ordering::Acquire) != me) {
-            crate::sched::kick(v);
-            while v.entry.mode() != work::Mode::Outside {
-                core::hint::spin_loop();
-            }
-        }
-    }
+    let vms: alloc::vec::Vec<Arc<Vm>> = registry::list().read(&guard).clone();
     drop(guard);
+    // The vCPU calling this is outside guest mode already (in `prepare`):
+    // its own request only makes it look again.
+    for vm in &vms {
+        crate::sched::pause_all(vm.vcpus.iter(), None, |_| {});
+    }
+    drop(vms);
     hyp::tlb_flush_all();
 }
 
