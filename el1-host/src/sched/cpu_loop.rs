@@ -9,11 +9,12 @@
 //! request wakes it, and so does its timer, through [`note_deadline`] and the
 //! schedulers' scan. Otherwise a blocked vCPU waits on its own CPU in `WFI`.
 
+use super::slot::Due;
 use crate::arch::aarch64::{cpu, timer};
 use crate::rcu::RCU;
 use crate::sched::work::{VcpuEntry, WORK_RESCHED};
 use crate::vcpu::run::Turn;
-use crate::vm::instance::{self, Vcpu, NOT_RUNNING};
+use crate::vm::instance::{self, Vcpu};
 use crate::vm::registry;
 use crate::{gic, irq, smp};
 use alloc::sync::Arc;
@@ -42,7 +43,7 @@ pub fn pause_all<'a>(vcpus: impl Iterator<Item = &'a Vcpu> + Clone, except: Opti
     }
     let me = cpu::current();
     for v in others {
-        while v.entry.mode() != super::work::Mode::Outside && !v.stopped.load(Ordering::Acquire) {
+        while v.entry.mode() != super::work::Mode::Outside && !v.slot.is_stopped() {
             RCU.note_quiescent(me);
             core::hint::spin_loop();
         }
@@ -109,12 +110,11 @@ pub fn account_tick() {
 pub fn kick(vcpu: &Vcpu) {
     core::sync::atomic::fence(Ordering::SeqCst);
     let me = cpu::current();
-    let on = vcpu.running_on.load(Ordering::Acquire);
-    if on != NOT_RUNNING && on != me {
+    if let Some(on) = vcpu.slot.running_on().filter(|&c| c != me) {
         gic::send_sgi(irq::SGI_PING, on);
     }
-    if vcpu.block.wake() {
-        wake_an_idle_cpu(vcpu.affinity);
+    if vcpu.slot.wake() {
+        wake_an_idle_cpu(vcpu.slot.affinity());
     }
 }
 
@@ -146,15 +146,8 @@ fn wake_due(vms: &[Arc<instance::Vm>], now: u64) {
     }
     NEXT_WAKE.store(u64::MAX, Ordering::Release);
     for v in vms.iter().flat_map(|vm| vm.vcpus.iter()) {
-        if !v.block.is_blocked() {
-            continue;
-        }
-        let at = v.wake_at.load(Ordering::Acquire);
-        if at <= now {
-            // Runnable again (unless a waker got there first): this scan, or
-            // the next CPU's, picks it up.
-            let _ = v.block.wake();
-        } else if at != u64::MAX {
+        // A woken vCPU is picked up by this scan or the next CPU's.
+        if let Due::At(at) = v.slot.wake_if_due(now) {
             note_deadline(at);
         }
     }
@@ -182,11 +175,7 @@ pub fn cpu_main() -> ! {
                     vm_i += 1;
                 }
                 let v = &vms[vm_i].vcpus[i];
-                if !v.stopped.load(Ordering::Acquire)
-                    && v.affinity.is_none_or(|c| c == me)
-                    && !v.block.is_blocked()
-                    && v.running_on.compare_exchange(NOT_RUNNING, me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-                {
+                if v.slot.try_claim(me) {
                     cursor = pos + 1;
                     found = Some((Arc::clone(&vms[vm_i]), i));
                     break;
@@ -197,10 +186,10 @@ pub fn cpu_main() -> ! {
         match next {
             Some((vm, index)) => {
                 let vcpu = &vm.vcpus[index];
-                vcpu.block.resume();
+                vcpu.slot.resume();
                 let turn = crate::vcpu::run::run(Arc::clone(&vm), index);
                 if turn != Turn::Stopped {
-                    vcpu.running_on.store(NOT_RUNNING, Ordering::Release);
+                    vcpu.slot.release();
                 }
             }
             None => {

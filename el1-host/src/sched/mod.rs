@@ -7,6 +7,7 @@
 //! vCPU's CPU, which ends its guest run or its wait.
 
 pub mod doorbell;
+pub mod slot;
 pub mod wakeup;
 pub mod work;
 

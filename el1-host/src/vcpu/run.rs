@@ -237,11 +237,7 @@ impl GuestVcpu for Runner<'_> {
 /// `deadline` is when a scheduler must wake it anyway (its timers). Returns
 /// true if the vCPU is to sleep.
 fn sleep(vcpu: &Vcpu, runnable: impl FnOnce() -> bool, deadline: Option<u64>) -> bool {
-    vcpu.wake_at.store(deadline.unwrap_or(u64::MAX), Ordering::Relaxed);
-    if let Some(d) = deadline {
-        crate::sched::note_deadline(d);
-    }
-    matches!(vcpu.block.block(runnable), crate::sched::wakeup::BlockDecision::Sleep)
+    vcpu.slot.sleep(deadline, crate::sched::note_deadline, runnable)
 }
 
 /// VMID roll-over: every vCPU of every VM leaves guest mode (a kick, then
@@ -287,7 +283,7 @@ pub fn run(vm: Arc<Vm>, index: usize) -> Turn {
     if !vm.ending() {
         vm.request_end(EndReason::Stopped(alloc::format!("vcpu {index} stopped")));
     }
-    vcpu.stopped.store(true, Ordering::Release);
+    vcpu.slot.stop();
     crate::sched::vcpu_gone();
     if vm.vcpu_stopped(vcpu) {
         registry::finish(vm);

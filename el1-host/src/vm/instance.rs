@@ -19,39 +19,28 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_PMU};
-
-/// [`Vcpu::running_on`] of a vCPU no CPU runs.
-pub const NOT_RUNNING: usize = usize::MAX;
 
 /// One virtual CPU of a VM.
 pub struct Vcpu {
     pub index: usize,
     pub mpidr: u64,
-    /// The physical CPU the vCPU is pinned to, if it is.
-    pub affinity: Option<usize>,
-    /// The CPU whose scheduler claimed it ([`NOT_RUNNING`]: none).
-    pub running_on: AtomicUsize,
-    /// Blocked (in WFI or powered off) with its CPU given away: the
-    /// schedulers skip it until a wake-up (`sched::wakeup`).
-    pub block: crate::sched::wakeup::BlockState,
-    /// Physical count by which a blocked vCPU must run again (its timers).
-    pub wake_at: AtomicU64,
+    /// Its claim, pinning, sleep and stop (`sched::slot`).
+    pub slot: crate::sched::slot::VcpuSlot,
     /// The levels of its timers' vGIC lines (`vcpu::timers`).
     pub ppi_lines: core::sync::atomic::AtomicU8,
     pub power: VcpuPower,
     /// Work bits, guest mode and run-loop counters (`sched::work`).
     pub entry: VcpuEntry,
     pub(crate) ctx: UnsafeCell<Box<VcpuContext>>,
-    pub stopped: AtomicBool,
     /// Its vPE's `pending_last` and doorbell count (GICv4 direct injection).
     pub doorbell: crate::sched::doorbell::VpeDoorbell,
 }
 
 // SAFETY: `ctx` is only touched by the one CPU that claimed the vCPU (the
-// claim is a CAS of `running_on`), or before any CPU has.
+// claim is a CAS in `VcpuSlot::try_claim`), or before any CPU has.
 unsafe impl Sync for Vcpu {}
 
 pub struct Vm {
@@ -188,15 +177,11 @@ impl Vm {
                 Vcpu {
                     index: i,
                     mpidr,
-                    affinity: pin.and_then(|p| p.get(i).copied()),
-                    running_on: AtomicUsize::new(NOT_RUNNING),
-                    block: crate::sched::wakeup::BlockState::new(),
-                    wake_at: AtomicU64::new(u64::MAX),
+                    slot: crate::sched::slot::VcpuSlot::new(pin.and_then(|p| p.get(i).copied())),
                     ppi_lines: core::sync::atomic::AtomicU8::new(0),
                     power: if i == 0 { VcpuPower::new_on() } else { VcpuPower::new_off() },
                     entry: VcpuEntry::new(),
                     ctx: UnsafeCell::new(Box::new(ctx)),
-                    stopped: AtomicBool::new(false),
                     doorbell: crate::sched::doorbell::VpeDoorbell::new(),
                 }
             })
