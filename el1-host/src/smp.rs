@@ -2,11 +2,14 @@
 //! el2 answers by releasing a CPU it has parked.
 
 use crate::arch::aarch64::{boot, cpu, timer};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sched::work::VcpuEntry;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use ferrovisor_shared::boot::{BootInfo, CpuState, MAX_CPUS};
 use smccc::Hvc;
 
-/// What each CPU keeps about itself.
+/// What each CPU keeps about itself (one struct per CPU, as KVM's
+/// `kvm_host_data`): other CPUs read some of it (`online`, `idle`), the rest
+/// only its own CPU touches.
 pub struct PerCpu {
     pub online: AtomicBool,
     pub mpidr: AtomicU64,
@@ -14,6 +17,11 @@ pub struct PerCpu {
     pub ticks: AtomicU64,
     /// `SGI_PING`s received.
     pub sgis: AtomicU64,
+    /// The run-loop state of the vCPU this CPU runs, for the tick handler
+    /// (`sched::cpu_loop`).
+    pub current_vcpu: AtomicPtr<VcpuEntry>,
+    /// Idling in the scheduler with nothing to run: a waker sends it an SGI.
+    pub idle: AtomicBool,
 }
 
 impl PerCpu {
@@ -23,6 +31,8 @@ impl PerCpu {
             mpidr: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             sgis: AtomicU64::new(0),
+            current_vcpu: AtomicPtr::new(core::ptr::null_mut()),
+            idle: AtomicBool::new(false),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::vm::instance::{self, Vcpu};
 use crate::vm::registry;
 use crate::{gic, irq, smp};
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 
 /// Sets `bits` in the vCPU's work word (release) and kicks it.
@@ -50,10 +50,6 @@ pub fn pause_all<'a>(vcpus: impl Iterator<Item = &'a Vcpu> + Clone, except: Opti
     }
 }
 
-/// The run-loop state of the vCPU each CPU runs, for the tick handler.
-static CURRENT: [AtomicPtr<VcpuEntry>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
-/// CPUs idling in [`cpu_main`] with nothing to run.
-static IDLE: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 /// vCPUs that have not stopped, across all VMs.
 static LIVE_VCPUS: AtomicUsize = AtomicUsize::new(0);
 /// The earliest deadline of a sleeping vCPU's timers (physical count).
@@ -62,7 +58,7 @@ static NEXT_WAKE: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Records which vCPU this CPU runs (`None`: none).
 pub fn set_current(entry: Option<&VcpuEntry>) {
     let p = entry.map_or(core::ptr::null_mut(), |e| e as *const VcpuEntry as *mut VcpuEntry);
-    CURRENT[cpu::current() % MAX_CPUS].store(p, Ordering::Release);
+    smp::this_cpu().current_vcpu.store(p, Ordering::Release);
 }
 
 /// `n` vCPUs join the schedulers' lists.
@@ -89,7 +85,7 @@ pub fn note_deadline(deadline: u64) {
 /// From the tick handler: counts the tick as guest time if this CPU's vCPU
 /// is in its guest-time window, and ends its time slice when others wait.
 pub fn account_tick() {
-    let p = CURRENT[cpu::current() % MAX_CPUS].load(Ordering::Acquire);
+    let p = smp::this_cpu().current_vcpu.load(Ordering::Acquire);
     // SAFETY: set by `set_current` from the vCPU's own loop on this CPU, which
     // clears it before the vCPU (and its VM) can go away; the tick runs on
     // the same CPU with that loop interrupted.
@@ -122,7 +118,7 @@ fn wake_an_idle_cpu(affinity: Option<usize>) {
     let me = cpu::current();
     let target = match affinity {
         Some(c) => Some(c),
-        None => (0..MAX_CPUS).find(|&c| IDLE[c].load(Ordering::Acquire)),
+        None => (0..MAX_CPUS).find(|&c| smp::CPUS[c].idle.load(Ordering::Acquire)),
     };
     if let Some(c) = target.filter(|&c| c != me && c < MAX_CPUS) {
         gic::send_sgi(irq::SGI_PING, c);
@@ -195,13 +191,13 @@ pub fn cpu_main() -> ! {
             None => {
                 RCU.note_quiescent(me);
                 cpu::irq_disable();
-                IDLE[me % MAX_CPUS].store(true, Ordering::SeqCst);
+                smp::CPUS[me % MAX_CPUS].idle.store(true, Ordering::SeqCst);
                 let deadline = NEXT_WAKE.load(Ordering::Acquire);
                 if deadline != u64::MAX {
                     timer::arm_no_later_than(deadline);
                 }
                 idle_wait();
-                IDLE[me % MAX_CPUS].store(false, Ordering::Relaxed);
+                smp::CPUS[me % MAX_CPUS].idle.store(false, Ordering::Relaxed);
                 cpu::irq_enable();
             }
         }
