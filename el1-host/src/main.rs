@@ -113,8 +113,8 @@ mod host {
         cpu::set_current(index);
         // The guests' virtual timer is off until one runs here.
         timer::vtimer_off();
-        let mut ppis = [irq::SGI_PING, irq::timer_intid(), irq::vtimer_intid(), gic::maintenance_intid(), 0];
-        let n = match irq::pmu_intid() {
+        let mut ppis = [irq::ids::SGI_PING, irq::ids::timer_intid(), irq::ids::vtimer_intid(), gic::maintenance_intid(), 0];
+        let n = match irq::ids::pmu_intid() {
             Some(p) => {
                 ppis[4] = p;
                 5
@@ -122,7 +122,7 @@ mod host {
             None => 4,
         };
         gic::init_cpu(index, &ppis[..n]);
-        timer::arm_in_us(irq::TICK_US);
+        timer::arm_in_us(irq::ids::TICK_US);
         smp::mark_online();
         cpu::irq_enable();
     }
@@ -179,13 +179,13 @@ mod host {
 
     fn init_interrupts(board: &Board, info: &BootInfo) -> gic::Version {
         if let Some(t) = board.timer() {
-            irq::set_timer_intid(t.nonsecure_phys);
-            irq::set_vtimer_intid(t.virt);
+            irq::ids::set_timer_intid(t.nonsecure_phys);
+            irq::ids::set_vtimer_intid(t.virt);
         }
         // A PMU interrupt that is a PPI (QEMU virt: INTID 23) is linked to the
         // guests'; the Pi 4's are SPIs, one per CPU, which guests do without.
-        if crate::vcpu::pmu::host_has_pmuv3() {
-            irq::set_pmu_intid(board.pmu_intid());
+        if crate::arch::aarch64::cpu::has_pmuv3() {
+            irq::ids::set_pmu_intid(board.pmu_intid());
         }
         let Some(desc) = board.gic() else { board::fail("the device tree has no GIC this host drives") };
         let mut mpidrs = [0u64; MAX_CPUS];

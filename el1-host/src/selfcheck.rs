@@ -19,7 +19,7 @@ pub fn run(info: &BootInfo, lpis: bool) -> bool {
         core::array::from_fn(|i| CPUS[i].ticks.load(Ordering::Relaxed));
     for (cpu, c) in CPUS.iter().enumerate().take(count) {
         if c.online.load(Ordering::Acquire) {
-            gic::send_sgi(irq::SGI_PING, cpu);
+            gic::send_sgi(irq::ids::SGI_PING, cpu);
         }
     }
     let sgi_ok = |i: usize| CPUS[i].sgis.load(Ordering::Relaxed) > start_sgis[i];

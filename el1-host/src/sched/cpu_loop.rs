@@ -107,7 +107,7 @@ pub fn kick(vcpu: &Vcpu) {
     core::sync::atomic::fence(Ordering::SeqCst);
     let me = cpu::current();
     if let Some(on) = vcpu.slot.running_on().filter(|&c| c != me) {
-        gic::send_sgi(irq::SGI_PING, on);
+        gic::send_sgi(irq::ids::SGI_PING, on);
     }
     if vcpu.slot.wake() {
         wake_an_idle_cpu(vcpu.slot.affinity());
@@ -121,7 +121,7 @@ fn wake_an_idle_cpu(affinity: Option<usize>) {
         None => (0..MAX_CPUS).find(|&c| smp::CPUS[c].idle.load(Ordering::Acquire)),
     };
     if let Some(c) = target.filter(|&c| c != me && c < MAX_CPUS) {
-        gic::send_sgi(irq::SGI_PING, c);
+        gic::send_sgi(irq::ids::SGI_PING, c);
     }
 }
 

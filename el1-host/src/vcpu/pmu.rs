@@ -11,7 +11,6 @@
 use super::linked::LinkedPpi;
 use super::timers::PMU_LINE;
 use crate::vm::instance::{Vcpu, Vm};
-use aarch64_cpu::registers::{Readable, ID_AA64DFR0_EL1};
 use core::sync::atomic::Ordering;
 use ferrovisor_shared::vcpu::VcpuContext;
 
@@ -19,13 +18,6 @@ use ferrovisor_shared::vcpu::VcpuContext;
 pub const GUEST_PMU_INTID: u32 = 16 + crate::vm::fdt::PMU_PPI;
 
 static PHYS: LinkedPpi = LinkedPpi::new();
-
-/// Whether this CPU has a PMUv3 el2 can give guests (`PMUVer` neither 0
-/// nor IMPLEMENTATION DEFINED).
-pub fn host_has_pmuv3() -> bool {
-    let v = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
-    v != 0 && v != 0xf
-}
 
 /// From the IRQ handler: the PMU's PPI fired while a guest ran; the host
 /// acknowledged it and leaves it active for the guest to deactivate.
@@ -36,7 +28,7 @@ pub fn physical_fired() {
 /// At VM creation: hardware-links each vCPU's PMU interrupt where the
 /// board's is a known PPI.
 pub fn link(vm: &Vm) {
-    if let Some(p) = crate::irq::pmu_intid() {
+    if let Some(p) = crate::irq::ids::pmu_intid() {
         for i in 0..vm.vcpus.len() {
             vm.vgic.set_hw(i, GUEST_PMU_INTID, Some(p));
         }
@@ -69,7 +61,7 @@ pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
     if ctx.pmu.active == 0 {
         return;
     }
-    if let Some(p) = crate::irq::pmu_intid() {
+    if let Some(p) = crate::irq::ids::pmu_intid() {
         let line = vcpu.ppi_lines.load(Ordering::Relaxed) & PMU_LINE != 0;
         PHYS.load(vm, vcpu, GUEST_PMU_INTID, || p, line);
     }

@@ -176,7 +176,7 @@ impl GuestVcpu for Runner<'_> {
             }
         }
         self.vm.perform_pending_cmo();
-        let refresh = registry::vmids().refresh(&self.vm.vmid, force_all_out_and_flush);
+        let refresh = crate::vm::vmid::vmids().refresh(&self.vm.vmid, force_all_out_and_flush);
         let (vm, vcpu) = (self.vm, self.vcpu);
         let ctx = self.ctx();
         ctx.config.vmid = refresh.vmid.into();
@@ -193,7 +193,7 @@ impl GuestVcpu for Runner<'_> {
     }
 
     fn requests_pending(&self) -> bool {
-        self.vcpu.power.is_off() || self.vm.cmo.is_pending() || !registry::vmids().is_current(&self.vm.vmid)
+        self.vcpu.power.is_off() || self.vm.cmo.is_pending() || !crate::vm::vmid::vmids().is_current(&self.vm.vmid)
     }
 
     fn enter(&mut self) -> Self::Exit {

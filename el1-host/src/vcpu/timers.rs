@@ -78,7 +78,7 @@ pub fn physical_fired() {
 /// deactivation deactivates the physical interrupt, with no exit.
 pub fn link(vm: &Vm) {
     for i in 0..vm.vcpus.len() {
-        vm.vgic.set_hw(i, GUEST_VTIMER_INTID, Some(crate::irq::vtimer_intid()));
+        vm.vgic.set_hw(i, GUEST_VTIMER_INTID, Some(crate::irq::ids::vtimer_intid()));
     }
 }
 
@@ -86,5 +86,5 @@ pub fn link(vm: &Vm) {
 /// while this vCPU's virtual timer interrupt is pending or active.
 pub fn load(vm: &Vm, vcpu: &Vcpu) {
     let line = vcpu.ppi_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
-    VTIMER.load(vm, vcpu, GUEST_VTIMER_INTID, crate::irq::vtimer_intid, line);
+    VTIMER.load(vm, vcpu, GUEST_VTIMER_INTID, crate::irq::ids::vtimer_intid, line);
 }

@@ -145,7 +145,7 @@ impl Vm {
             }
         };
         let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));
-        let pmu = crate::vcpu::pmu::host_has_pmuv3();
+        let pmu = crate::arch::aarch64::cpu::has_pmuv3();
         let dt = fdt::GuestDt {
             name: &spec.name,
             ram_base: ram.ipa,
@@ -209,8 +209,6 @@ impl Vm {
             boot: BootImages { kernel: spec.kernel.clone(), initrd: spec.initrd.clone(), dtb, layout },
             cntvoff,
         };
-        crate::vcpu::timers::link(&vm);
-        crate::vcpu::pmu::link(&vm);
         vm.populate(true);
         Ok(vm)
     }
@@ -459,7 +457,7 @@ impl Drop for Vm {
         if let Some(stage2) = self.stage2.get_mut().take() {
             stage2.destroy(self.vmid.vmid(), &El2Tlb);
         }
-        super::registry::vmids().release(&self.vmid, hyp::tlb_flush_vmid);
+        vmid::vmids().release(&self.vmid, hyp::tlb_flush_vmid);
         // The RAM goes back to the allocator when the field drops, after
         // stage 2 no longer maps it.
     }

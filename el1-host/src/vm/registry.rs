@@ -20,8 +20,6 @@ use alloc::vec::Vec;
 use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::dt::Board;
 
-/// The VMID allocator (width set at [`init`]).
-static VMIDS: spin::Once<vmid::Vmids> = spin::Once::new();
 /// Every running VM.
 static VMS: spin::Once<RcuCell<Vec<Arc<Vm>>>> = spin::Once::new();
 /// Writers of [`VMS`] serialise here.
@@ -33,13 +31,9 @@ static TALLY: Tally = Tally::new();
 /// doorbells' way to a vCPU.
 pub fn init() {
     let bits = vmid::bits_from_mmfr1(crate::arch::aarch64::cpu::id_aa64mmfr1());
-    VMIDS.call_once(|| vmid::Vmids::new(bits));
+    vmid::init(bits);
     VMS.call_once(|| RcuCell::new(Box::new(Vec::new())));
     gic::vlpi::set_doorbell_handler(ring_doorbell);
-}
-
-pub fn vmids() -> &'static vmid::Vmids {
-    VMIDS.get().expect("vm::registry::init ran")
 }
 
 /// The VM list, for a reader holding an RCU read guard.
@@ -195,6 +189,9 @@ fn create_all(board: &Board, gic: gic::Version) -> (usize, usize) {
         let pin: Option<Vec<usize>> = spec.pinned.then(|| (0..n).map(|i| cpus[(vcpus + i) % cpus.len()]).collect());
         match Vm::create(id, &spec, pin.as_deref(), gicv3, its) {
             Ok(v) => {
+                // Hardware-linked PPIs (docs/interrupts.md), before any vCPU runs.
+                crate::vcpu::timers::link(&v);
+                crate::vcpu::pmu::link(&v);
                 let placement = match &pin {
                     Some(p) => alloc::format!("pinned to CPUs {p:?}"),
                     None => String::from("on any CPU"),
@@ -223,7 +220,7 @@ fn create_all(board: &Board, gic: gic::Version) -> (usize, usize) {
     }
     for &c in &cpus {
         if c != crate::arch::aarch64::cpu::current() {
-            gic::send_sgi(crate::irq::SGI_PING, c);
+            gic::send_sgi(crate::irq::ids::SGI_PING, c);
         }
     }
     (started, refused)

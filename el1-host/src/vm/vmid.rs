@@ -265,6 +265,22 @@ impl Vmids {
     }
 }
 
+/// The host's allocator, its width set once at start-up.
+#[cfg(target_os = "none")]
+static HOST: spin::Once<Vmids> = spin::Once::new();
+
+/// Sets the host's allocator up with `bits`-wide VMIDs.
+#[cfg(target_os = "none")]
+pub fn init(bits: u8) {
+    HOST.call_once(|| Vmids::new(bits));
+}
+
+/// The host's allocator.
+#[cfg(target_os = "none")]
+pub fn vmids() -> &'static Vmids {
+    HOST.get().expect("vm::vmid::init ran")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,14 @@ pub fn id_aa64mmfr1() -> u64 {
     aarch64_cpu::registers::ID_AA64MMFR1_EL1.get()
 }
 
+/// Whether this CPU has a PMUv3 el2 can give guests (`ID_AA64DFR0_EL1.PMUVer`
+/// neither 0 nor IMPLEMENTATION DEFINED).
+pub fn has_pmuv3() -> bool {
+    use aarch64_cpu::registers::{Readable, ID_AA64DFR0_EL1};
+    let v = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
+    v != 0 && v != 0xf
+}
+
 /// The virtual counter (`CNTVCT_EL0`); with `CNTVOFF_EL2` zero while the host
 /// runs, it equals the physical count.
 pub fn virtual_count() -> u64 {

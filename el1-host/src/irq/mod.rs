@@ -1,54 +1,17 @@
 //! Interrupt dispatch on the host: acknowledge, handle, end, until nothing is
-//! pending.
+//! pending. The INTIDs it dispatches on are in [`ids`].
 
 use crate::arch::aarch64::timer;
 use crate::{gic, smp};
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::Ordering;
 
-/// SGI the self-check (and later the kick protocol) sends between CPUs.
-pub const SGI_PING: u32 = 1;
-/// The host's tick.
-pub const TICK_US: u64 = 10_000;
+pub mod ids;
+use ids::*;
+
 /// INTIDs at or above this are special (spurious and friends).
 const SPECIAL_INTID: u32 = 1020;
 /// The first LPI.
 const LPI_BASE: u32 = 8192;
-
-/// The non-secure EL1 physical timer's INTID (PPI 14 unless the device tree
-/// says otherwise).
-static TIMER_INTID: AtomicU32 = AtomicU32::new(30);
-
-pub fn set_timer_intid(intid: u32) {
-    TIMER_INTID.store(intid, Ordering::Relaxed);
-}
-
-pub fn timer_intid() -> u32 {
-    TIMER_INTID.load(Ordering::Relaxed)
-}
-
-/// The virtual timer's INTID (PPI 11 unless the device tree says otherwise):
-/// guests own that timer; its interrupt only makes them exit.
-static VTIMER_INTID: AtomicU32 = AtomicU32::new(27);
-
-pub fn set_vtimer_intid(intid: u32) {
-    VTIMER_INTID.store(intid, Ordering::Relaxed);
-}
-
-pub fn vtimer_intid() -> u32 {
-    VTIMER_INTID.load(Ordering::Relaxed)
-}
-
-/// The PMU overflow interrupt when it is a PPI the host knows (QEMU virt's
-/// INTID 23), 0 otherwise: guests' PMU interrupts are linked to it.
-static PMU_INTID: AtomicU32 = AtomicU32::new(0);
-
-pub fn set_pmu_intid(intid: Option<u32>) {
-    PMU_INTID.store(intid.filter(|i| (16..32).contains(i)).unwrap_or(0), Ordering::Relaxed);
-}
-
-pub fn pmu_intid() -> Option<u32> {
-    Some(PMU_INTID.load(Ordering::Relaxed)).filter(|&i| i != 0)
-}
 
 /// Called from the IRQ vector with IRQs masked.
 pub fn handle() {
