@@ -37,7 +37,7 @@ mod smp;
 #[cfg(target_os = "none")]
 mod host {
     use crate::arch::aarch64::{cpu, mmu, timer};
-    use crate::{board, bootargs, console, gic, irq, mm, println, sched, selfcheck, smp, vm};
+    use crate::{board, bootargs, console, gic, irq::ids, mm, println, sched, selfcheck, smp, vm};
     use alloc::string::String;
     use ferrovisor_shared::boot::{BootInfo, BOOT_INFO_MAGIC, MAX_CPUS};
     use ferrovisor_shared::dt::{Board, BoardKind, MemRegion};
@@ -113,8 +113,8 @@ mod host {
         cpu::set_current(index);
         // The guests' virtual timer is off until one runs here.
         timer::vtimer_off();
-        let mut ppis = [irq::ids::SGI_PING, irq::ids::timer_intid(), irq::ids::vtimer_intid(), gic::maintenance_intid(), 0];
-        let n = match irq::ids::pmu_intid() {
+        let mut ppis = [ids::SGI_PING, ids::timer_intid(), ids::vtimer_intid(), gic::maintenance_intid(), 0];
+        let n = match ids::pmu_intid() {
             Some(p) => {
                 ppis[4] = p;
                 5
@@ -122,7 +122,7 @@ mod host {
             None => 4,
         };
         gic::init_cpu(index, &ppis[..n]);
-        timer::arm_in_us(irq::ids::TICK_US);
+        timer::arm_in_us(ids::TICK_US);
         smp::mark_online();
         cpu::irq_enable();
     }
@@ -179,13 +179,13 @@ mod host {
 
     fn init_interrupts(board: &Board, info: &BootInfo) -> gic::Version {
         if let Some(t) = board.timer() {
-            irq::ids::set_timer_intid(t.nonsecure_phys);
-            irq::ids::set_vtimer_intid(t.virt);
+            ids::set_timer_intid(t.nonsecure_phys);
+            ids::set_vtimer_intid(t.virt);
         }
         // A PMU interrupt that is a PPI (QEMU virt: INTID 23) is linked to the
         // guests'; the Pi 4's are SPIs, one per CPU, which guests do without.
         if crate::arch::aarch64::cpu::has_pmuv3() {
-            irq::ids::set_pmu_intid(board.pmu_intid());
+            ids::set_pmu_intid(board.pmu_intid());
         }
         let Some(desc) = board.gic() else { board::fail("the device tree has no GIC this host drives") };
         let mut mpidrs = [0u64; MAX_CPUS];

@@ -4,7 +4,7 @@
 
 use crate::arch::aarch64::timer;
 use crate::smp::CPUS;
-use crate::{gic, irq, println};
+use crate::{gic, irq::ids, println};
 use core::sync::atomic::Ordering;
 use ferrovisor_shared::boot::BootInfo;
 
@@ -19,7 +19,7 @@ pub fn run(info: &BootInfo, lpis: bool) -> bool {
         core::array::from_fn(|i| CPUS[i].ticks.load(Ordering::Relaxed));
     for (cpu, c) in CPUS.iter().enumerate().take(count) {
         if c.online.load(Ordering::Acquire) {
-            gic::send_sgi(irq::ids::SGI_PING, cpu);
+            gic::send_sgi(ids::SGI_PING, cpu);
         }
     }
     let sgi_ok = |i: usize| CPUS[i].sgis.load(Ordering::Relaxed) > start_sgis[i];

@@ -14,4 +14,8 @@ pub mod work;
 #[cfg(target_os = "none")]
 mod cpu_loop;
 #[cfg(target_os = "none")]
-pub use cpu_loop::*;
+pub use cpu_loop::cpu_main;
+#[cfg(target_os = "none")]
+mod cpus;
+#[cfg(target_os = "none")]
+pub use cpus::*;

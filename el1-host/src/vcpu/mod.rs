@@ -11,6 +11,8 @@ pub mod pmu;
 pub mod psci;
 #[cfg(target_os = "none")]
 pub mod run;
+#[cfg(target_os = "none")]
+pub mod state;
 pub mod sysreg;
 #[cfg(target_os = "none")]
 pub mod timers;

@@ -23,25 +23,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_PMU};
 
-/// One virtual CPU of a VM.
-pub struct Vcpu {
-    pub index: usize,
-    pub mpidr: u64,
-    /// Its claim, pinning, sleep and stop (`sched::slot`).
-    pub slot: crate::sched::slot::VcpuSlot,
-    /// The levels of its timers' vGIC lines (`vcpu::timers`).
-    pub ppi_lines: core::sync::atomic::AtomicU8,
-    pub power: VcpuPower,
-    /// Work bits, guest mode and run-loop counters (`sched::work`).
-    pub entry: VcpuEntry,
-    pub(crate) ctx: UnsafeCell<Box<VcpuContext>>,
-    /// Its vPE's `pending_last` and doorbell count (GICv4 direct injection).
-    pub doorbell: crate::sched::doorbell::VpeDoorbell,
-}
-
-// SAFETY: `ctx` is only touched by the one CPU that claimed the vCPU (the
-// claim is a CAS in `VcpuSlot::try_claim`), or before any CPU has.
-unsafe impl Sync for Vcpu {}
+pub use crate::vcpu::state::Vcpu;
 
 pub struct Vm {
     pub id: usize,
