@@ -8,6 +8,8 @@ mod dtb;
 mod guestcfg;
 mod guests;
 mod guesttest;
+#[cfg(test)]
+mod imports;
 mod linux;
 mod pack;
 mod qemu;
