@@ -842,7 +842,7 @@ mod tests {
             canary: core::cell::Cell<u64>,
             serial: u64,
         }
-        // SAFETY (test): the canary is written only by Drop, which runs after
+        // SAFETY: (test) the canary is written only by Drop, which runs after
         // a grace period, when no reader holds the value; it exists to catch
         // exactly the case where that is wrong.
         unsafe impl Sync for Val {}

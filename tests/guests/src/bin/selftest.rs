@@ -90,10 +90,11 @@ mod guest {
     }
 
     fn vectors_kernel(_: &Env) {
-        // SAFETY (all three): the instruction traps to our vectors, which
-        // record it and resume after it; nothing else is touched.
         let (at, e) = catch(|| {
             let at: u64;
+            // SAFETY: the instruction traps to our vectors, which record it
+            // and resume after it; nothing else is touched (so for the two
+            // below).
             unsafe { asm!("adr {at}, 2f", "2: udf #0", at = out(reg) at) };
             at
         });
@@ -101,6 +102,7 @@ mod guest {
 
         let (at, e) = catch(|| {
             let at: u64;
+            // SAFETY: as for the udf.
             unsafe { asm!("adr {at}, 2f", "2: brk #0x1", at = out(reg) at) };
             at
         });
@@ -111,6 +113,7 @@ mod guest {
 
         let (at, e) = catch(|| {
             let at: u64;
+            // SAFETY: as for the udf.
             unsafe { asm!("adr {at}, 2f", "2: svc #0", at = out(reg) at) };
             at
         });
