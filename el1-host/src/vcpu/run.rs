@@ -246,7 +246,7 @@ fn sleep(vcpu: &Vcpu, runnable: impl FnOnce() -> bool, deadline: Option<u64>) ->
 fn force_all_out_and_flush() {
     let me = cpu::current();
     let guard = RCU.read_lock(me);
-    let vms: alloc::vec::Vec<Arc<Vm>> = registry::list().read(&guard).clone();
+    let vms: alloc::vec::Vec<Arc<Vm>> = registry::list().read(&guard).to_vec();
     drop(guard);
     // The vCPU calling this is outside guest mode already (in `prepare`):
     // its own request only makes it look again.

@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod cmo;
 pub mod config;
 pub mod fdt;
+pub mod list;
 #[cfg(target_os = "none")]
 pub mod instance;
 pub mod loader;

@@ -2,18 +2,16 @@
 //! under RCU (publish, lookup, finish), the VMID allocator, and the tally of
 //! verdicts that powers the board off after the last VM.
 //!
-//! Writers of the list serialise on one lock, but never wait for a grace
-//! period while holding it: a CPU spinning for the lock (another VM's
-//! `finish`) reports quiescent states while it spins, and the holder must
-//! not wait for that CPU while it waits for the holder (docs/run-loop.md).
+//! The list's protocol (one writers' lock, never held while waiting for a
+//! grace period) is `vm::list`'s, tested there.
 
 use super::instance::Vm;
+use super::list::{Listed, VmList};
 use super::outcome::Tally;
 use super::vmid;
 use crate::gic;
-use crate::rcu::{RcuCell, RCU};
+use crate::rcu::RCU;
 use crate::{println, smp};
-use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -21,9 +19,7 @@ use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::dt::Board;
 
 /// Every running VM.
-static VMS: spin::Once<RcuCell<Vec<Arc<Vm>>>> = spin::Once::new();
-/// Writers of [`VMS`] serialise here.
-static VMS_WRITE: spin::Mutex<()> = spin::Mutex::new(());
+static VMS: spin::Once<VmList<Vm>> = spin::Once::new();
 /// Verdicts of the VMs that ended, and how many are still to end.
 static TALLY: Tally = Tally::new();
 
@@ -32,12 +28,12 @@ static TALLY: Tally = Tally::new();
 pub fn init() {
     let bits = vmid::bits_from_mmfr1(crate::arch::aarch64::cpu::id_aa64mmfr1());
     vmid::init(bits);
-    VMS.call_once(|| RcuCell::new(Box::new(Vec::new())));
+    VMS.call_once(VmList::new);
     gic::vlpi::set_doorbell_handler(ring_doorbell);
 }
 
 /// The VM list, for a reader holding an RCU read guard.
-pub fn list() -> &'static RcuCell<Vec<Arc<Vm>>> {
+pub fn list() -> &'static VmList<Vm> {
     VMS.get().expect("vm::registry::init ran")
 }
 
@@ -47,40 +43,16 @@ pub fn list() -> &'static RcuCell<Vec<Arc<Vm>>> {
 /// interrupt came in on (docs/interrupts.md). Called from the IRQ handler.
 fn ring_doorbell(vm_id: usize, vcpu: usize) {
     let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
-    if let Some(v) = list().read(&guard).iter().find(|vm| vm.id == vm_id).and_then(|vm| vm.vcpus.get(vcpu)) {
+    if let Some(v) = list().find(&guard, vm_id).and_then(|vm| vm.vcpus.get(vcpu)) {
         v.doorbell.ring(v.entry.requests(), || crate::sched::kick(v));
-    }
-}
-
-/// The VM list's writers' lock. A CPU waiting for it holds no RCU-protected
-/// reference, so it reports quiescent states meanwhile: the holder may be
-/// waiting for a grace period.
-fn lock_vms_write() -> spin::MutexGuard<'static, ()> {
-    let me = crate::arch::aarch64::cpu::current();
-    loop {
-        if let Some(guard) = VMS_WRITE.try_lock() {
-            return guard;
-        }
-        RCU.note_quiescent(me);
-        core::hint::spin_loop();
     }
 }
 
 /// Adds a VM to the list.
 pub fn publish(vm: Arc<Vm>) {
-    let w = lock_vms_write();
-    let guard = RCU.read_lock(crate::arch::aarch64::cpu::current());
-    let mut next = list().read(&guard).clone();
-    drop(guard);
     crate::sched::vcpus_added(vm.vcpus.len());
-    next.push(vm);
     TALLY.hold();
-    let old = list().replace(Box::new(next));
-    // Not under the writers' lock: a CPU spinning for it (a VM's `finish`)
-    // reports no quiescent state, so this grace period would wait for it
-    // while it waits for us.
-    drop(w);
-    old.free_after(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop);
+    list().publish(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop, vm);
 }
 
 /// The last vCPU of `vm` stopped: report, take it off the list, wait for a
@@ -89,22 +61,18 @@ pub fn publish(vm: Arc<Vm>) {
 pub fn finish(vm: Arc<Vm>) {
     let me = crate::arch::aarch64::cpu::current();
     let verdict = vm.report_end();
-    {
-        let w = lock_vms_write();
-        let guard = RCU.read_lock(me);
-        let next: Vec<Arc<Vm>> = list().read(&guard).iter().filter(|v| v.id != vm.id).cloned().collect();
-        drop(guard);
-        let old = list().replace(Box::new(next));
-        // The grace period is waited for without the writers' lock (see
-        // `publish`).
-        drop(w);
-        let before = RCU.grace_periods();
-        old.free_after(&RCU, me, core::hint::spin_loop);
-        log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
-    }
+    let before = RCU.grace_periods();
+    list().remove(&RCU, me, core::hint::spin_loop, vm.id);
+    log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
     drop(vm);
     if let Some(status) = TALLY.ended(verdict) {
         power_off(status);
+    }
+}
+
+impl Listed for Vm {
+    fn id(&self) -> usize {
+        self.id
     }
 }
 
