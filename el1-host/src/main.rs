@@ -3,8 +3,10 @@
 //! el2 enters it on the boot CPU with the device tree and a [`BootInfo`]. The
 //! host reads the board from the device tree, turns its MMU on, brings up its
 //! console, memory, GIC and timer, starts the other CPUs through PSCI, prints
-//! the banner, checks that every CPU takes an SGI and a timer tick, and (for
-//! now, with no guests yet) powers off with the result.
+//! the banner, checks that every CPU takes an SGI and a timer tick (and, with
+//! an ITS, an LPI), starts the VMs (`vm::registry`) and runs every CPU's
+//! scheduler; the board powers off when the last VM has ended, or at once if
+//! the self-check fails or no VM starts (docs/split.md §5, docs/guests.md §8).
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 // On the development host the binary exists only for its unit tests.

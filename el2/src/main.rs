@@ -2,7 +2,8 @@
 //!
 //! It owns the exception vectors at EL2, its own stage-1 page tables, the trap
 //! configuration, CPU bring-up and the PSCI interface it offers the host.
-//! It never allocates and never blocks; see `DESIGN.md` §1.
+//! It never allocates, never blocks and reads no host data structure but the
+//! vCPU context it is handed (docs/split.md §2, §3).
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 // On the development host the binary exists only for its unit tests.

@@ -1,4 +1,4 @@
-//! The GIC virtual CPU interface at world switch (DESIGN §1, §3): the list
+//! The GIC virtual CPU interface at world switch (docs/interrupts.md §4): the list
 //! registers, `HCR`, `VMCR` and active-priority registers the host's vGIC
 //! filled in the vCPU context go into the hardware at entry and come back at
 //! exit. GICv3 has them as `ICH_*_EL2` system registers; GICv2 (GIC-400) as

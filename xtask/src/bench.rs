@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: boots the `micro-bench` test guest several times, as a
 //! VM under the hypervisor or (`--bare`) alone on QEMU, with `-icount
-//! shift=0,sleep=off` so the guest's counter counts instructions (DESIGN §6),
+//! shift=0,sleep=off` so the guest's counter counts instructions (docs/measuring.md §1),
 //! and prints each operation's cost over the runs. Nothing here judges the
 //! figures: a run fails only when the guest or the hypervisor does.
 
@@ -23,7 +23,7 @@ the least and greatest (with their spread around the median), the runs. With
 
 Every run must print every operation: hvc, mmio_read_user, mmio_read_vgic,
 eoi, ipi and timer (the receiver in WFI), ipi_busy and timer_busy (the
-receiver busy-waiting, as kvm-unit-tests and DESIGN §6 define them), and with
+receiver busy-waiting, as kvm-unit-tests' micro-bench defines them), and with
 GICv3 and GICv4 lpi.
 
   --runs N     boot it N times (default: 5)

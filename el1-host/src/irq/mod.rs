@@ -18,7 +18,7 @@ pub fn handle() {
     let cpu = crate::arch::aarch64::cpu::current();
     if !crate::rcu::RCU.irq_entry_check(cpu) {
         // An IRQ taken in an extended quiescent state: RCU is not watching
-        // this CPU, so nothing below may read RCU-protected data (seed 001).
+        // this CPU, so nothing below may read RCU-protected data (docs/run-loop.md §5).
         debug_assert!(false, "cpu{cpu}: IRQ taken in an RCU extended quiescent state");
     }
     while let Some(ack) = gic::acknowledge() {

@@ -1,5 +1,5 @@
 //! A small RCU (read-copy-update) for the host's CPUs, with extended quiescent
-//! states for CPUs that run a guest or idle (DESIGN §2, seed 001).
+//! states for CPUs that run a guest or idle (docs/run-loop.md §5, §6).
 //!
 //! # Model
 //!
@@ -290,7 +290,7 @@ impl Rcu {
 
     /// Called by the IRQ entry path of `cpu`. Returns `false`, and counts it,
     /// if the CPU is in EQS: an IRQ handler would run unwatched by RCU, which
-    /// the entry discipline (DESIGN §2) rules out. The caller panics on `false`
+    /// the entry discipline (docs/run-loop.md §5) rules out. The caller panics on `false`
     /// in debug builds.
     ///
     /// # Panics

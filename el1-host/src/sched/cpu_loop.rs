@@ -4,7 +4,7 @@
 //!
 //! A vCPU is claimed by one CPU at a time (a CAS). While there are more live
 //! vCPUs than CPUs, each tick raises `WORK_RESCHED` on the vCPU the CPU runs,
-//! which its run loop honours at the seed-000 pending-work check, and a vCPU
+//! which its run loop honours at the pending-work check (docs/run-loop.md §2, §9), and a vCPU
 //! in WFI (or powered off) gives its CPU away and sleeps (`wakeup`); a
 //! request wakes it, and so does its timer, through [`note_deadline`] and the
 //! schedulers' scan. Otherwise a blocked vCPU waits on its own CPU in `WFI`.

@@ -1,15 +1,14 @@
-//! The GICv4 doorbell of a non-resident vPE (DESIGN §2, seed 004),
+//! The GICv4 doorbell of a non-resident vPE (docs/interrupts.md §11),
 //! hardware-free so loom checks it on the dev host.
 //!
 //! When a vCPU is not resident, a vLPI made pending for it raises a doorbell
 //! interrupt on the host. The handler ([`VpeDoorbell::ring`]) sets the vPE's
 //! `pending_last`, makes the [`WORK_IRQ_PENDING`] request and kicks the vCPU —
-//! nothing else. In particular it takes no lock: seed 004's handler first asked
-//! the vGIC whether anything was pending, which takes the list lock, and a
-//! doorbell taken on a CPU that held that lock (injecting an interrupt) then
-//! deadlocked. That question is pointless anyway: a doorbell only fires while
-//! nothing else was pending (or the vCPU would not be blocked with its
-//! doorbell enabled).
+//! nothing else. In particular it takes no lock: a handler that asked the vGIC
+//! whether anything was pending would take the list lock, and a doorbell taken
+//! on a CPU that held that lock (injecting an interrupt) would deadlock. That
+//! question is pointless anyway: a doorbell only fires while nothing else was
+//! pending (or the vCPU would not be blocked with its doorbell enabled).
 //!
 //! # The pairing
 //!
@@ -23,8 +22,8 @@
 //! release CAS to `Woken`, the vCPU's acquire in the failed commit or in
 //! [`BlockState::resume`]).
 //!
-//! Seed 004's unpaired read side is a check of the request bit without the
-//! acquire (`kvm_test_request` with no barrier after it): the vCPU can see
+//! The unpaired read side is a check of the request bit without the acquire
+//! (`kvm_test_request` with no barrier after it): the vCPU can see
 //! the request and still read a stale `pending_last`. The loom models below
 //! show it, and that the real check loses no wake-up against
 //! [`BlockState::block`].
@@ -68,7 +67,7 @@ impl VpeDoorbell {
     /// [`WORK_IRQ_PENDING`] in `requests` (release: publishes `pending_last`)
     /// and calls `wake`, the caller's kick (the SGI if the vCPU is in guest
     /// mode, then [`BlockState::wake`], acting on its `true`). Takes no lock,
-    /// and `wake` must take none either (seed 004's deadlock).
+    /// and `wake` must take none either (the deadlock of docs/interrupts.md §11).
     pub fn ring(&self, requests: &Requests, wake: impl FnOnce()) {
         self.ring_with(|| requests.make(WORK_IRQ_PENDING), wake);
     }
@@ -226,8 +225,8 @@ mod loom_tests {
     use crate::sched::wakeup::{BlockDecision, BlockState};
     use loom::sync::Arc;
 
-    /// The request word as the vCPU reads it: [`Requests`] (acquire), or seed
-    /// 004's unpaired read.
+    /// The request word as the vCPU reads it: [`Requests`] (acquire), or the
+    /// unpaired read (docs/interrupts.md §11).
     trait RequestWord: Send + Sync + 'static {
         fn new() -> Self;
         fn ring(&self, d: &VpeDoorbell, wake: impl FnOnce());
@@ -251,7 +250,7 @@ mod loom_tests {
         }
     }
 
-    /// Seed 004's vCPU side: the request bit made with release like
+    /// The unpaired vCPU side: the request bit made with release like
     /// [`Requests::make`], but tested without acquire (no `smp_rmb` after
     /// `kvm_test_request`).
     struct UnpairedRequests(AtomicU32);
@@ -361,7 +360,7 @@ mod loom_tests {
         doorbell_vs_block::<Requests>();
     }
 
-    /// Model 2: seed 004's unpaired check. The vCPU's re-check sees the
+    /// Model 2: the unpaired check (docs/interrupts.md §11). The vCPU's re-check sees the
     /// request without acquire and stays; nothing orders its read of
     /// `pending_last` after the handler's store (the fence in `block` comes
     /// before the re-check, not after it), so loom finds it stale.

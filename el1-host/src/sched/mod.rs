@@ -1,10 +1,12 @@
 //! Which vCPU each CPU runs, and the work checked before entering a guest.
 //!
-//! For now every vCPU is pinned to a CPU of its own (time-slicing comes with
-//! the interrupts work). A CPU with no vCPU, or whose vCPU waits, idles in
-//! `WFI` inside an RCU extended quiescent state; a request to a vCPU is a
-//! work bit set with release semantics followed by a kick: an SGI to the
-//! vCPU's CPU, which ends its guest run or its wait.
+//! Any CPU may run any vCPU, unless its VM asks for pinning
+//! (`ferrovisor,pinned`); while vCPUs outnumber CPUs they are time-sliced by
+//! the host tick and a blocked vCPU gives its CPU away (docs/run-loop.md §9).
+//! A CPU with nothing to run idles in `WFI` inside an RCU extended quiescent
+//! state; a request to a vCPU is a work bit set with release semantics
+//! followed by a kick: an SGI to the vCPU's CPU, which ends its guest run or
+//! its wait, and a wake-up if it sleeps (docs/run-loop.md §3, §4).
 
 pub mod doorbell;
 pub mod slot;

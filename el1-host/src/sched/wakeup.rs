@@ -1,5 +1,5 @@
 //! vCPU requests and the block/wake handshake of a vCPU that waits in WFI
-//! (DESIGN §2, seed 004), generic and hardware-free so loom checks it on the
+//! (docs/run-loop.md §4), generic and hardware-free so loom checks it on the
 //! dev host.
 //!
 //! # API
@@ -48,7 +48,7 @@
 //! actually left its CPU (between the commit and the switch away); it must not
 //! run the vCPU elsewhere before then.
 //!
-//! Seed 004's bug is the unpaired read side: a check of the request bit
+//! The bug this prevents is the unpaired read side: a check of the request bit
 //! without the acquire that pairs with the requester's release can see the
 //! bit and still read a stale payload. The loom models below show it, and the
 //! lost wake-up that either missing fence causes.
@@ -101,7 +101,7 @@ impl Requests {
     }
 
     /// The loads of [`Requests::test`] and [`Requests::pending`]; the loom
-    /// models call it with `Relaxed` to show seed 004's unpaired read side.
+    /// models call it with `Relaxed` to show the unpaired read side.
     fn load(&self, order: Ordering) -> u32 {
         self.bits.load(order)
     }
@@ -137,8 +137,8 @@ pub enum BlockDecision {
     Sleep,
 }
 
-/// The block/wake handshake of one vCPU (seed 004's `kvm_vcpu_block` /
-/// `kvm_vcpu_kick`). See the module documentation for the protocol.
+/// The block/wake handshake of one vCPU (KVM's `kvm_vcpu_block` /
+/// `kvm_vcpu_kick`). See the module documentation and docs/run-loop.md §4.
 #[derive(Debug)]
 pub struct BlockState {
     state: AtomicU32,
@@ -494,7 +494,7 @@ mod loom_tests {
         doorbell_model(|r| r.take(REQ) == REQ);
     }
 
-    /// Seed 004's unpaired barrier: the request bit read without acquire
+    /// The unpaired barrier: the request bit read without acquire
     /// (`kvm_test_request` with no `smp_rmb` after it). loom finds the stale
     /// payload.
     #[test]

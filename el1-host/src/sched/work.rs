@@ -1,5 +1,5 @@
-//! The entry/exit discipline of a vCPU run loop (DESIGN §2, seeds 000, 001,
-//! 004), generic over the hardware and the vCPU so it runs on the dev host.
+//! The entry/exit discipline of a vCPU run loop (docs/run-loop.md §1-§5),
+//! generic over the hardware and the vCPU so it runs on the dev host.
 //!
 //! # API
 //!
@@ -8,7 +8,7 @@
 //!   with release, then a kick); if it returns `true` the vCPU is in guest
 //!   mode on some CPU and the caller sends that CPU an SGI (the guest exits on
 //!   it). A vCPU blocked in WFI is woken by the caller too (not this module).
-//!   Requests kept elsewhere (the vCPU's own request bits, seed 004) are set
+//!   Requests kept elsewhere (the vCPU's own request bits, docs/run-loop.md §4) are set
 //!   with release by their owner, followed by [`VcpuEntry::kick`].
 //! - [`EntryHw`]: IRQ masking and a clock. [`GuestVcpu`]: work handling,
 //!   preparation, requests, the world switch (`hvc`) and exit handling.
@@ -17,7 +17,8 @@
 //!   run with [`RunOutcome::Interrupted`], counted, and is consumed);
 //!   [`GuestVcpu::prepare`]. Then disable IRQs, publish "in guest mode", and
 //!   re-check work and requests ([`entry_work_pending`], which asserts that
-//!   IRQs are disabled: the bug of seed 000 is a caller that forgot). Anything
+//!   IRQs are disabled: a caller that forgot loses work raised in between until
+//!   the next exit, docs/run-loop.md §2). Anything
 //!   pending: enable IRQs and go round. Otherwise, all with IRQs disabled:
 //!   enter EQS and start guest-time accounting, [`GuestVcpu::enter`], leave
 //!   EQS, open an IRQ window (enable, disable) so the IRQ that caused the exit
@@ -29,7 +30,7 @@
 //! - [`VcpuEntry::stats`]: exits, interrupted runs, work-loop iterations,
 //!   re-check retries, guest time (in [`EntryHw::now`] units) and guest ticks.
 //!
-//! # The kick pairing (seed 004)
+//! # The kick pairing (docs/run-loop.md §3)
 //!
 //! Requester: set bits (release); `SeqCst` fence; if mode is `InGuest`, CAS it
 //! to `Exiting` and send an IPI. vCPU: store `InGuest`; `SeqCst` fence;
@@ -153,7 +154,7 @@ pub struct RunStats {
 /// runs on.
 #[derive(Debug)]
 pub struct VcpuEntry {
-    /// The request bits (seed 004: made with release, taken with acquire).
+    /// The request bits (docs/run-loop.md §4: made with release, taken with acquire).
     work: Requests,
     mode: AtomicU32,
     /// Linux's `PF_VCPU`: guest time is being accounted.

@@ -1,4 +1,4 @@
-//! PSCI 1.1 for guests (DESIGN §4, §8), generic over the VM.
+//! PSCI 1.1 for guests (docs/guests.md §4), generic over the VM.
 //!
 //! # API
 //!

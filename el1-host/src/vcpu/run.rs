@@ -1,4 +1,4 @@
-//! A vCPU's host thread: the seed-000/001 run loop of `sched::work` with the
+//! A vCPU's host thread: the run loop of `sched::work` (docs/run-loop.md) with the
 //! real world switch, exit handling, power states and VM-wide operations.
 
 use super::exit::{load_vpe, put_vpe, ExitHandler, Flow as ExitFlow};

@@ -1,4 +1,4 @@
-//! The guest's timers as interrupts (DESIGN §3): the virtual timer runs in
+//! The guest's timers as interrupts (docs/interrupts.md §6): the virtual timer runs in
 //! hardware while the guest does and its physical PPI makes the guest exit;
 //! the EL1 physical timer is emulated. At each exit the host samples both
 //! into the vGIC as level-sensitive lines (INTIDs 27 and 30 in the guest's
@@ -73,7 +73,7 @@ pub fn physical_fired() {
     VTIMER.fired();
 }
 
-/// The guest's virtual timer interrupt is hardware-linked (DESIGN §3): its
+/// The guest's virtual timer interrupt is hardware-linked (docs/interrupts.md §6): its
 /// list register carries HW = 1 and the physical PPI, so the guest's
 /// deactivation deactivates the physical interrupt, with no exit.
 pub fn link(vm: &Vm) {

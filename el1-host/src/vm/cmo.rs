@@ -1,4 +1,4 @@
-//! Deferred cache maintenance (seed 003, DESIGN §2).
+//! Deferred cache maintenance (docs/run-loop.md §7).
 //!
 //! Populating guest memory (zeroing it, loading images) does no per-page
 //! cache maintenance: it records the region and raises a VM-wide pending

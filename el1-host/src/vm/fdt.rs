@@ -1,13 +1,14 @@
 //! A guest's device tree, generated with `vm-fdt`.
 //!
-//! The guest's physical map copies QEMU virt's (DESIGN §4), so code written
+//! The guest's physical map copies QEMU virt's (docs/guests.md §1, §3), so code written
 //! for QEMU virt — Linux, kvm-unit-tests — finds what it expects where it
 //! expects it: the GIC at 0x0800_0000, a PL011 at 0x0900_0000, 32 virtio-mmio
 //! transports from 0x0a00_0000 (which report "no device"), RAM from 1 GiB.
 //! Node names, property order and interrupt specifiers follow what QEMU 10
 //! generates for `-M virt` (compare `shared/tests/fixtures/qemu-virt-*.dtb`);
 //! QEMU's devices that guests here do not get (PCIe, flash, fw-cfg, PL031,
-//! PL061 and gpio-keys, the PMU, the GICv2m frame) are left out.
+//! PL061 and gpio-keys, the GICv2m frame) are left out; the PMU node is there
+//! when the VM has a PMU (docs/pmu.md).
 //!
 //! vCPU `i` has the MPIDR [`vcpu_mpidr`]`(i)`: Aff0 = i % 16, Aff1 = i / 16.
 //! Sixteen CPUs per Aff1 cluster is what a GICv3 SGI's 16-bit target list can

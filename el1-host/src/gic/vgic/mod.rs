@@ -1,4 +1,4 @@
-//! The virtual GIC (DESIGN §3): the distributor, redistributors and list
+//! The virtual GIC (docs/interrupts.md §3-§5): the distributor, redistributors and list
 //! registers one VM sees, as plain logic (tested on the dev host).
 //!
 //! One [`Vgic`] per VM. All state sits behind one lock, taken for the length

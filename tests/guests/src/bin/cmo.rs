@@ -10,7 +10,7 @@
 //! of RAM and calls PSCI `SYSTEM_RESET`; after the restart the hypervisor has
 //! reloaded the image, so `.data` must hold the pattern again — which with
 //! caches off it does only if the reload's cache maintenance was performed
-//! again, seed 003).
+//! again: docs/run-loop.md §7).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]

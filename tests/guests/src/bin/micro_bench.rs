@@ -7,7 +7,7 @@
 //! them, `min`/`max` the fastest and slowest batch's mean. `ipi` and `timer`
 //! time each of 256 operations with the receiver in `WFI`: `ns_per_op` is
 //! the median sample. `ipi_busy` and `timer_busy` are the standard
-//! definitions (kvm-unit-tests' arm/micro-bench, DESIGN §6), with the
+//! definitions (kvm-unit-tests' arm/micro-bench, docs/measuring.md §3), with the
 //! receiver busy-waiting, `PSTATE.I` clear: `ipi_busy` times 4096 SGIs from
 //! the sender's SGI write to the receiver's handler's first counter read,
 //! `timer_busy` 32 virtual timer deadlines 10 ms ahead from the deadline
