@@ -1,9 +1,21 @@
-//! Devices the host emulates for guests, behind stage-2 faults: each sees an
-//! offset into its frame, an access size and, for writes, the value.
-#![cfg_attr(target_os = "none", allow(dead_code, reason = "the UART SPI is wired with the vGIC"))]
+//! Devices the host emulates for guests, behind stage-2 faults: each
+//! registers its range on the VM's [`bus::MmioBus`] and sees an offset into
+//! it, an access size and, for writes, the value.
 
+pub mod bus;
+pub mod gic;
 pub mod pl011;
 pub mod virtio;
+
+use crate::gic::vgic::Vgic;
+
+/// What a VM gives the devices it emulates.
+pub trait DeviceHost {
+    fn vgic(&self) -> &Vgic;
+
+    /// A finished line of the guest's console output (without its newline).
+    fn console_line(&self, text: &str);
+}
 
 /// The guest physical map (a copy of QEMU virt's, DESIGN §4).
 pub mod map {

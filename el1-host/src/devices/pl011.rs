@@ -6,6 +6,10 @@
 //! receive is always empty.
 #![cfg_attr(target_os = "none", allow(dead_code, reason = "the interrupt line is wired with the vGIC"))]
 
+use super::bus::MmioDevice;
+use super::DeviceHost;
+use crate::gic::vgic::Kicks;
+
 const DR: u64 = 0x000;
 const RSR: u64 = 0x004;
 const FR: u64 = 0x018;
@@ -136,9 +140,105 @@ impl LineBuffer {
     }
 }
 
+/// The guest's UART on its MMIO bus: the register model, and the line its
+/// output is collected into until the VM gets it.
+pub struct Uart {
+    state: spin::Mutex<(Pl011, LineBuffer)>,
+}
+
+/// Its interrupt (SPI 1), level-sensitive.
+pub const UART_INTID: u32 = 32 + super::map::UART_SPI;
+
+impl Uart {
+    pub const fn new() -> Self {
+        Self { state: spin::Mutex::new((Pl011::new(), LineBuffer::new())) }
+    }
+
+    /// What is left of an unfinished console line, if anything.
+    pub fn flush(&self) -> Option<alloc::string::String> {
+        self.state.lock().1.flush()
+    }
+}
+
+impl Default for Uart {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H: DeviceHost + ?Sized> MmioDevice<H> for Uart {
+    fn read(&self, _vm: &H, _vcpu: usize, offset: u64, _size: u8) -> u64 {
+        self.state.lock().0.read(offset)
+    }
+
+    /// A byte to the data register ends up in a console line; the interrupt
+    /// line follows the mask (the vCPUs to kick for its change come back).
+    fn write(&self, vm: &H, _vcpu: usize, offset: u64, _size: u8, value: u64) -> Kicks {
+        let mut state = self.state.lock();
+        let (dev, line) = &mut *state;
+        let mut text = None;
+        if let Some(byte) = dev.write(offset, value) {
+            text = line.push(byte);
+        }
+        let level = dev.irq_level();
+        drop(state);
+        if let Some(text) = text {
+            vm.console_line(&text);
+        }
+        vm.vgic().set_line(0, UART_INTID, level)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gic::vgic::{Model, Vgic, VgicConfig};
+
+    /// A VM with one vCPU that keeps its console lines.
+    struct FakeVm {
+        vgic: Vgic,
+        lines: spin::Mutex<alloc::vec::Vec<alloc::string::String>>,
+    }
+
+    impl FakeVm {
+        fn new() -> Self {
+            let vgic = Vgic::new(VgicConfig { model: Model::V3, vcpu_mpidrs: [0].into(), nr_spis: 32, lpis: false });
+            Self { vgic: vgic.unwrap(), lines: spin::Mutex::new(alloc::vec::Vec::new()) }
+        }
+    }
+
+    impl DeviceHost for FakeVm {
+        fn vgic(&self) -> &Vgic {
+            &self.vgic
+        }
+
+        fn console_line(&self, text: &str) {
+            self.lines.lock().push(text.into());
+        }
+    }
+
+    #[test]
+    fn the_bus_device_hands_lines_to_the_vm() {
+        let (vm, uart) = (FakeVm::new(), Uart::new());
+        for &c in b"EXIT: STATUS=0\nPASS" {
+            assert_eq!(uart.write(&vm, 0, DR, 1, c.into()), Kicks::default());
+        }
+        assert_eq!(*vm.lines.lock(), ["EXIT: STATUS=0"]);
+        assert_eq!(uart.flush().as_deref(), Some("PASS"));
+        assert_eq!(MmioDevice::<FakeVm>::read(&uart, &vm, 0, FR, 4), FR_TXFE | FR_RXFE);
+    }
+
+    #[test]
+    fn the_bus_device_drives_spi_1() {
+        // Arm IHI 0069, GICD_ISPENDR<n>: bit 1 of ISPENDR1 reads INTID 33 pending.
+        let (vm, uart) = (FakeVm::new(), Uart::new());
+        let pending = |vm: &FakeVm| vm.vgic.dist_read(0, 0x204, 4) & 1 << (UART_INTID - 32);
+        assert_eq!(pending(&vm), 0);
+        uart.write(&vm, 0, IMSC, 4, INT_TX);
+        assert_ne!(pending(&vm), 0, "TX raised and unmasked: the line is high");
+        uart.write(&vm, 0, IMSC, 4, 0);
+        assert_eq!(pending(&vm), 0, "masked: the line is low again");
+    }
 
     #[test]
     fn transmit_only_and_always_ready() {

@@ -1,6 +1,10 @@
 //! virtio-mmio transports that report "no device" (device ID 0), as QEMU's
 //! unused ones do: code written for QEMU virt probes them and moves on.
 
+use super::bus::MmioDevice;
+use super::map;
+use crate::gic::vgic::Kicks;
+
 const MAGIC: u64 = 0x7472_6976; // "virt"
 const VERSION: u64 = 2;
 const VENDOR_QEMU: u64 = 0x554d_4551;
@@ -15,8 +19,36 @@ pub fn read(offset: u64) -> u64 {
     }
 }
 
+/// The 32 transports of QEMU virt's map, one range on the bus.
+pub struct Transports;
+
+impl<H: ?Sized> MmioDevice<H> for Transports {
+    #[inline]
+    fn read(&self, _vm: &H, _vcpu: usize, offset: u64, _size: u8) -> u64 {
+        read(offset % map::VIRTIO_STRIDE)
+    }
+
+    /// Writes go nowhere: there is no device to configure.
+    fn write(&self, _vm: &H, _vcpu: usize, _offset: u64, _size: u8, _value: u64) -> Kicks {
+        Kicks::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{map, MmioDevice, Transports};
+
+    #[test]
+    fn every_transport_reports_no_device() {
+        for t in 0..map::VIRTIO_COUNT {
+            let base = t * map::VIRTIO_STRIDE;
+            assert_eq!(Transports.read(&(), 0, base, 4), 0x7472_6976, "transport {t}: MagicValue");
+            assert_eq!(Transports.read(&(), 0, base + 8, 4), 0, "transport {t}: DeviceID");
+        }
+        assert_eq!(MmioDevice::<()>::write(&Transports, &(), 0, 0x70, 4, 1).0, 0);
+        assert_eq!(Transports.read(&(), 0, 0x70, 4), 0, "a write changes nothing");
+    }
+
     #[test]
     fn reports_no_device() {
         assert_eq!(super::read(0), 0x7472_6976);

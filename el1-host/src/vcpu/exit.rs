@@ -2,9 +2,9 @@
 //! emulated devices, trapped system registers, WFI/WFE, aborts outside the
 //! guest's map, and everything else as an UNDEFINED exception for the guest.
 
-use super::{inject, mmio, psci, sysreg};
+use super::mmio::{self, Dispatch};
+use super::{inject, psci, sysreg};
 use crate::arch::aarch64::{cpu, timer};
-use crate::devices::{map, virtio};
 use crate::vm::instance::{Vcpu, Vm};
 use crate::vm::outcome::EndReason;
 use crate::vm::stats::ExitKind;
@@ -24,15 +24,6 @@ pub enum Flow {
     Reset,
     /// WFI with nothing to take while vCPUs wait for CPUs: give this one away.
     Block,
-}
-
-/// An emulated GIC frame and the offset into it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GicFrame {
-    Dist(u64),
-    /// From the start of the redistributor region.
-    Redist(u64),
-    Its(u64),
 }
 
 pub struct ExitHandler<'a> {
@@ -141,90 +132,36 @@ impl ExitHandler<'_> {
         }
     }
 
+    /// A stage-2 data abort: the device the VM's bus has at the address
+    /// takes it, else the guest gets an external abort.
     fn data_abort(&self, ctx: &mut VcpuContext) -> Flow {
-        let stats = &self.vm.stats;
-        let access = match mmio::decode(&ctx.exit) {
-            Ok(a) => a,
-            Err(ipa) => {
-                stats.count(ExitKind::Abort);
+        let vm: &Vm = self.vm;
+        match mmio::dispatch(&vm.bus, vm, self.vcpu.index, ctx) {
+            Dispatch::Done { kind, kicks } => {
+                vm.stats.count(kind);
+                if !kicks.is_empty() {
+                    vm.kick(kicks);
+                }
+            }
+            Dispatch::NoSyndrome { ipa, pc } => {
+                vm.stats.count(ExitKind::Abort);
                 log::warn!(
-                    "vm {} vcpu {}: access to IPA {ipa:#x} at {:#x} has no syndrome (ISV=0) to emulate: external abort",
-                    self.vm.name,
+                    "vm {} vcpu {}: access to IPA {ipa:#x} at {pc:#x} has no syndrome (ISV=0) to emulate: external abort",
+                    vm.name,
                     self.vcpu.index,
-                    ctx.regs.pc
                 );
-                inject::inject_data_abort(ctx, ctx.exit.far);
-                return Flow::Continue;
             }
-        };
-        let ipa = access.ipa;
-        let read = |ctx: &mut VcpuContext, v: u64| access.complete_read(ctx, v);
-        let in_range = |base: u64, size: u64| ipa >= base && ipa < base + size;
-        if in_range(map::UART, map::UART_SIZE) {
-            stats.count(ExitKind::Mmio);
-            if access.iss.write {
-                let kicks = self.vm.uart_write(ipa - map::UART, access.write_value(ctx));
-                access.complete_write(ctx);
-                self.vm.kick(kicks);
-            } else {
-                read(ctx, self.vm.uart_read(ipa - map::UART));
+            Dispatch::Unmapped { ipa, write, pc } => {
+                vm.stats.count(ExitKind::Abort);
+                log::warn!(
+                    "vm {} vcpu {}: {} IPA {ipa:#x} at {pc:#x}: outside its memory map, external abort",
+                    vm.name,
+                    self.vcpu.index,
+                    if write { "write to" } else { "read from" },
+                );
             }
-        } else if in_range(map::VIRTIO, map::VIRTIO_STRIDE * map::VIRTIO_COUNT) {
-            stats.count(ExitKind::Mmio);
-            if access.iss.write {
-                access.complete_write(ctx);
-            } else {
-                read(ctx, virtio::read((ipa - map::VIRTIO) % map::VIRTIO_STRIDE));
-            }
-        } else if let Some(frame) = self.gic_frame(ipa) {
-            stats.count(ExitKind::Gic);
-            let vgic = &self.vm.vgic;
-            let me = self.vcpu.index;
-            let size = access.iss.access_size;
-            if access.iss.write {
-                let value = access.write_value(ctx);
-                let kicks = match frame {
-                    GicFrame::Dist(off) => vgic.dist_write(me, off, size, value),
-                    GicFrame::Redist(off) => self.vm.redist_write(me, off, size, value),
-                    GicFrame::Its(off) => self.vm.its_write(off, size, value),
-                };
-                access.complete_write(ctx);
-                self.vm.kick(kicks);
-            } else {
-                let v = match frame {
-                    GicFrame::Dist(off) => vgic.dist_read(me, off, size),
-                    GicFrame::Redist(off) => vgic.redist_read(me, off, size),
-                    GicFrame::Its(off) => self.vm.its_read(off, size),
-                };
-                read(ctx, v);
-            }
-        } else {
-            stats.count(ExitKind::Abort);
-            log::warn!(
-                "vm {} vcpu {}: {} IPA {ipa:#x} at {:#x}: outside its memory map, external abort",
-                self.vm.name,
-                self.vcpu.index,
-                if access.iss.write { "write to" } else { "read from" },
-                ctx.regs.pc
-            );
-            inject::inject_data_abort(ctx, ctx.exit.far);
         }
         Flow::Continue
-    }
-
-    /// Which emulated GIC frame `ipa` falls in. (A GICv2 guest's CPU
-    /// interface is the hardware's GICV, mapped by stage 2: no exits.)
-    fn gic_frame(&self, ipa: u64) -> Option<GicFrame> {
-        let within = |base: u64, size: u64| ipa >= base && ipa < base + size;
-        if within(map::GIC_DIST, map::GIC_DIST_SIZE) {
-            Some(GicFrame::Dist(ipa - map::GIC_DIST))
-        } else if self.vm.gicv3 && within(map::GIC_REDIST, map::GIC_REDIST_STRIDE * self.vm.vcpus.len() as u64) {
-            Some(GicFrame::Redist(ipa - map::GIC_REDIST))
-        } else if self.vm.its.is_some() && within(map::GIC_ITS, map::GIC_ITS_SIZE) {
-            Some(GicFrame::Its(ipa - map::GIC_ITS))
-        } else {
-            None
-        }
     }
 
     fn sys_reg(&self, ctx: &mut VcpuContext, esr: Esr) -> Flow {

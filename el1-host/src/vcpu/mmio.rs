@@ -1,6 +1,10 @@
 //! MMIO accesses from stage-2 data aborts: which address, which register,
-//! how wide, and how a read's value lands in the guest's register.
+//! how wide, how a read's value lands in the guest's register, and which
+//! device on the VM's bus takes the access ([`dispatch`]).
 
+use crate::devices::bus::MmioBus;
+use crate::gic::vgic::Kicks;
+use crate::vm::stats::ExitKind;
 use ferrovisor_shared::esr::{DataAbortIss, Esr};
 use ferrovisor_shared::vcpu::{ExitInfo, VcpuContext};
 
@@ -55,6 +59,49 @@ impl MmioAccess {
     /// Steps past a store.
     pub fn complete_write(&self, ctx: &mut VcpuContext) {
         super::inject::skip_instruction(ctx);
+    }
+}
+
+/// What became of a stage-2 data abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dispatch {
+    /// A device on the bus took the access and the guest steps past it:
+    /// count it as `kind`, kick `kicks` (none after a read).
+    Done { kind: ExitKind, kicks: Kicks },
+    /// No instruction syndrome (ISV = 0) to emulate: an external abort was
+    /// injected; `pc` is where the guest was.
+    NoSyndrome { ipa: u64, pc: u64 },
+    /// No device at `ipa`: an external abort was injected.
+    Unmapped { ipa: u64, write: bool, pc: u64 },
+}
+
+/// Decodes the data abort in `ctx.exit`, has the device on `bus` at its
+/// address read or write (as vCPU `vcpu` of `vm`), and completes the
+/// instruction; else makes it a synchronous external abort for the guest.
+#[inline(always)]
+pub fn dispatch<H: ?Sized>(bus: &MmioBus<H>, vm: &H, vcpu: usize, ctx: &mut VcpuContext) -> Dispatch {
+    let access = match decode(&ctx.exit) {
+        Ok(a) => a,
+        Err(ipa) => {
+            let pc = ctx.regs.pc;
+            super::inject::inject_data_abort(ctx, ctx.exit.far);
+            return Dispatch::NoSyndrome { ipa, pc };
+        }
+    };
+    let Some(hit) = bus.lookup(access.ipa) else {
+        let pc = ctx.regs.pc;
+        super::inject::inject_data_abort(ctx, ctx.exit.far);
+        return Dispatch::Unmapped { ipa: access.ipa, write: access.iss.write, pc };
+    };
+    let size = access.iss.access_size;
+    if access.iss.write {
+        let kicks = hit.device.write(vm, vcpu, hit.offset, size, access.write_value(ctx));
+        access.complete_write(ctx);
+        Dispatch::Done { kind: hit.kind, kicks }
+    } else {
+        let value = hit.device.read(vm, vcpu, hit.offset, size);
+        access.complete_read(ctx, value);
+        Dispatch::Done { kind: hit.kind, kicks: Kicks::default() }
     }
 }
 
@@ -122,5 +169,129 @@ mod tests {
     #[test]
     fn no_syndrome_is_an_error_with_the_address() {
         assert_eq!(decode(&exit(0x24 << 26 | 1 << 25 | 0x07, 0x0900_0040)), Err(0x0900_0040));
+    }
+
+    mod dispatch {
+        use super::super::*;
+        use super::{exit, DABT};
+        use crate::devices::bus::MmioDevice;
+        use alloc::boxed::Box;
+        use alloc::vec::Vec;
+        use ferrovisor_shared::esr::{ExceptionClass, FaultStatus};
+
+        /// The VM the fake devices see: it keeps what they were asked.
+        #[derive(Default)]
+        struct FakeVm {
+            calls: spin::Mutex<Vec<Call>>,
+        }
+
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        enum Call {
+            Read { dev: u8, vcpu: usize, offset: u64, size: u8 },
+            Write { dev: u8, vcpu: usize, offset: u64, size: u8, value: u64 },
+        }
+
+        /// Reads give `value`; writes kick `kicks`.
+        struct FakeDevice {
+            dev: u8,
+            value: u64,
+            kicks: Kicks,
+        }
+
+        impl MmioDevice<FakeVm> for FakeDevice {
+            fn read(&self, vm: &FakeVm, vcpu: usize, offset: u64, size: u8) -> u64 {
+                vm.calls.lock().push(Call::Read { dev: self.dev, vcpu, offset, size });
+                self.value
+            }
+
+            fn write(&self, vm: &FakeVm, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
+                vm.calls.lock().push(Call::Write { dev: self.dev, vcpu, offset, size, value });
+                self.kicks
+            }
+        }
+
+        /// A UART-like device at 0x0900_0000 (4 KiB) and a GIC-like one at
+        /// 0x0800_0000 (64 KiB), nothing in between.
+        fn bus() -> MmioBus<FakeVm> {
+            let mut bus = MmioBus::new();
+            let uart = FakeDevice { dev: 1, value: 0x90, kicks: Kicks(0b10) };
+            let gic = FakeDevice { dev: 2, value: 0x4658_0000_0000_4658, kicks: Kicks(0b101) };
+            bus.register(0x0900_0000, 0x1000, ExitKind::Mmio, Box::new(uart)).unwrap();
+            bus.register(0x0800_0000, 0x1_0000, ExitKind::Gic, Box::new(gic)).unwrap();
+            bus
+        }
+
+        const VBAR: u64 = 0x4009_0000;
+
+        fn context(esr: u64, ipa: u64) -> VcpuContext {
+            let mut ctx = VcpuContext { exit: exit(esr, ipa), ..VcpuContext::default() };
+            ctx.regs.pc = 0x4008_0000;
+            ctx.regs.pstate = 0x3c5; // EL1h, DAIF masked
+            ctx.el1.vbar = VBAR;
+            ctx
+        }
+
+        #[test]
+        fn a_read_lands_in_the_register_it_names() {
+            let (bus, vm) = (bus(), FakeVm::default());
+            // ldr w7, [GICD + 8] (GICD_IIDR), as vCPU 3
+            let mut ctx = context(DABT | 2 << 22 | 7 << 16, 0x0800_0008);
+            ctx.regs.x[7] = u64::MAX;
+            let d = dispatch(&bus, &vm, 3, &mut ctx);
+            assert_eq!(d, Dispatch::Done { kind: ExitKind::Gic, kicks: Kicks::default() });
+            assert_eq!(ctx.regs.x[7], 0x4658, "32 bits of the device's value, zero-extended");
+            assert_eq!(ctx.regs.pc, 0x4008_0004);
+            assert_eq!(*vm.calls.lock(), [Call::Read { dev: 2, vcpu: 3, offset: 8, size: 4 }]);
+        }
+
+        #[test]
+        fn a_write_passes_the_value_and_returns_the_kicks() {
+            let (bus, vm) = (bus(), FakeVm::default());
+            // strb w2, [UART + 0] (UARTDR), as vCPU 0
+            let mut ctx = context(DABT | 2 << 16 | 1 << 6, 0x0900_0000);
+            ctx.regs.x[2] = 0x1234_5641;
+            let d = dispatch(&bus, &vm, 0, &mut ctx);
+            assert_eq!(d, Dispatch::Done { kind: ExitKind::Mmio, kicks: Kicks(0b10) });
+            assert_eq!(*vm.calls.lock(), [Call::Write { dev: 1, vcpu: 0, offset: 0, size: 1, value: 0x41 }]);
+            assert_eq!(ctx.regs.pc, 0x4008_0004);
+            assert_eq!(ctx.regs.x[2], 0x1234_5641, "a store leaves its register alone");
+        }
+
+        /// The guest takes a synchronous external abort at its data abort
+        /// vector (Arm ARM D1.3: from EL1h, `VBAR_EL1` + 0x200; ESR_EL1.EC
+        /// 0x25, DFSC 0b010000), with the IPA's address in FAR_EL1.
+        fn assert_external_abort(ctx: &VcpuContext, pc: u64, far: u64) {
+            assert_eq!(ctx.regs.pc, VBAR + 0x200, "taken to the vector, not stepped past");
+            assert_eq!(ctx.el1.elr_el1, pc);
+            assert_eq!(ctx.el1.far_el1, far);
+            let esr = Esr(ctx.el1.esr_el1);
+            assert_eq!(esr.class(), ExceptionClass::DataAbortSameEl);
+            assert_eq!(esr.fault_status(), FaultStatus::SyncExternal);
+        }
+
+        #[test]
+        fn an_unmapped_address_is_an_external_abort() {
+            let (bus, vm) = (bus(), FakeVm::default());
+            for (ipa, write) in [(0x0801_0000, false), (0x08ff_fffc, true), (0x0900_1000, false), (0x07ff_fffc, true)] {
+                let mut ctx = context(DABT | 2 << 22 | u64::from(write) << 6 | 1 << 16, ipa);
+                ctx.regs.x[1] = 0x55;
+                let d = dispatch(&bus, &vm, 0, &mut ctx);
+                assert_eq!(d, Dispatch::Unmapped { ipa, write, pc: 0x4008_0000 });
+                assert_external_abort(&ctx, 0x4008_0000, ipa);
+                assert_eq!(ctx.regs.x[1], 0x55, "a load from nothing leaves its register alone");
+            }
+            assert!(vm.calls.lock().is_empty(), "no device was asked");
+        }
+
+        #[test]
+        fn no_syndrome_is_an_external_abort_even_on_a_device() {
+            let (bus, vm) = (bus(), FakeVm::default());
+            // ISV = 0 (a load pair, say) in the UART's range.
+            let mut ctx = context(0x24 << 26 | 1 << 25 | 0x07, 0x0900_0040);
+            let d = dispatch(&bus, &vm, 0, &mut ctx);
+            assert_eq!(d, Dispatch::NoSyndrome { ipa: 0x0900_0040, pc: 0x4008_0000 });
+            assert_external_abort(&ctx, 0x4008_0000, 0x0900_0040);
+            assert!(vm.calls.lock().is_empty());
+        }
     }
 }

@@ -3,12 +3,14 @@
 
 use super::outcome::{self, EndReason, Verdict};
 use super::ram::GuestRam;
-use super::stats::{CmoFigures, VmStats};
+use super::stats::{CmoFigures, ExitKind, VmStats};
 use super::{cmo, config::VmSpec, fdt, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
-use crate::devices::map;
-use crate::devices::pl011::{LineBuffer, Pl011};
-use crate::gic::vgic::its::{GuestMemory, Its};
+use crate::devices::bus::{BusError, MmioBus};
+use crate::devices::gic::{Dist, ItsFrame, LpiHost, Redist};
+use crate::devices::pl011::Uart;
+use crate::devices::{map, virtio, DeviceHost};
+use crate::gic::vgic::its::{Effect, GuestMemory};
 use crate::gic::vgic::{Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS};
 use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
 use crate::println;
@@ -34,12 +36,14 @@ pub struct Vm {
     /// The GIC the guest sees (distributor, redistributors, list registers).
     pub vgic: Vgic,
     /// Its ITS (GICv3 guests on a board with one): LPIs by software injection.
-    pub its: Option<spin::Mutex<Its>>,
+    its: Option<Arc<ItsFrame>>,
     /// Its LPIs as vLPIs in the physical ITS (GICv4), instead of by software.
     pub direct: Option<crate::gic::vlpi::DirectVm>,
     pub vmid: vmid::VmidSlot,
     pub vcpus: Vec<Vcpu>,
-    uart: spin::Mutex<(Pl011, LineBuffer)>,
+    uart: Arc<Uart>,
+    /// Its emulated devices by guest-physical range, fixed once built.
+    pub bus: MmioBus<Vm>,
     /// Held while guest memory is populated or cleaned.
     pub mem_lock: spin::Mutex<()>,
     pub cmo: cmo::PendingOps,
@@ -62,9 +66,6 @@ struct BootImages {
 }
 
 const NO_STATUS: u64 = u64::MAX;
-
-/// The emulated PL011's interrupt (SPI 1).
-const UART_INTID: u32 = 32 + map::UART_SPI;
 
 /// SPIs of the guest's GIC (INTIDs 32..160): QEMU virt's devices use the first 48.
 const GUEST_SPIS: u32 = 128;
@@ -116,9 +117,26 @@ impl Vm {
         let layout =
             loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len).map_err(|e| alloc::format!("{e}"))?;
         let guest_its = its
-            .then(|| Its::new(spec.vcpus as usize, LPI_ID_BITS))
+            .then(|| ItsFrame::new(spec.vcpus as usize, LPI_ID_BITS).map(Arc::new))
             .transpose()
             .map_err(|e| alloc::format!("virtual ITS: {e:?}"))?;
+        let uart = Arc::new(Uart::new());
+        let bus = || -> Result<MmioBus<Vm>, BusError> {
+            let mut bus = MmioBus::new();
+            bus.register(map::UART, map::UART_SIZE, ExitKind::Mmio, Box::new(uart.clone()))?;
+            let virtio_size = map::VIRTIO_STRIDE * map::VIRTIO_COUNT;
+            bus.register(map::VIRTIO, virtio_size, ExitKind::Mmio, Box::new(virtio::Transports))?;
+            bus.register(map::GIC_DIST, map::GIC_DIST_SIZE, ExitKind::Gic, Box::new(Dist))?;
+            if gicv3 {
+                let redist_size = map::GIC_REDIST_STRIDE * spec.vcpus as u64;
+                bus.register(map::GIC_REDIST, redist_size, ExitKind::Gic, Box::new(Redist))?;
+            }
+            if let Some(its) = &guest_its {
+                bus.register(map::GIC_ITS, map::GIC_ITS_SIZE, ExitKind::Gic, Box::new(its.clone()))?;
+            }
+            Ok(bus)
+        };
+        let bus = bus().map_err(|e| alloc::format!("{e}"))?;
         let direct = match its.then(|| crate::gic::vlpi::DirectVm::new(id, spec.vcpus as usize)).transpose() {
             Ok(d) => d.flatten(),
             Err(e) => {
@@ -175,12 +193,13 @@ impl Vm {
             gicv3,
             stage2: spin::Mutex::new(Some(stage2)),
             vgic,
-            its: guest_its.map(spin::Mutex::new),
+            its: guest_its,
             direct,
             vmid: vmid::VmidSlot::new(),
             running: AtomicUsize::new(vcpus.len()),
             vcpus,
-            uart: spin::Mutex::new((Pl011::new(), LineBuffer::new())),
+            uart,
+            bus,
             mem_lock: spin::Mutex::new(()),
             cmo: cmo::PendingOps::new(),
             stats: VmStats::default(),
@@ -239,7 +258,7 @@ impl Vm {
     pub fn reload(&self) {
         self.vgic.reset();
         if let Some(its) = &self.its {
-            its.lock().reset();
+            its.reset();
         }
         if let Some(direct) = &self.direct {
             direct.reset();
@@ -249,68 +268,6 @@ impl Vm {
 
     pub fn boot_entry(&self) -> (u64, u64) {
         (self.boot.layout.entry_ipa, self.boot.layout.dtb_ipa)
-    }
-
-    /// A write to the guest's UART; returns the vCPUs to kick for a change
-    /// of its interrupt line.
-    pub fn uart_write(&self, offset: u64, value: u64) -> Kicks {
-        let mut uart = self.uart.lock();
-        let (dev, line) = &mut *uart;
-        let mut text = None;
-        if let Some(byte) = dev.write(offset, value) {
-            text = line.push(byte);
-        }
-        let level = dev.irq_level();
-        drop(uart);
-        if let Some(text) = text {
-            self.console_line(&text);
-        }
-        self.vgic.set_line(0, UART_INTID, level)
-    }
-
-    pub fn uart_read(&self, offset: u64) -> u64 {
-        self.uart.lock().0.read(offset)
-    }
-
-    /// A guest write of its redistributors; LPIs a pending table held when
-    /// its EnableLPIs was set go the way the ITS's go.
-    pub fn redist_write(&self, vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {
-        let mut kicks = self.vgic.redist_write(vcpu, offset, size, value);
-        let mem = RamView(&self.ram);
-        let effects = self.vgic.pending_table_effects(&mem);
-        if !effects.is_empty() {
-            kicks.0 |= self.apply_lpi_effects(&mem, &effects).0;
-        }
-        kicks
-    }
-
-    /// A guest read of its ITS frame (zero without one).
-    pub fn its_read(&self, offset: u64, size: u8) -> u64 {
-        self.its.as_ref().map_or(0, |its| its.lock().mmio_read(offset, size))
-    }
-
-    /// A guest write of its ITS frame: commands run against its memory, and
-    /// what they do to LPIs goes to the vGIC. Returns the vCPUs to kick.
-    pub fn its_write(&self, offset: u64, size: u8, value: u64) -> Kicks {
-        let Some(its) = self.its.as_ref() else { return Kicks::default() };
-        let mem = RamView(&self.ram);
-        // Held while the effects are applied: commands of two vCPUs take
-        // effect in the order the ITS ran them.
-        let mut its = its.lock();
-        let effects = its.mmio_write_buffered(&mem, offset, size, value);
-        if effects.is_empty() {
-            return Kicks::default();
-        }
-        self.apply_lpi_effects(&mem, effects)
-    }
-
-    /// What happens to LPIs: on a GICv4 the GIC delivers them (or rings a
-    /// doorbell), else the vGIC lists them.
-    fn apply_lpi_effects(&self, mem: &RamView<'_>, effects: &[crate::gic::vgic::its::Effect]) -> Kicks {
-        if let Some(direct) = &self.direct {
-            return direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(mem, vcpu, intid));
-        }
-        self.vgic.apply_its(mem, effects)
     }
 
     /// Makes the vCPUs in `kicks` look at their interrupts.
@@ -379,7 +336,7 @@ impl Vm {
     /// Prints how the VM ended, its `EXIT` line and its statistics (after
     /// the console's last partial line); its verdict.
     pub fn report_end(&self) -> Verdict {
-        if let Some(rest) = self.uart.lock().1.flush() {
+        if let Some(rest) = self.uart.flush() {
             self.console_line(&rest);
         }
         let reason = self.end.lock().clone().unwrap_or(EndReason::Stopped("no vCPU left running".into()));
@@ -445,27 +402,53 @@ impl Drop for Vm {
     }
 }
 
-/// Guest RAM as the ITS and the vGIC read their tables from it.
-struct RamView<'a>(&'a GuestRam);
+impl DeviceHost for Vm {
+    #[inline(always)]
+    fn vgic(&self) -> &Vgic {
+        &self.vgic
+    }
 
-impl GuestMemory for RamView<'_> {
+    fn console_line(&self, text: &str) {
+        Vm::console_line(self, text);
+    }
+}
+
+impl LpiHost for Vm {
+    type Memory = GuestRam;
+
+    fn guest_memory(&self) -> &GuestRam {
+        &self.ram
+    }
+
+    /// On a GICv4 the GIC delivers them (or rings a doorbell), else the
+    /// vGIC lists them.
+    fn apply_lpi_effects(&self, effects: &[Effect]) -> Kicks {
+        if let Some(direct) = &self.direct {
+            return direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(&self.ram, vcpu, intid));
+        }
+        self.vgic.apply_its(&self.ram, effects)
+    }
+}
+
+/// Guest RAM as the ITS and the vGIC read their tables from it.
+impl GuestMemory for GuestRam {
     fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()> {
-        if !self.0.contains(ipa, buf.len() as u64) {
+        if !self.contains(ipa, buf.len() as u64) {
             return Err(());
         }
         // SAFETY: the range was checked to lie in the VM's RAM, which stays
         // allocated while the VM lives; the guest may change it meanwhile,
         // which gives a torn value but no unsoundness for plain bytes.
-        unsafe { core::ptr::copy_nonoverlapping(self.0.host_ptr(ipa), buf.as_mut_ptr(), buf.len()) };
+        unsafe { core::ptr::copy_nonoverlapping(self.host_ptr(ipa), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
 
     fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()> {
-        if !self.0.contains(ipa, buf.len() as u64) {
+        if !self.contains(ipa, buf.len() as u64) {
             return Err(());
         }
         // SAFETY: as for `read`.
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.0.host_ptr(ipa), buf.len()) };
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), self.host_ptr(ipa), buf.len()) };
         Ok(())
     }
 }
