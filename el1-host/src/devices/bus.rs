@@ -68,6 +68,19 @@ impl fmt::Display for BusError {
     }
 }
 
+/// What unused entries hold; never looked up (their size is 0).
+struct Nothing;
+
+impl<H: ?Sized> MmioDevice<H> for Nothing {
+    fn read(&self, _: &H, _: usize, _: u64, _: u8) -> u64 {
+        0
+    }
+
+    fn write(&self, _: &H, _: usize, _: u64, _: u8, _: u64) -> Kicks {
+        Kicks::default()
+    }
+}
+
 /// The device an address falls in.
 pub struct Hit<'a, H: ?Sized> {
     pub device: &'a dyn MmioDevice<H>,
@@ -83,7 +96,9 @@ pub struct Hit<'a, H: ?Sized> {
 pub struct MmioBus<H: ?Sized> {
     bases: [u64; MAX_RANGES],
     sizes: [u64; MAX_RANGES],
-    devices: [Option<Box<dyn MmioDevice<H>>>; MAX_RANGES],
+    /// Unused entries hold [`Nothing`] (a box of nothing allocates
+    /// nothing), which keeps an `Option` test off the lookup.
+    devices: [Box<dyn MmioDevice<H>>; MAX_RANGES],
     /// What an access counts as in the VM's statistics.
     kinds: [ExitKind; MAX_RANGES],
     len: usize,
@@ -100,7 +115,7 @@ impl<H: ?Sized> MmioBus<H> {
         Self {
             bases: [u64::MAX; MAX_RANGES],
             sizes: [0; MAX_RANGES],
-            devices: [const { None }; MAX_RANGES],
+            devices: core::array::from_fn(|_| Box::new(Nothing) as Box<dyn MmioDevice<H>>),
             kinds: [ExitKind::Other; MAX_RANGES],
             len: 0,
         }
@@ -137,7 +152,7 @@ impl<H: ?Sized> MmioBus<H> {
         self.bases[at] = base;
         self.sizes[at] = size;
         self.kinds[at] = kind;
-        self.devices[at] = Some(device);
+        self.devices[at] = device;
         self.len = n + 1;
         Ok(())
     }
@@ -161,8 +176,7 @@ impl<H: ?Sized> MmioBus<H> {
         if offset >= self.sizes[i] {
             return None;
         }
-        let device = self.devices[i].as_deref()?;
-        Some(Hit { device, offset, kind: self.kinds[i] })
+        Some(Hit { device: &*self.devices[i], offset, kind: self.kinds[i] })
     }
 
     /// The registered ranges as (base, size), lowest first.

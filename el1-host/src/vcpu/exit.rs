@@ -136,15 +136,13 @@ impl ExitHandler<'_> {
     /// takes it, else the guest gets an external abort.
     fn data_abort(&self, ctx: &mut VcpuContext) -> Flow {
         let vm: &Vm = self.vm;
-        match mmio::dispatch(&vm.bus, vm, self.vcpu.index, ctx) {
-            Dispatch::Done { kind, kicks } => {
-                vm.stats.count(kind);
+        match mmio::dispatch(&vm.bus, vm, self.vcpu.index, ctx, &vm.stats) {
+            Dispatch::Done { kicks } => {
                 if !kicks.is_empty() {
                     vm.kick(kicks);
                 }
             }
             Dispatch::NoSyndrome { ipa, pc } => {
-                vm.stats.count(ExitKind::Abort);
                 log::warn!(
                     "vm {} vcpu {}: access to IPA {ipa:#x} at {pc:#x} has no syndrome (ISV=0) to emulate: external abort",
                     vm.name,
@@ -152,7 +150,6 @@ impl ExitHandler<'_> {
                 );
             }
             Dispatch::Unmapped { ipa, write, pc } => {
-                vm.stats.count(ExitKind::Abort);
                 log::warn!(
                     "vm {} vcpu {}: {} IPA {ipa:#x} at {pc:#x}: outside its memory map, external abort",
                     vm.name,

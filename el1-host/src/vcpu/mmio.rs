@@ -4,7 +4,7 @@
 
 use crate::devices::bus::MmioBus;
 use crate::gic::vgic::Kicks;
-use crate::vm::stats::ExitKind;
+use crate::vm::stats::{ExitKind, VmStats};
 use ferrovisor_shared::esr::{DataAbortIss, Esr};
 use ferrovisor_shared::vcpu::{ExitInfo, VcpuContext};
 
@@ -31,27 +31,26 @@ pub fn decode(exit: &ExitInfo) -> Result<MmioAccess, u64> {
 impl MmioAccess {
     /// The value a store writes, truncated to the access size.
     pub fn write_value(&self, ctx: &VcpuContext) -> u64 {
-        let v = match self.iss.register {
-            31 => 0,
-            r => ctx.regs.x[r as usize],
-        };
-        v & size_mask(self.iss.access_size)
+        // Register 31 is XZR here: the one index past `x`.
+        let v = ctx.regs.x.get(usize::from(self.iss.register)).copied().unwrap_or(0);
+        let shift = self.unused_bits();
+        (v << shift) >> shift
     }
 
     /// Puts a load's value in the target register (sign- or zero-extended as
     /// the instruction asked) and steps past the instruction.
     pub fn complete_read(&self, ctx: &mut VcpuContext, value: u64) {
-        let bits = u32::from(self.iss.access_size) * 8;
-        let mut v = value & size_mask(self.iss.access_size);
-        if self.iss.sign_extend && bits < 64 {
-            let shift = 64 - bits;
-            v = (((v << shift) as i64) >> shift) as u64;
-        }
+        // The access's bits to the top, then back down arithmetically
+        // (sign-extended) or logically (zero-extended).
+        let shift = self.unused_bits();
+        let mut v =
+            if self.iss.sign_extend { (((value << shift) as i64) >> shift) as u64 } else { (value << shift) >> shift };
         if !self.iss.sixty_four {
             v &= 0xffff_ffff;
         }
-        if self.iss.register != 31 {
-            ctx.regs.x[self.iss.register as usize] = v;
+        // A load to register 31 (XZR) is discarded.
+        if let Some(x) = ctx.regs.x.get_mut(usize::from(self.iss.register)) {
+            *x = v;
         }
         super::inject::skip_instruction(ctx);
     }
@@ -62,12 +61,12 @@ impl MmioAccess {
     }
 }
 
-/// What became of a stage-2 data abort.
+/// What became of a stage-2 data abort (counted already).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dispatch {
     /// A device on the bus took the access and the guest steps past it:
-    /// count it as `kind`, kick `kicks` (none after a read).
-    Done { kind: ExitKind, kicks: Kicks },
+    /// kick `kicks` (none after a read).
+    Done { kicks: Kicks },
     /// No instruction syndrome (ISV = 0) to emulate: an external abort was
     /// injected; `pc` is where the guest was.
     NoSyndrome { ipa: u64, pc: u64 },
@@ -78,37 +77,45 @@ pub enum Dispatch {
 /// Decodes the data abort in `ctx.exit`, has the device on `bus` at its
 /// address read or write (as vCPU `vcpu` of `vm`), and completes the
 /// instruction; else makes it a synchronous external abort for the guest.
+/// Counts the exit in `stats`: as the kind the device registered with, or
+/// [`ExitKind::Abort`].
 #[inline(always)]
-pub fn dispatch<H: ?Sized>(bus: &MmioBus<H>, vm: &H, vcpu: usize, ctx: &mut VcpuContext) -> Dispatch {
+pub fn dispatch<H: ?Sized>(bus: &MmioBus<H>, vm: &H, vcpu: usize, ctx: &mut VcpuContext, stats: &VmStats) -> Dispatch {
     let access = match decode(&ctx.exit) {
         Ok(a) => a,
         Err(ipa) => {
+            stats.count(ExitKind::Abort);
             let pc = ctx.regs.pc;
             super::inject::inject_data_abort(ctx, ctx.exit.far);
             return Dispatch::NoSyndrome { ipa, pc };
         }
     };
     let Some(hit) = bus.lookup(access.ipa) else {
+        stats.count(ExitKind::Abort);
         let pc = ctx.regs.pc;
         super::inject::inject_data_abort(ctx, ctx.exit.far);
         return Dispatch::Unmapped { ipa: access.ipa, write: access.iss.write, pc };
     };
+    // Before the call: the kind need not be kept across it.
+    stats.count(hit.kind);
     let size = access.iss.access_size;
     if access.iss.write {
         let kicks = hit.device.write(vm, vcpu, hit.offset, size, access.write_value(ctx));
         access.complete_write(ctx);
-        Dispatch::Done { kind: hit.kind, kicks }
+        Dispatch::Done { kicks }
     } else {
         let value = hit.device.read(vm, vcpu, hit.offset, size);
         access.complete_read(ctx, value);
-        Dispatch::Done { kind: hit.kind, kicks: Kicks::default() }
+        Dispatch::Done { kicks: Kicks::default() }
     }
 }
 
-fn size_mask(bytes: u8) -> u64 {
-    match bytes {
-        8 => u64::MAX,
-        b => (1u64 << (u32::from(b) * 8)) - 1,
+impl MmioAccess {
+    /// 64 less the access's width in bits: 56, 48, 32 or 0 (the syndrome's
+    /// sizes are 1, 2, 4 and 8 bytes).
+    #[inline(always)]
+    fn unused_bits(&self) -> u32 {
+        64u32.wrapping_sub(u32::from(self.iss.access_size) * 8) & 63
     }
 }
 
@@ -164,6 +171,34 @@ mod tests {
         a.complete_read(&mut ctx, u64::MAX);
         assert_eq!(ctx.regs.x[5], u64::MAX);
         assert_eq!(ctx.regs.pc, 16);
+    }
+
+    #[test]
+    fn every_width_keeps_only_its_bits() {
+        let mut ctx = VcpuContext::default();
+        // ldrh w6: zero-extended, the device's upper bits dropped
+        let a = decode(&exit(DABT | 1 << 22 | 6 << 16, 0x0a00_0000)).unwrap();
+        a.complete_read(&mut ctx, 0xdead_beef_cafe_8001);
+        assert_eq!(ctx.regs.x[6], 0x8001);
+        // ldrsw x6 (SSE, SF, word)
+        let a = decode(&exit(DABT | 2 << 22 | 1 << 21 | 6 << 16 | 1 << 15, 0x0a00_0000)).unwrap();
+        a.complete_read(&mut ctx, 0x1_8000_0000);
+        assert_eq!(ctx.regs.x[6], 0xffff_ffff_8000_0000);
+        // ldrsb w6 of a positive byte
+        let a = decode(&exit(DABT | 1 << 21 | 6 << 16, 0x0a00_0000)).unwrap();
+        a.complete_read(&mut ctx, 0x17f);
+        assert_eq!(ctx.regs.x[6], 0x7f);
+        // ldr xzr: the value goes nowhere, the instruction is still done
+        let a = decode(&exit(DABT | 3 << 22 | 31 << 16 | 1 << 15, 0x0a00_0000)).unwrap();
+        let before = ctx.regs.x;
+        a.complete_read(&mut ctx, u64::MAX);
+        assert_eq!((ctx.regs.x, ctx.regs.pc), (before, 16));
+        // strh w7 and str x7
+        ctx.regs.x[7] = 0x8765_4321_fedc_ba98;
+        let a = decode(&exit(DABT | 1 << 22 | 7 << 16 | 1 << 6, 0x0a00_0000)).unwrap();
+        assert_eq!(a.write_value(&ctx), 0xba98);
+        let a = decode(&exit(DABT | 3 << 22 | 7 << 16 | 1 << 15 | 1 << 6, 0x0a00_0000)).unwrap();
+        assert_eq!(a.write_value(&ctx), 0x8765_4321_fedc_ba98);
     }
 
     #[test]
@@ -233,12 +268,13 @@ mod tests {
 
         #[test]
         fn a_read_lands_in_the_register_it_names() {
-            let (bus, vm) = (bus(), FakeVm::default());
+            let (bus, vm, stats) = (bus(), FakeVm::default(), VmStats::default());
             // ldr w7, [GICD + 8] (GICD_IIDR), as vCPU 3
             let mut ctx = context(DABT | 2 << 22 | 7 << 16, 0x0800_0008);
             ctx.regs.x[7] = u64::MAX;
-            let d = dispatch(&bus, &vm, 3, &mut ctx);
-            assert_eq!(d, Dispatch::Done { kind: ExitKind::Gic, kicks: Kicks::default() });
+            let d = dispatch(&bus, &vm, 3, &mut ctx, &stats);
+            assert_eq!(d, Dispatch::Done { kicks: Kicks::default() });
+            assert_eq!((stats.exits(ExitKind::Gic), stats.exits(ExitKind::Mmio)), (1, 0), "counted as the GIC's");
             assert_eq!(ctx.regs.x[7], 0x4658, "32 bits of the device's value, zero-extended");
             assert_eq!(ctx.regs.pc, 0x4008_0004);
             assert_eq!(*vm.calls.lock(), [Call::Read { dev: 2, vcpu: 3, offset: 8, size: 4 }]);
@@ -246,12 +282,13 @@ mod tests {
 
         #[test]
         fn a_write_passes_the_value_and_returns_the_kicks() {
-            let (bus, vm) = (bus(), FakeVm::default());
+            let (bus, vm, stats) = (bus(), FakeVm::default(), VmStats::default());
             // strb w2, [UART + 0] (UARTDR), as vCPU 0
             let mut ctx = context(DABT | 2 << 16 | 1 << 6, 0x0900_0000);
             ctx.regs.x[2] = 0x1234_5641;
-            let d = dispatch(&bus, &vm, 0, &mut ctx);
-            assert_eq!(d, Dispatch::Done { kind: ExitKind::Mmio, kicks: Kicks(0b10) });
+            let d = dispatch(&bus, &vm, 0, &mut ctx, &stats);
+            assert_eq!(d, Dispatch::Done { kicks: Kicks(0b10) });
+            assert_eq!((stats.exits(ExitKind::Gic), stats.exits(ExitKind::Mmio)), (0, 1), "counted as the UART's");
             assert_eq!(*vm.calls.lock(), [Call::Write { dev: 1, vcpu: 0, offset: 0, size: 1, value: 0x41 }]);
             assert_eq!(ctx.regs.pc, 0x4008_0004);
             assert_eq!(ctx.regs.x[2], 0x1234_5641, "a store leaves its register alone");
@@ -271,27 +308,30 @@ mod tests {
 
         #[test]
         fn an_unmapped_address_is_an_external_abort() {
-            let (bus, vm) = (bus(), FakeVm::default());
+            let (bus, vm, stats) = (bus(), FakeVm::default(), VmStats::default());
             for (ipa, write) in [(0x0801_0000, false), (0x08ff_fffc, true), (0x0900_1000, false), (0x07ff_fffc, true)] {
                 let mut ctx = context(DABT | 2 << 22 | u64::from(write) << 6 | 1 << 16, ipa);
                 ctx.regs.x[1] = 0x55;
-                let d = dispatch(&bus, &vm, 0, &mut ctx);
+                let d = dispatch(&bus, &vm, 0, &mut ctx, &stats);
                 assert_eq!(d, Dispatch::Unmapped { ipa, write, pc: 0x4008_0000 });
                 assert_external_abort(&ctx, 0x4008_0000, ipa);
                 assert_eq!(ctx.regs.x[1], 0x55, "a load from nothing leaves its register alone");
             }
             assert!(vm.calls.lock().is_empty(), "no device was asked");
+            assert_eq!(stats.exits(ExitKind::Abort), 4);
+            assert_eq!(stats.exits(ExitKind::Mmio) + stats.exits(ExitKind::Gic), 0);
         }
 
         #[test]
         fn no_syndrome_is_an_external_abort_even_on_a_device() {
-            let (bus, vm) = (bus(), FakeVm::default());
+            let (bus, vm, stats) = (bus(), FakeVm::default(), VmStats::default());
             // ISV = 0 (a load pair, say) in the UART's range.
             let mut ctx = context(0x24 << 26 | 1 << 25 | 0x07, 0x0900_0040);
-            let d = dispatch(&bus, &vm, 0, &mut ctx);
+            let d = dispatch(&bus, &vm, 0, &mut ctx, &stats);
             assert_eq!(d, Dispatch::NoSyndrome { ipa: 0x0900_0040, pc: 0x4008_0000 });
             assert_external_abort(&ctx, 0x4008_0000, 0x0900_0040);
             assert!(vm.calls.lock().is_empty());
+            assert_eq!((stats.exits(ExitKind::Abort), stats.exits(ExitKind::Mmio)), (1, 0));
         }
     }
 }
