@@ -17,7 +17,7 @@ pub trait DeviceHost {
     fn console_line(&self, text: &str);
 }
 
-/// The guest physical map (a copy of QEMU virt's, DESIGN §4).
+/// The guest physical map (a copy of QEMU virt's, docs/guests.md §1).
 pub mod map {
     pub const GIC_DIST: u64 = 0x0800_0000;
     pub const GIC_DIST_SIZE: u64 = 0x1_0000;

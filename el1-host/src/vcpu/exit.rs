@@ -1,4 +1,4 @@
-//! Exits the host handles (DESIGN §1 step 5): SMCCC/PSCI, MMIO to the
+//! Exits the host handles (docs/exit.md §7): SMCCC/PSCI, MMIO to the
 //! emulated devices, trapped system registers, WFI/WFE, aborts outside the
 //! guest's map, and everything else as an UNDEFINED exception for the guest.
 
@@ -85,7 +85,7 @@ impl ExitHandler<'_> {
                     stats.count(ExitKind::Wfi);
                     self.block_in_wfi(ctx)
                 } else {
-                    // WFE (trapped only while vCPUs share CPUs): a hint to yield.
+                    // WFE (trapped only with CONFIG_TRAP_WFE, which the host does not set yet): a hint to yield.
                     stats.count(ExitKind::Wfe);
                     if crate::sched::oversubscribed() {
                         crate::sched::request(self.vcpu, crate::sched::work::WORK_RESCHED);
@@ -229,7 +229,7 @@ impl ExitHandler<'_> {
     /// Whether a vCPU in WFI must go back to the guest.
     pub fn wake_from_wfi(&self, ctx: &VcpuContext) -> bool {
         // The requests first, with acquire: a doorbell's `pending_last` is
-        // published by its request (seed 004), which `pending()` already
+        // published by its request (docs/interrupts.md §11), which `pending()` already
         // covers; this is `VpeDoorbell::runnable` with every request bit.
         self.vcpu.entry.pending() != 0
             || self.vcpu.power.is_off()

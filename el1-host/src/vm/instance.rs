@@ -216,7 +216,7 @@ impl Vm {
 
     /// Writes the images into guest memory (and zeroes it first on creation),
     /// then records what was written for the cache maintenance that must
-    /// happen before a vCPU runs (seed 003).
+    /// happen before a vCPU runs (docs/run-loop.md §7).
     fn populate(&self, zero: bool) {
         let _mem = self.mem_lock.lock();
         let b = &self.boot;
