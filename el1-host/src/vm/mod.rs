@@ -4,9 +4,9 @@ pub mod bundle;
 pub mod cmo;
 pub mod config;
 pub mod fdt;
-pub mod list;
 #[cfg(target_os = "none")]
 pub mod instance;
+pub mod list;
 pub mod loader;
 pub mod outcome;
 #[cfg(target_os = "none")]
