@@ -9,6 +9,7 @@
 pub mod asm;
 pub mod boot;
 pub mod console;
+pub mod cpio;
 pub mod dt;
 pub mod esr;
 pub mod hypercall;

@@ -13,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use ferrovisor_shared::cpio;
 use ferrovisor_shared::dt::{Board as DtBoard, ModuleRef};
 
 use crate::dtb::fdt_totalsize;
@@ -134,28 +135,11 @@ pub fn check_files(specs: &[GuestSpec]) -> Result<(), String> {
 /// A cpio "newc" archive of `files` (name, contents), regular files with
 /// mode 0644, ended by `TRAILER!!!`.
 pub fn write_cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut entry = |ino: u32, name: &str, mode: u32, data: &[u8]| {
-        let size = u32::try_from(data.len()).expect("a bundle file is under 4 GiB");
-        let namesize = name.len() as u32 + 1;
-        // ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
-        // rdevmajor, rdevminor, namesize, check
-        let fields = [ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, namesize, 0];
-        out.extend_from_slice(b"070701");
-        for f in fields {
-            out.extend_from_slice(format!("{f:08X}").as_bytes());
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.resize(out.len().next_multiple_of(4), 0);
-        out.extend_from_slice(data);
-        out.resize(out.len().next_multiple_of(4), 0);
-    };
-    for (i, (name, data)) in files.iter().enumerate() {
-        entry(i as u32 + 1, name, 0o100_644, data);
+    let mut w = cpio::Writer::new(Vec::new());
+    for (name, data) in files {
+        w.file(name, data).unwrap_or_else(|e| panic!("bundle file `{name}`: {e}"));
     }
-    entry(0, "TRAILER!!!", 0, &[]);
-    out
+    w.finish()
 }
 
 /// A device tree node name for each guest: its own name when that is a
@@ -462,28 +446,6 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a b").unwrap_err().contains("printable ASCII"));
         assert!(check_name(&"n".repeat(33)).unwrap_err().contains("longer than 32"));
-    }
-
-    /// The exact bytes of a one-file archive, laid out by hand.
-    #[test]
-    fn cpio_layout() {
-        let a = write_cpio(&[("ab", b"xyz")]);
-        let mut header = String::from("070701");
-        // ino, mode (0o100644), uid, gid, nlink, mtime, filesize
-        header += concat!("00000001", "000081A4", "00000000", "00000000", "00000001", "00000000", "00000003");
-        // devmajor, devminor, rdevmajor, rdevminor, namesize ("ab" and NUL), check
-        header += concat!("00000000", "00000000", "00000000", "00000000", "00000003", "00000000");
-        assert_eq!(header.len(), 110);
-        assert_eq!(&a[..110], header.as_bytes());
-        // Header and name: 113 bytes, padded to 116; the data: 3, padded to 4.
-        assert_eq!(&a[110..120], b"ab\0\0\0\0xyz\0");
-        let trailer = &a[120..];
-        assert_eq!(&trailer[..6], b"070701");
-        assert_eq!(&trailer[6 + 8 * 6..6 + 8 * 7], b"00000000", "trailer filesize");
-        assert_eq!(&trailer[6 + 8 * 11..6 + 8 * 12], b"0000000B", "trailer namesize");
-        assert_eq!(&trailer[110..], b"TRAILER!!!\0\0\0\0", "name, NUL and padding to 4");
-        // The empty archive is just the trailer.
-        assert_eq!(write_cpio(&[]).len(), 124);
     }
 
     /// GNU cpio lists and unpacks what we write (when it is installed).

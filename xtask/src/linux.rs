@@ -10,6 +10,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use ferrovisor_shared::cpio::{self, S_IFCHR, S_IFDIR, S_IFREG};
+
 use crate::boottest::{Ctx, Failure};
 use crate::check;
 use crate::guestcfg::{self, GuestSpec};
@@ -121,10 +123,6 @@ pub fn parse_fetch(text: &str) -> Result<Fetched, String> {
     })
 }
 
-const S_IFDIR: u32 = 0o040_000;
-const S_IFREG: u32 = 0o100_000;
-const S_IFCHR: u32 = 0o020_000;
-
 /// One member of a cpio archive.
 struct Member<'a> {
     path: &'a str,
@@ -139,27 +137,11 @@ struct Member<'a> {
 /// [`guestcfg::write_cpio`] (plain 0644 files) it keeps types and modes:
 /// the initramfs needs directories, executables and a device node.
 fn write_newc(members: &[Member]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let trailer = Member { path: "TRAILER!!!", mode: 0, data: &[], rdev: (0, 0) };
-    for (i, m) in members.iter().chain([&trailer]).enumerate() {
-        let size = u32::try_from(m.data.len()).map_err(|_| format!("{}: 4 GiB or more", m.path))?;
-        let ino = if m.mode == 0 { 0 } else { i as u32 + 1 };
-        let nlink = if m.mode & S_IFDIR != 0 { 2 } else { 1 };
-        let namesize = m.path.len() as u32 + 1;
-        // ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
-        // rdevmajor, rdevminor, namesize, check
-        let fields = [ino, m.mode, 0, 0, nlink, 0, size, 0, 0, m.rdev.0, m.rdev.1, namesize, 0];
-        out.extend_from_slice(b"070701");
-        for f in fields {
-            out.extend_from_slice(format!("{f:08X}").as_bytes());
-        }
-        out.extend_from_slice(m.path.as_bytes());
-        out.push(0);
-        out.resize(out.len().next_multiple_of(4), 0);
-        out.extend_from_slice(m.data);
-        out.resize(out.len().next_multiple_of(4), 0);
+    let mut w = cpio::Writer::new(Vec::new());
+    for m in members {
+        w.entry(m.path, m.mode, m.data, m.rdev).map_err(|e| format!("{}: {e}", m.path))?;
     }
-    Ok(out)
+    Ok(w.finish())
 }
 
 /// The initramfs: `/bin/busybox`, `/bin/perfcheck`, `/init` (the script
@@ -556,28 +538,11 @@ mod tests {
     /// path, mode, data, rdev
     type ReadBack = (String, u32, Vec<u8>, (u32, u32));
 
-    /// Reads a newc archive back, member by member up to the trailer,
-    /// checking the layout on the way.
-    fn read_newc(mut a: &[u8]) -> Vec<ReadBack> {
-        let total = a.len();
-        let mut out = Vec::new();
-        loop {
-            assert_eq!((total - a.len()) % 4, 0, "a header starts 4-byte aligned");
-            assert_eq!(&a[..6], b"070701");
-            let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&a[6 + 8 * i..14 + 8 * i]).unwrap(), 16);
-            let (mode, size, rdev) = (field(1).unwrap(), field(6).unwrap(), (field(9).unwrap(), field(10).unwrap()));
-            let namesize = field(11).unwrap() as usize;
-            let name = std::str::from_utf8(&a[110..110 + namesize - 1]).unwrap().to_string();
-            assert_eq!(a[110 + namesize - 1], 0, "the name ends in NUL");
-            let data_at = (110 + namesize).next_multiple_of(4);
-            let data = a[data_at..data_at + size as usize].to_vec();
-            a = &a[(data_at + size as usize).next_multiple_of(4)..];
-            if name == "TRAILER!!!" {
-                assert!(a.is_empty(), "nothing after the trailer");
-                return out;
-            }
-            out.push((name, mode, data, rdev));
-        }
+    /// Reads a newc archive back, member by member up to the trailer.
+    fn read_newc(a: &[u8]) -> Vec<ReadBack> {
+        assert!(a.ends_with(b"TRAILER!!!\0\0\0\0"), "nothing after the trailer");
+        let archive = cpio::Archive::parse(a).unwrap();
+        archive.entries().map(|e| (e.name.to_string(), e.mode, e.data.to_vec(), e.rdev)).collect()
     }
 
     fn fake_busybox() -> Vec<u8> {

@@ -434,26 +434,12 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    // ---- a tiny cpio newc writer (the format super::bundle reads) ----
-
     fn cpio(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut push = |name: &str, mode: u32, data: &[u8]| {
-            out.extend_from_slice(b"070701");
-            for f in [0, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0] {
-                out.extend_from_slice(format!("{f:08x}").as_bytes());
-            }
-            out.extend_from_slice(name.as_bytes());
-            out.push(0);
-            out.resize(out.len().next_multiple_of(4), 0);
-            out.extend_from_slice(data);
-            out.resize(out.len().next_multiple_of(4), 0);
-        };
+        let mut w = ferrovisor_shared::cpio::Writer::new(Vec::new());
         for (name, data) in files {
-            push(name, 0o100_644, data);
+            w.file(name, data).unwrap();
         }
-        push("TRAILER!!!", 0, &[]);
-        out
+        w.finish()
     }
 
     fn spec(name: &str, vcpus: u32, mib: u64, kernel: &[u8], initrd: Option<&[u8]>, bootargs: &str) -> VmSpec {
