@@ -312,20 +312,13 @@ pub const fn baser(
 
 // ---- Redistributor LPI registers (offsets from a CPU's RD frame) ------------------------------
 
-pub const GICR_CTLR: usize = 0x0000;
-pub const GICR_TYPER: usize = 0x0008;
-pub const GICR_PROPBASER: usize = 0x0070;
-pub const GICR_PENDBASER: usize = 0x0078;
+pub use crate::gic::{
+    GICR_CTLR, GICR_CTLR_ENABLE_LPIS, GICR_PENDBASER, GICR_PROPBASER, GICR_TYPER, GICR_TYPER_PLPIS, GICR_TYPER_VLPIS,
+};
 /// The VLPI frame (GICv4): after the RD and SGI frames.
 pub const GICR_VLPI_FRAME: usize = 0x2_0000;
 pub const GICR_VPROPBASER: usize = GICR_VLPI_FRAME + 0x70;
 pub const GICR_VPENDBASER: usize = GICR_VLPI_FRAME + 0x78;
-
-pub const GICR_CTLR_ENABLE_LPIS: u32 = 1 << 0;
-/// `GICR_TYPER.PLPIS`: physical LPIs supported.
-pub const GICR_TYPER_PLPIS: u64 = 1 << 0;
-/// `GICR_TYPER.VLPIS`: virtual LPIs and the VLPI frame (GICv4).
-pub const GICR_TYPER_VLPIS: u64 = 1 << 1;
 
 // GICR_PROPBASER / GICR_VPROPBASER (GICv4.0): OuterCache [58:56], PA [51:12], Shareability [11:10],
 // InnerCache [9:7], IDbits [4:0].

@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpio;
 pub mod dt;
 pub mod esr;
+pub mod gic;
 pub mod hypercall;
 pub mod image;
 pub mod its;
