@@ -68,7 +68,7 @@ pub struct CpuTable {
 }
 
 /// The affinity bits of an MPIDR (Aff3, Aff2, Aff1, Aff0).
-pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+pub use ferrovisor_shared::gic::MPIDR_AFFINITY_MASK;
 
 /// A slot no MPIDR matches.
 const NO_MPIDR: u64 = u64::MAX;

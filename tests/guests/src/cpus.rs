@@ -6,7 +6,7 @@ use smccc::psci::error::{ALREADY_ON, ON_PENDING, SUCCESS};
 
 /// `MPIDR_EL1`'s affinity fields (Aff3, Aff2, Aff1, Aff0), as a device
 /// tree's cpu `reg` and PSCI's target-CPU arguments hold them.
-pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+pub use ferrovisor_shared::gic::MPIDR_AFFINITY_MASK;
 
 /// The device-tree index of the CPU whose `reg` is `mpidr`'s affinity.
 pub fn index_of(cpus: &[CpuDesc], mpidr: u64) -> Option<usize> {

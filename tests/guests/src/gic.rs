@@ -17,101 +17,10 @@ pub mod driver;
 #[cfg(target_os = "none")]
 pub use driver::*;
 
-/// The INTID `IAR` returns when nothing can be acknowledged.
-pub const SPURIOUS: u32 = 1023;
-/// SGIs are INTIDs 0-15, PPIs 16-31, SPIs from 32.
-pub const SGI_COUNT: u32 = 16;
-pub const PRIVATE_COUNT: u32 = 32;
+pub use ferrovisor_shared::gic::*;
+
 /// The priority every interrupt gets (Linux's default).
 pub const DEFAULT_PRIORITY: u8 = 0xa0;
-
-// Distributor (GICD), the same offsets in both versions.
-pub const GICD_CTLR: usize = 0x0000;
-pub const GICD_TYPER: usize = 0x0004;
-pub const GICD_IIDR: usize = 0x0008;
-pub const GICD_IGROUPR: usize = 0x0080;
-pub const GICD_ISENABLER: usize = 0x0100;
-pub const GICD_ICENABLER: usize = 0x0180;
-pub const GICD_ISPENDR: usize = 0x0200;
-pub const GICD_ICPENDR: usize = 0x0280;
-pub const GICD_ISACTIVER: usize = 0x0300;
-pub const GICD_ICACTIVER: usize = 0x0380;
-pub const GICD_IPRIORITYR: usize = 0x0400;
-/// GICv2 only (GICv3 with affinity routing uses `GICD_IROUTER`).
-pub const GICD_ITARGETSR: usize = 0x0800;
-pub const GICD_ICFGR: usize = 0x0c00;
-/// GICv2 only: software-generated interrupts.
-pub const GICD_SGIR: usize = 0x0f00;
-/// GICv3: `GICD_IROUTER<n>` at `GICD_IROUTER + 8 * n` for SPI n.
-pub const GICD_IROUTER: usize = 0x6000;
-pub const GICD_PIDR2_V2: usize = 0x0fe8;
-pub const GICD_PIDR2_V3: usize = 0xffe8;
-/// A reserved distributor word in both versions (RAZ/WI).
-pub const GICD_RESERVED: usize = 0x0070;
-
-/// GICv2 `Enable` (Group 0 without the Security Extensions, Group 1 in the
-/// Non-secure view); GICv3 `EnableGrp0` (DS = 1) or `EnableGrp1` (Non-secure view).
-pub const GICD_CTLR_ENABLE_GRP0: u32 = 1 << 0;
-/// GICv3 `EnableGrp1` (DS = 1) or `EnableGrp1A` (Non-secure view).
-pub const GICD_CTLR_ENABLE_GRP1: u32 = 1 << 1;
-/// GICv3 `ARE` / `ARE_NS`: affinity routing.
-pub const GICD_CTLR_ARE: u32 = 1 << 4;
-/// GICv3 `RWP`: a register write is still taking effect.
-pub const GICD_CTLR_RWP: u32 = 1 << 31;
-/// `GICD_IROUTER.Interrupt_Routing_Mode`: any participating PE.
-pub const GICD_IROUTER_IRM: u64 = 1 << 31;
-
-/// `GICD_SGIR.TargetListFilter` (bits [25:24]).
-pub const GICD_SGIR_FILTER_LIST: u32 = 0;
-pub const GICD_SGIR_FILTER_OTHERS: u32 = 1;
-pub const GICD_SGIR_FILTER_SELF: u32 = 2;
-
-// Redistributor (GICv3): RD_base frame, then the SGI_base frame 64 KiB up.
-pub const GICR_CTLR: usize = 0x0000;
-pub const GICR_IIDR: usize = 0x0004;
-pub const GICR_TYPER: usize = 0x0008;
-pub const GICR_WAKER: usize = 0x0014;
-pub const GICR_PIDR2: usize = 0xffe8;
-pub const GICR_SGI_BASE: usize = 0x1_0000;
-/// In the SGI_base frame: the same offsets as the distributor's first words.
-pub const GICR_IGROUPR0: usize = 0x0080;
-pub const GICR_ISENABLER0: usize = 0x0100;
-pub const GICR_ICENABLER0: usize = 0x0180;
-pub const GICR_ISPENDR0: usize = 0x0200;
-pub const GICR_ICPENDR0: usize = 0x0280;
-pub const GICR_ISACTIVER0: usize = 0x0300;
-pub const GICR_ICACTIVER0: usize = 0x0380;
-pub const GICR_IPRIORITYR: usize = 0x0400;
-pub const GICR_ICFGR0: usize = 0x0c00;
-pub const GICR_ICFGR1: usize = 0x0c04;
-/// A redistributor's frames: RD_base and SGI_base (GICv3), plus VLPI_base
-/// and a reserved frame when `GICR_TYPER.VLPIS` is set (GICv4).
-pub const GICR_FRAME_SIZE: usize = 0x2_0000;
-pub const GICR_FRAME_SIZE_VLPIS: usize = 0x4_0000;
-pub const GICR_CTLR_RWP: u32 = 1 << 3;
-pub const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-pub const GICR_WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
-
-// CPU interface (GICv2, MMIO).
-pub const GICC_CTLR: usize = 0x0000;
-pub const GICC_PMR: usize = 0x0004;
-pub const GICC_BPR: usize = 0x0008;
-pub const GICC_IAR: usize = 0x000c;
-pub const GICC_EOIR: usize = 0x0010;
-pub const GICC_RPR: usize = 0x0014;
-pub const GICC_IIDR: usize = 0x00fc;
-pub const GICC_DIR: usize = 0x1000;
-/// `EnableGrp0` without the Security Extensions, `EnableGrp1` in the Non-secure view.
-pub const GICC_CTLR_ENABLE: u32 = 1 << 0;
-/// `EOImodeS` without the Security Extensions, `EOImodeNS` in the Non-secure view.
-pub const GICC_CTLR_EOIMODE: u32 = 1 << 9;
-
-/// `ICC_CTLR_EL1.EOImode`: `ICC_EOIR1_EL1` only drops priority; `ICC_DIR_EL1` deactivates.
-pub const ICC_CTLR_EL1_EOIMODE: u64 = 1 << 1;
-/// `ICC_SRE_EL1.SRE`: the system register interface is used.
-pub const ICC_SRE_EL1_SRE: u64 = 1 << 0;
-/// `ICC_SGI1R_EL1.IRM`: to every PE but the sender.
-pub const ICC_SGI1R_EL1_IRM: u64 = 1 << 40;
 
 /// The architecture version the driver programs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,22 +36,21 @@ pub struct RedistTyper(pub u64);
 impl RedistTyper {
     /// The last redistributor of a contiguous region.
     pub fn last(self) -> bool {
-        self.0 & (1 << 4) != 0
+        self.0 & GICR_TYPER_LAST != 0
     }
 
     /// GICv4 virtual LPIs: the redistributor has four 64 KiB frames.
     pub fn vlpis(self) -> bool {
-        self.0 & (1 << 1) != 0
+        self.0 & GICR_TYPER_VLPIS != 0
     }
 
     pub fn processor_number(self) -> u32 {
-        ((self.0 >> 8) & 0xffff) as u32
+        ((self.0 >> GICR_TYPER_PROCESSOR_NUMBER_SHIFT) & 0xffff) as u32
     }
 
     /// `Affinity_Value` (bits [63:32], Aff3.Aff2.Aff1.Aff0) in `MPIDR_EL1`'s layout.
     pub fn mpidr(self) -> u64 {
-        let aff = self.0 >> 32;
-        ((aff & 0xff00_0000) << 8) | (aff & 0x00ff_ffff)
+        gicr_typer_mpidr(self.0)
     }
 
     /// The distance to the next redistributor.
@@ -158,27 +66,26 @@ impl RedistTyper {
 /// `ICC_SGI1R_EL1` for SGI `intid` to the one PE whose affinity is `mpidr`
 /// (`MPIDR_EL1` layout): `TargetList` holds bit Aff0 % 16, `RS` = Aff0 / 16.
 pub fn sgi1r_to(intid: u32, mpidr: u64) -> u64 {
-    let aff0 = mpidr & 0xff;
-    let aff1 = (mpidr >> 8) & 0xff;
-    let aff2 = (mpidr >> 16) & 0xff;
-    let aff3 = (mpidr >> 32) & 0xff;
-    (aff3 << 48)
-        | ((aff0 >> 4) << 44)
-        | (aff2 << 32)
-        | (u64::from(intid & 0xf) << 24)
-        | (aff1 << 16)
-        | (1 << (aff0 & 0xf))
+    let aff = |level| u64::from(affinity_level(mpidr, level));
+    (aff(3) << ICC_SGI1R_EL1_AFF3_SHIFT)
+        | ((aff(0) >> 4) << ICC_SGI1R_EL1_RS_SHIFT)
+        | (aff(2) << ICC_SGI1R_EL1_AFF2_SHIFT)
+        | (u64::from(intid & 0xf) << ICC_SGI1R_EL1_INTID_SHIFT)
+        | (aff(1) << ICC_SGI1R_EL1_AFF1_SHIFT)
+        | (1 << (aff(0) & 0xf))
 }
 
 /// `ICC_SGI1R_EL1` for SGI `intid` to every PE but the sender.
 pub fn sgi1r_others(intid: u32) -> u64 {
-    ICC_SGI1R_EL1_IRM | (u64::from(intid & 0xf) << 24)
+    ICC_SGI1R_EL1_IRM | (u64::from(intid & 0xf) << ICC_SGI1R_EL1_INTID_SHIFT)
 }
 
 /// `GICD_SGIR` for SGI `intid` with `TargetListFilter` `filter` and
 /// `CPUTargetList` `targets` (one bit per CPU interface).
 pub fn sgir(intid: u32, filter: u32, targets: u8) -> u32 {
-    ((filter & 3) << 24) | (u32::from(targets) << 16) | (intid & 0xf)
+    ((filter & 3) << GICD_SGIR_FILTER_SHIFT)
+        | (u32::from(targets) << GICD_SGIR_TARGET_LIST_SHIFT)
+        | (intid & GICD_SGIR_INTID)
 }
 
 /// A value read from `IAR` (`GICC_IAR` or `ICC_IAR1_EL1`). `EOIR` and `DIR`
@@ -192,7 +99,7 @@ pub struct Iar {
 impl Iar {
     pub fn intid(self) -> u32 {
         match self.version {
-            Version::V2 => self.raw & 0x3ff,
+            Version::V2 => self.raw & GICC_IAR_INTID,
             Version::V3 => self.raw & 0xff_ffff,
         }
     }

@@ -15,21 +15,17 @@
 //! is off, so the CPU's accesses to them are not cached and the tables are
 //! described to the GIC as Normal Non-cacheable.
 
-/// The first LPI.
-pub const LPI_BASE: u32 = 8192;
 /// INTID bits the driver gives `GICR_PROPBASER.IDbits`: LPIs 8192-16383.
 pub const LPI_ID_BITS: u32 = 14;
 /// LPIs the property table describes.
 pub const LPI_COUNT: u32 = (1 << LPI_ID_BITS) - LPI_BASE;
 
+pub use ferrovisor_shared::gic::{GICD_TYPER_ID_BITS_SHIFT, GICD_TYPER_LPIS, LPI_BASE};
 pub use ferrovisor_shared::its::*;
-
-/// `GICD_TYPER.LPIS`.
-pub const GICD_TYPER_LPIS: u32 = 1 << 17;
 
 /// `GICD_TYPER.IDbits` + 1: the INTID bits the GIC supports.
 pub fn gicd_id_bits(gicd_typer: u32) -> u32 {
-    ((gicd_typer >> 19) & 0x1f) + 1
+    ((gicd_typer >> GICD_TYPER_ID_BITS_SHIFT) & 0x1f) + 1
 }
 
 #[cfg(target_os = "none")]
