@@ -11,6 +11,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::dt::GicDesc;
+use ferrovisor_shared::gic::*;
 use spin::{Mutex, Once};
 
 /// What the GIC is, for the banner and the rest of the host.
@@ -69,11 +70,6 @@ static V2_TARGET: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 /// GICv3: each CPU's MPIDR, for SGI routing.
 static MPIDR: [core::sync::atomic::AtomicU64; MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
 
-const GICR_TYPER: usize = 0x8;
-const GICR_TYPER_VLPIS: u64 = 1 << 1;
-const GICR_TYPER_RVPEID: u64 = 1 << 7;
-const GICD_ITARGETSR0: usize = 0x800;
-const GICD_PIDR2: usize = 0xffe8;
 /// Priority for the host's own interrupts.
 const PRIORITY: u8 = 0x80;
 
@@ -125,7 +121,7 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
             let mut vlpis = true;
             for (cpu, &mpidr) in mpidrs.iter().enumerate() {
                 let typer = gic.gicr_typer(cpu).map_err(|_| "fewer redistributors than CPUs")?;
-                if typer.core_mpidr() & 0xff_00ff_ffff != mpidr {
+                if mpidr_affinity(typer.core_mpidr()) != mpidr {
                     return Err("redistributor order does not follow the /cpus order");
                 }
                 // SAFETY: GICR_TYPER of a redistributor `gicr_typer` just found.
@@ -140,8 +136,8 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
                 v4_1 &= raw & GICR_TYPER_VLPIS != 0 && raw & GICR_TYPER_RVPEID != 0;
             }
             // SAFETY: GICD_PIDR2 of the distributor the device tree names.
-            let pidr2 = unsafe { ((gicd.base as usize + GICD_PIDR2) as *const u32).read_volatile() };
-            let arch_rev = ((pidr2 >> 4) & 0xf) as u8;
+            let pidr2 = unsafe { ((gicd.base as usize + GICD_PIDR2_V3) as *const u32).read_volatile() };
+            let arch_rev = ((pidr2 >> PIDR2_ARCHREV_SHIFT) & 0xf) as u8;
             gic.setup(0);
             let v4 = vlpis && arch_rev >= 4;
             (Driver::V3(gic), Version::V3 { arch_rev, its: its.is_some(), v4, v4_1: v4_1 && arch_rev >= 4 })
@@ -165,7 +161,7 @@ unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> (u64, u64) {
         // SAFETY: our caller's promise; walking frame by frame as the GICv3
         // architecture describes.
         let typer = unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() };
-        frame += if typer & GICR_TYPER_VLPIS != 0 { 0x4_0000 } else { 0x2_0000 };
+        frame += if typer & GICR_TYPER_VLPIS != 0 { GICR_FRAME_SIZE_VLPIS } else { GICR_FRAME_SIZE };
     }
     // SAFETY: as above.
     (unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() }, frame as u64)
@@ -200,7 +196,6 @@ static GICV_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64:
 /// PPI 9, the architected maintenance interrupt, when the device tree omits it.
 const DEFAULT_MAINTENANCE_INTID: u32 = 25;
 static MAINTENANCE: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(DEFAULT_MAINTENANCE_INTID);
-const GICR_SGI_FRAME: usize = 0x1_0000;
 
 /// The GICv2 virtual CPU interface's physical address (`None` on GICv3 or
 /// without virtualization extensions).
@@ -232,14 +227,14 @@ pub fn set_private_active(intid: u32, active: bool) {
     if intid >= 32 {
         return;
     }
-    let off = if active { GICD_ISACTIVER0 } else { GICD_ICACTIVER0 };
+    let off = if active { GICD_ISACTIVER } else { GICD_ICACTIVER };
     let reg = match version() {
         Some(Version::V3 { .. }) => {
             let rd = RD_BASE[cpu::current() % MAX_CPUS].load(Ordering::Relaxed) as usize;
             if rd == 0 {
                 return;
             }
-            rd + GICR_SGI_FRAME + off
+            rd + GICR_SGI_BASE + off
         }
         Some(Version::V2) => GICD_BASE.load(Ordering::Relaxed) as usize + off,
         None => return,
@@ -264,7 +259,7 @@ pub fn init_cpu(cpu: usize, private: &[u32]) {
             }
             // SAFETY: GICD_ITARGETSR0 is banked per CPU and reads as this CPU's
             // interface bit; the distributor is mapped.
-            let me = unsafe { gicd_byte(GICD_ITARGETSR0) };
+            let me = unsafe { gicd_byte(GICD_ITARGETSR) };
             V2_TARGET[cpu].store(me, Ordering::Relaxed);
             for &intid in private {
                 let Ok(id) = IntId::try_from(intid) else { continue };
@@ -294,13 +289,6 @@ pub fn init_cpu(cpu: usize, private: &[u32]) {
     split_priority_drop_and_deactivation();
 }
 
-const ICC_CTLR_EOIMODE: u64 = 1 << 1;
-const GICC_CTLR: usize = 0x0;
-const GICC_CTLR_EOIMODE: u32 = 1 << 9;
-const GICC_DIR: usize = 0x1000;
-const GICD_ISACTIVER0: usize = 0x300;
-const GICD_ICACTIVER0: usize = 0x380;
-
 /// EOImode 1 on this CPU's interface: an EOI only drops the running
 /// priority and a separate deactivation ends the interrupt, so the host can
 /// leave a guest's hardware-linked interrupt (the virtual timer's) active
@@ -309,7 +297,7 @@ fn split_priority_drop_and_deactivation() {
     match version() {
         Some(Version::V3 { .. }) => {
             use aarch64_cpu::registers::{Readable, ICC_CTLR_EL1};
-            let ctlr = ICC_CTLR_EL1.get() | ICC_CTLR_EOIMODE;
+            let ctlr = ICC_CTLR_EL1.get() | ICC_CTLR_EL1_EOIMODE;
             // SAFETY: ICC_CTLR_EL1 (aarch64-cpu only reads it); setting
             // EOImode changes only how this CPU's EOIs behave.
             unsafe {
@@ -346,8 +334,6 @@ pub struct Ack {
     iar: u32,
 }
 
-const GICV2_IAR_INTID_MASK: u32 = 0x3ff;
-const SPURIOUS: u32 = 1023;
 const GICC_IAR: usize = 0xc;
 const GICC_EOIR: usize = 0x10;
 static GICC_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -362,7 +348,7 @@ pub fn acknowledge() -> Option<Ack> {
             // per CPU, so no lock is needed.
             let iar =
                 unsafe { ((GICC_BASE.load(Ordering::Relaxed) as usize + GICC_IAR) as *const u32).read_volatile() };
-            let intid = iar & GICV2_IAR_INTID_MASK;
+            let intid = iar & GICC_IAR_INTID;
             (intid != SPURIOUS).then_some(Ack { intid, iar })
         }
     }
@@ -419,9 +405,9 @@ pub fn send_sgi(sgi: u32, cpu: usize) {
         Some(Version::V3 { .. }) => {
             let mpidr = MPIDR[cpu].load(Ordering::Relaxed);
             let target = SgiTarget::List {
-                affinity3: (mpidr >> 32) as u8,
-                affinity2: (mpidr >> 16) as u8,
-                affinity1: (mpidr >> 8) as u8,
+                affinity3: affinity_level(mpidr, 3),
+                affinity2: affinity_level(mpidr, 2),
+                affinity1: affinity_level(mpidr, 1),
                 target_list: 1 << (mpidr & 0xf),
             };
             let _ = GicCpuInterface::send_sgi(id, target, SgiTargetGroup::CurrentGroup1);

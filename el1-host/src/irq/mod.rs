@@ -4,14 +4,10 @@
 use crate::arch::aarch64::timer;
 use crate::{gic, smp};
 use core::sync::atomic::Ordering;
+use ferrovisor_shared::gic::{LPI_BASE, SPECIAL_BASE};
 
 pub mod ids;
 use ids::*;
-
-/// INTIDs at or above this are special (spurious and friends).
-const SPECIAL_INTID: u32 = 1020;
-/// The first LPI.
-const LPI_BASE: u32 = 8192;
 
 /// Called from the IRQ vector with IRQs masked.
 pub fn handle() {
@@ -23,7 +19,7 @@ pub fn handle() {
     }
     while let Some(ack) = gic::acknowledge() {
         let intid = ack.intid;
-        if (SPECIAL_INTID..LPI_BASE).contains(&intid) {
+        if (SPECIAL_BASE..LPI_BASE).contains(&intid) {
             break;
         }
         let me = smp::this_cpu();

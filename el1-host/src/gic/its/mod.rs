@@ -23,6 +23,7 @@ mod tests;
 use core::fmt;
 
 // The architecture's register layout and command encodings, shared with the test guests' ITS driver.
+use ferrovisor_shared::gic::LPI_BASE;
 use ferrovisor_shared::its::*;
 pub use ferrovisor_shared::its::{Command, ItsTyper};
 
@@ -551,8 +552,6 @@ pub struct LpiTables;
 pub const PROP_TABLE_ALIGN: usize = 0x1000;
 /// `GICR_PENDBASER` / `GICR_VPENDBASER` table alignment.
 pub const PEND_TABLE_ALIGN: usize = 0x1_0000;
-/// First LPI INTID.
-pub const LPI_BASE: u32 = 8192;
 
 impl LpiTables {
     /// Bytes of an LPI configuration (property) table for INTIDs of `id_bits` bits: one byte per LPI,

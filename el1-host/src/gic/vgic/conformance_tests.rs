@@ -293,7 +293,7 @@ const QUEUE: u64 = RAM;
 const LEVEL1: u64 = RAM + 0x1_0000;
 const VALID: u64 = 1 << 63;
 const INDIRECT: u64 = 1 << 62;
-/// `GITS_BASER<n>.Page_Size` encodings (IHI 0069 §12.19 GITS_BASER<n>): 4, 16, 64 KiB, reserved.
+/// `GITS_BASER as u64<n>.Page_Size` encodings (IHI 0069 §12.19 GITS_BASER as u64<n>): 4, 16, 64 KiB, reserved.
 const PAGE_4K: u64 = 0 << 8;
 const PAGE_16K: u64 = 1 << 8;
 const PAGE_64K: u64 = 2 << 8;
@@ -308,114 +308,114 @@ fn its() -> (Its, Ram) {
     (Its::new(4, 16).unwrap(), Ram::at(RAM, RAM_SIZE))
 }
 
-/// GITS_TYPER: Physical, ITT_entry_size 8 bytes, IDbits 16, Devbits 16,
+/// GITS_TYPER as u64: Physical, ITT_entry_size 8 bytes, IDbits 16, Devbits 16,
 /// CIDbits 8 with CIL; PTA 0 (vCPU numbers, as KVM and QEMU), HCC 0, no
 /// GICv4, SEIS 0, CCT 0.
 const GITS_TYPER_VALUE: u64 = 1 | 7 << 4 | 15 << 8 | 15 << 13 | 7 << 32 | 1 << 36;
 
 #[rustfmt::skip]
 const ITS_REGS: &[Reg] = &[
-    // §12.19 GITS_IIDR.
-    reg("GITS_IIDR", GITS_IIDR, 4, IIDR, 0),
-    // §12.19 GITS_TYPER: read-only, 64-bit or halves.
-    reg("GITS_TYPER", GITS_TYPER, 8, GITS_TYPER_VALUE, 0),
-    reg("GITS_TYPER high", GITS_TYPER + 4, 4, GITS_TYPER_VALUE >> 32, 0),
-    // §12.19 GITS_CBASER: reset 0 as QEMU (UNKNOWN in the architecture); Valid, caches, PA [51:12],
+    // §12.19 GITS_IIDR as u64.
+    reg("GITS_IIDR", GITS_IIDR as u64, 4, IIDR, 0),
+    // §12.19 GITS_TYPER as u64: read-only, 64-bit or halves.
+    reg("GITS_TYPER", GITS_TYPER as u64, 8, GITS_TYPER_VALUE, 0),
+    reg("GITS_TYPER high", GITS_TYPER as u64 + 4, 4, GITS_TYPER_VALUE >> 32, 0),
+    // §12.19 GITS_CBASER as u64: reset 0 as QEMU (UNKNOWN in the architecture); Valid, caches, PA [51:12],
     // Shareability, Size writable while disabled.
-    reg("GITS_CBASER", GITS_CBASER, 8, 0, VALID | 7 << 59 | 7 << 53 | 0xf_ffff_ffff_f000 | 3 << 10 | 0xff),
-    // §12.19 GITS_CWRITER: Offset [19:5]; Retry [0] is write-only.
-    reg("GITS_CWRITER", GITS_CWRITER, 8, 0, 0xf_ffe0),
-    // §12.19 GITS_CREADR: read-only.
-    reg("GITS_CREADR", GITS_CREADR, 8, 0, 0),
-    // §12.19 GITS_BASER<n>: only 0 (devices) and 1 (collections) are implemented (Type 0 elsewhere).
-    raz("GITS_BASER2", GITS_BASER0 + 16, 8),
-    raz("GITS_BASER7", GITS_BASER0 + 56, 8),
-    // GITS_MPAMIDR, GITS_PARTIDR, GITS_MPIDR, GITS_STATUSR, GITS_UMSIR: not implemented.
+    reg("GITS_CBASER", GITS_CBASER as u64, 8, 0, VALID | 7 << 59 | 7 << 53 | 0xf_ffff_ffff_f000 | 3 << 10 | 0xff),
+    // §12.19 GITS_CWRITER as u64: Offset [19:5]; Retry [0] is write-only.
+    reg("GITS_CWRITER", GITS_CWRITER as u64, 8, 0, 0xf_ffe0),
+    // §12.19 GITS_CREADR as u64: read-only.
+    reg("GITS_CREADR", GITS_CREADR as u64, 8, 0, 0),
+    // §12.19 GITS_BASER as u64<n>: only 0 (devices) and 1 (collections) are implemented (Type 0 elsewhere).
+    raz("GITS_BASER2", GITS_BASER0 as u64 + 16, 8),
+    raz("GITS_BASER7", GITS_BASER0 as u64 + 56, 8),
+    // GITS_MPAMIDR as u64, GITS_PARTIDR as u64, GITS_MPIDR as u64, GITS_STATUSR as u64, GITS_UMSIR as u64: not implemented.
     raz("GITS_MPAMIDR", 0x0010, 4),
     raz("GITS_STATUSR", 0x0040, 4),
-    // The translation frame holds GITS_TRANSLATER only.
+    // The translation frame holds GITS_TRANSLATER as u64 only.
     raz("translation frame", 0x1_0000, 4),
-    reg("GITS_PIDR2", GITS_PIDR2, 4, 0x30, 0),
-    // §12.19 GITS_TRANSLATER: write-only; reads are RAZ.
-    raz("GITS_TRANSLATER", GITS_TRANSLATER, 4),
-    raz("GITS_TRANSLATER halfword", GITS_TRANSLATER, 2),
+    reg("GITS_PIDR2", GITS_PIDR2 as u64, 4, 0x30, 0),
+    // §12.19 GITS_TRANSLATER as u64: write-only; reads are RAZ.
+    raz("GITS_TRANSLATER", GITS_TRANSLATER as u64, 4),
+    raz("GITS_TRANSLATER halfword", GITS_TRANSLATER as u64, 2),
 ];
 
 #[test]
 fn its_registers() {
     let (its, ram) = its();
-    // §12.19 GITS_CTLR: disabled and Quiescent at reset. Writing Enabled would start it: checked below.
-    assert_eq!(its.mmio_read(GITS_CTLR, 4), 1 << 31);
+    // §12.19 GITS_CTLR as u64: disabled and Quiescent at reset. Writing Enabled would start it: checked below.
+    assert_eq!(its.mmio_read(GITS_CTLR as u64, 4), 1 << 31);
     let its = core::cell::RefCell::new(its);
     check(ITS_REGS, &|o, s| its.borrow().mmio_read(o, s), &|o, s, v| {
         assert!(its.borrow_mut().mmio_write(&ram, o, s, v).is_empty(), "{o:#x}: nothing to do while disabled");
     });
     let mut its = its.into_inner();
-    // GITS_CTLR.Quiescent: clear while enabled (as QEMU), set again once disabled.
-    its.mmio_write(&ram, GITS_CTLR, 4, 1);
-    assert_eq!(its.mmio_read(GITS_CTLR, 4), 1);
-    its.mmio_write(&ram, GITS_CTLR, 4, 0);
-    assert_eq!(its.mmio_read(GITS_CTLR, 4), 1 << 31);
+    // GITS_CTLR as u64.Quiescent: clear while enabled (as QEMU), set again once disabled.
+    its.mmio_write(&ram, GITS_CTLR as u64, 4, 1);
+    assert_eq!(its.mmio_read(GITS_CTLR as u64, 4), 1);
+    its.mmio_write(&ram, GITS_CTLR as u64, 4, 0);
+    assert_eq!(its.mmio_read(GITS_CTLR as u64, 4), 1 << 31);
 }
 
 #[test]
 fn its_baser_reset_and_writable_bits() {
     let (mut its, ram) = its();
     // Page_Size resets to 64 KiB, as QEMU's and KVM's ITS (IHI 0069 leaves it IMPLEMENTATION DEFINED).
-    assert_eq!(its.mmio_read(GITS_BASER0, 8), BASER_DEVICES_RO | PAGE_64K);
-    assert_eq!(its.mmio_read(GITS_BASER1, 8), BASER_COLLECTIONS_RO | PAGE_64K);
+    assert_eq!(its.mmio_read(GITS_BASER0 as u64, 8), BASER_DEVICES_RO | PAGE_64K);
+    assert_eq!(its.mmio_read(GITS_BASER1 as u64, 8), BASER_COLLECTIONS_RO | PAGE_64K);
     // Type and Entry_Size are read-only; the device table may be Indirect, the collection table not (as KVM).
-    its.mmio_write(&ram, GITS_BASER0, 8, !(BASER_DEVICES_RO | PAGE_RESERVED));
-    assert_eq!(its.mmio_read(GITS_BASER0, 8), BASER_RW | INDIRECT | BASER_DEVICES_RO);
-    its.mmio_write(&ram, GITS_BASER1, 8, u64::MAX);
-    assert_eq!(its.mmio_read(GITS_BASER1, 8), BASER_RW | BASER_COLLECTIONS_RO | PAGE_64K);
-    its.mmio_write(&ram, GITS_BASER1, 8, 0);
-    assert_eq!(its.mmio_read(GITS_BASER1, 8), BASER_COLLECTIONS_RO);
+    its.mmio_write(&ram, GITS_BASER0 as u64, 8, !(BASER_DEVICES_RO | PAGE_RESERVED));
+    assert_eq!(its.mmio_read(GITS_BASER0 as u64, 8), BASER_RW | INDIRECT | BASER_DEVICES_RO);
+    its.mmio_write(&ram, GITS_BASER1 as u64, 8, u64::MAX);
+    assert_eq!(its.mmio_read(GITS_BASER1 as u64, 8), BASER_RW | BASER_COLLECTIONS_RO | PAGE_64K);
+    its.mmio_write(&ram, GITS_BASER1 as u64, 8, 0);
+    assert_eq!(its.mmio_read(GITS_BASER1 as u64, 8), BASER_COLLECTIONS_RO);
     // Halves.
-    its.mmio_write(&ram, GITS_BASER1 + 4, 4, 0x8000_0000);
-    its.mmio_write(&ram, GITS_BASER1, 4, 0x1000 | PAGE_16K | 3);
-    assert_eq!(its.mmio_read(GITS_BASER1, 8), VALID | BASER_COLLECTIONS_RO | 0x1000 | PAGE_16K | 3);
-    assert_eq!(its.mmio_read(GITS_BASER1 + 4, 4), (VALID | BASER_COLLECTIONS_RO) >> 32);
+    its.mmio_write(&ram, GITS_BASER1 as u64 + 4, 4, 0x8000_0000);
+    its.mmio_write(&ram, GITS_BASER1 as u64, 4, 0x1000 | PAGE_16K | 3);
+    assert_eq!(its.mmio_read(GITS_BASER1 as u64, 8), VALID | BASER_COLLECTIONS_RO | 0x1000 | PAGE_16K | 3);
+    assert_eq!(its.mmio_read(GITS_BASER1 as u64 + 4, 4), (VALID | BASER_COLLECTIONS_RO) >> 32);
     // Frozen while enabled (IMPLEMENTATION DEFINED; QEMU and KVM alike).
-    its.mmio_write(&ram, GITS_CTLR, 4, 1);
-    its.mmio_write(&ram, GITS_BASER1, 8, 0);
-    assert_eq!(its.mmio_read(GITS_BASER1, 8), VALID | BASER_COLLECTIONS_RO | 0x1000 | PAGE_16K | 3);
+    its.mmio_write(&ram, GITS_CTLR as u64, 4, 1);
+    its.mmio_write(&ram, GITS_BASER1 as u64, 8, 0);
+    assert_eq!(its.mmio_read(GITS_BASER1 as u64, 8), VALID | BASER_COLLECTIONS_RO | 0x1000 | PAGE_16K | 3);
 }
 
 #[test]
 fn its_baser_page_size_reads_back_what_was_written() {
-    for (baser, ro) in [(GITS_BASER0, BASER_DEVICES_RO), (GITS_BASER1, BASER_COLLECTIONS_RO)] {
+    for (baser, ro) in [(GITS_BASER0 as u64, BASER_DEVICES_RO), (GITS_BASER1 as u64, BASER_COLLECTIONS_RO)] {
         let (mut its, ram) = its();
         for page in [PAGE_4K, PAGE_16K, PAGE_64K] {
             its.mmio_write(&ram, baser, 8, VALID | 0x5_0000 | page);
             assert_eq!(its.mmio_read(baser, 8), VALID | ro | 0x5_0000 | page, "{baser:#x} page {page:#x}");
         }
-        // IHI 0069 GITS_BASER<n>.Page_Size: 0b11 is reserved and treated as 0b10 (64 KiB); it reads back as
+        // IHI 0069 GITS_BASER as u64<n>.Page_Size: 0b11 is reserved and treated as 0b10 (64 KiB); it reads back as
         // that (KVM: every write reads back 64 KiB; QEMU keeps 0b11 and uses 64 KiB).
         its.mmio_write(&ram, baser, 8, VALID | 0x5_0000 | PAGE_RESERVED);
         assert_eq!(its.mmio_read(baser, 8), VALID | ro | 0x5_0000 | PAGE_64K);
     }
 }
 
-/// Writes `cmds` to the queue at `QUEUE` from `GITS_CWRITER` on and runs them.
+/// Writes `cmds` to the queue at `QUEUE` from `GITS_CWRITER as u64` on and runs them.
 fn run(its: &mut Its, ram: &Ram, cmds: &[[u64; 4]]) {
-    let mut w = its.mmio_read(GITS_CWRITER, 8);
+    let mut w = its.mmio_read(GITS_CWRITER as u64, 8);
     for cmd in cmds {
         for (i, word) in cmd.iter().enumerate() {
             ram.write(QUEUE + w + 8 * i as u64, &word.to_le_bytes()).unwrap();
         }
         w = (w + 32) % 0x1000;
     }
-    its.mmio_write(ram, GITS_CWRITER, 8, w);
+    its.mmio_write(ram, GITS_CWRITER as u64, 8, w);
 }
 
 /// An enabled ITS whose device table is `device_baser`, with a 4 KiB queue.
 fn its_with_devices(device_baser: u64) -> (Its, Ram) {
     let (mut its, ram) = its();
-    its.mmio_write(&ram, GITS_CBASER, 8, VALID | QUEUE);
-    its.mmio_write(&ram, GITS_BASER0, 8, device_baser);
-    its.mmio_write(&ram, GITS_BASER1, 8, VALID | 0x7000_0000 | PAGE_64K);
-    its.mmio_write(&ram, GITS_CTLR, 4, 1);
+    its.mmio_write(&ram, GITS_CBASER as u64, 8, VALID | QUEUE);
+    its.mmio_write(&ram, GITS_BASER0 as u64, 8, device_baser);
+    its.mmio_write(&ram, GITS_BASER1 as u64, 8, VALID | 0x7000_0000 | PAGE_64K);
+    its.mmio_write(&ram, GITS_CTLR as u64, 4, 1);
     (its, ram)
 }
 
@@ -443,14 +443,14 @@ fn its_flat_table_is_sized_in_the_chosen_page_size() {
 }
 
 /// An indirect device table: (Size + 1) pages of level-1 entries, each
-/// covering page / 8 DeviceIDs (IHI 0069 GITS_BASER<n>.Indirect); a MAPD
+/// covering page / 8 DeviceIDs (IHI 0069 GITS_BASER as u64<n>.Indirect); a MAPD
 /// needs its DeviceID's level-1 entry Valid (bit 63) in guest memory.
 #[test]
 fn its_indirect_device_table() {
     for (page, bytes) in [(PAGE_4K, 0x1000u64), (PAGE_16K, 0x4000), (PAGE_64K, 0x1_0000)] {
         let per_l2 = (bytes / 8) as u32;
         let (mut its, ram) = its_with_devices(VALID | INDIRECT | LEVEL1 | page);
-        assert_eq!(its.mmio_read(GITS_BASER0, 8) & INDIRECT, INDIRECT);
+        assert_eq!(its.mmio_read(GITS_BASER0 as u64, 8) & INDIRECT, INDIRECT);
         // Level-1 entry 1 valid (pointing at some page), entry 0 not.
         ram.write(LEVEL1 + 8, &(VALID | 0x9000_0000).to_le_bytes()).unwrap();
         run(&mut its, &ram, &[mapd(0, 3, 0, true), mapd(per_l2, 3, 0, true), mapd(2 * per_l2 - 1, 3, 0, true)]);
@@ -472,5 +472,5 @@ fn its_indirect_device_table() {
     let (mut its, ram) = its_with_devices(VALID | INDIRECT | 0xffff_ffff_0000 | PAGE_64K | 0xff);
     run(&mut its, &ram, &[mapd(0xffff, 3, 0, true), mapd(0, 3, 0, true)]);
     assert_eq!(its.drops(DropReason::NoLevel2Table), 2);
-    assert_eq!(its.mmio_read(GITS_CREADR, 8), 64, "the queue went on");
+    assert_eq!(its.mmio_read(GITS_CREADR as u64, 8), 64, "the queue went on");
 }

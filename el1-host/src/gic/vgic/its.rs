@@ -30,18 +30,24 @@ use alloc::vec::Vec;
 
 use super::budget::{Budget, INTERRUPT_STATE};
 use super::{GIC_IIDR, MAX_VCPUS};
+use ferrovisor_shared::gic::PIDR2_ARCHREV_SHIFT;
 
-pub const GITS_CTLR: u64 = 0x0000;
-pub const GITS_IIDR: u64 = 0x0004;
-pub const GITS_TYPER: u64 = 0x0008;
-pub const GITS_CBASER: u64 = 0x0080;
-pub const GITS_CWRITER: u64 = 0x0088;
-pub const GITS_CREADR: u64 = 0x0090;
-pub const GITS_BASER0: u64 = 0x0100;
-pub const GITS_BASER1: u64 = 0x0108;
-pub const GITS_PIDR2: u64 = 0xffe8;
-/// In the second 64 KiB frame.
-pub const GITS_TRANSLATER: u64 = 0x1_0040;
+pub use ferrovisor_shared::gic::LPI_BASE;
+use ferrovisor_shared::its::{
+    field, gits_baser, BASER_ENTRY_SIZE_SHIFT, BASER_INDIRECT, BASER_INNER_CACHE_SHIFT, BASER_OUTER_CACHE_SHIFT,
+    BASER_PAGE_SIZE_SHIFT, BASER_SHAREABILITY_SHIFT, BASER_SIZE, BASER_TYPE_SHIFT, BASER_VALID,
+    CBASER_INNER_CACHE_SHIFT, CBASER_OUTER_CACHE_SHIFT, CBASER_PA, CBASER_SHAREABILITY_SHIFT, CBASER_SIZE,
+    CBASER_VALID, COMMAND_BYTES, CQ_OFFSET, CREADR_STALLED, CTLR_ENABLED, CTLR_QUIESCENT, CWRITER_RETRY, OP_CLEAR,
+    OP_DISCARD, OP_INT, OP_INV, OP_INVALL, OP_MAPC, OP_MAPD, OP_MAPI, OP_MAPTI, OP_MOVALL, OP_MOVI, OP_SYNC,
+};
+pub use ferrovisor_shared::its::{
+    GITS_BASER0, GITS_CBASER, GITS_CREADR, GITS_CTLR, GITS_CWRITER, GITS_PIDR2, GITS_TYPER,
+};
+#[cfg(test)]
+pub use ferrovisor_shared::its::{GITS_IIDR, GITS_TRANSLATER};
+
+/// The collection table's register.
+pub const GITS_BASER1: usize = gits_baser(1);
 /// Both frames (control and translation).
 pub const ITS_SIZE: u64 = 0x2_0000;
 
@@ -55,47 +61,38 @@ pub const ICID_BITS: u32 = 8;
 pub const MAX_DEVICES: usize = 4096;
 /// Most events mapped at once over all devices: a bound on host memory.
 pub const MAX_ITES: usize = 1 << 16;
-/// First LPI INTID.
-pub const LPI_BASE: u32 = 8192;
 /// Bytes per entry reported for ITTs, device and collection tables.
 const ENTRY_SIZE: u64 = 8;
 /// A level-1 entry of an indirect table: Valid [63], PA of one page of
 /// level-2 entries [51:N] (IHI 0069, `GITS_BASER<n>.Indirect`).
 const LEVEL1_ENTRY_SIZE: u64 = 8;
 const LEVEL1_VALID: u64 = 1 << 63;
-const COMMAND_SIZE: u64 = 32;
+const COMMAND_SIZE: u64 = COMMAND_BYTES as u64;
 
-const CTLR_ENABLED: u64 = 1 << 0;
-const CTLR_QUIESCENT: u64 = 1 << 31;
-
-const CBASER_VALID: u64 = 1 << 63;
 /// Valid, InnerCache, OuterCache, Physical_Address[51:12], Shareability, Size.
-const CBASER_RW: u64 = CBASER_VALID | (7 << 59) | (7 << 53) | field(51, 12) | (3 << 10) | 0xff;
-const CBASER_PA: u64 = field(51, 12);
-const CQ_OFFSET: u64 = field(19, 5);
-const CWRITER_RETRY: u64 = 1 << 0;
-const CREADR_STALLED: u64 = 1 << 0;
+const CBASER_RW: u64 = CBASER_VALID
+    | 7 << CBASER_INNER_CACHE_SHIFT
+    | 7 << CBASER_OUTER_CACHE_SHIFT
+    | CBASER_PA
+    | 3 << CBASER_SHAREABILITY_SHIFT
+    | CBASER_SIZE;
 
-const BASER_VALID: u64 = 1 << 63;
-/// Two-level table (IHI 0069, `GITS_BASER<n>.Indirect`):
-/// writable for the device table only.
-const BASER_INDIRECT: u64 = 1 << 62;
 /// Valid, InnerCache, OuterCache, Physical_Address[47:12] (with 64 KiB
-/// pages [15:12] hold PA[51:48]), Shareability, Page_Size, Size.
-const BASER_RW: u64 = BASER_VALID | (7 << 59) | (7 << 53) | field(47, 12) | (3 << 10) | BASER_PAGE_SIZE | 0xff;
-const BASER_PAGE_SIZE: u64 = 3 << 8;
+/// pages [15:12] hold PA[51:48]), Shareability, Page_Size, Size. Indirect
+/// (a two-level table) is writable for the device table only.
+const BASER_RW: u64 = BASER_VALID
+    | 7 << BASER_INNER_CACHE_SHIFT
+    | 7 << BASER_OUTER_CACHE_SHIFT
+    | field(47, 12)
+    | 3 << BASER_SHAREABILITY_SHIFT
+    | BASER_PAGE_SIZE
+    | BASER_SIZE;
+const BASER_PAGE_SIZE: u64 = 3 << BASER_PAGE_SIZE_SHIFT;
 /// Page_Size 0b10. Also the reset value, as on QEMU's and KVM's ITS
 /// (KVM's is fixed at 64 KiB).
-const BASER_PAGE_64K: u64 = 2 << 8;
-const BASER_TYPE_SHIFT: u32 = 56;
+const BASER_PAGE_64K: u64 = 2 << BASER_PAGE_SIZE_SHIFT;
 const BASER_TYPE_DEVICES: u64 = 1;
 const BASER_TYPE_COLLECTIONS: u64 = 4;
-const BASER_ENTRY_SIZE_SHIFT: u32 = 48;
-
-/// Bits `hi` down to `lo` set.
-const fn field(hi: u32, lo: u32) -> u64 {
-    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
-}
 
 /// A [`decode`] failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,19 +163,6 @@ pub enum Command {
     },
 }
 
-const CMD_MOVI: u8 = 0x01;
-const CMD_INT: u8 = 0x03;
-const CMD_CLEAR: u8 = 0x04;
-const CMD_SYNC: u8 = 0x05;
-const CMD_MAPD: u8 = 0x08;
-const CMD_MAPC: u8 = 0x09;
-const CMD_MAPTI: u8 = 0x0a;
-const CMD_MAPI: u8 = 0x0b;
-const CMD_INV: u8 = 0x0c;
-const CMD_INVALL: u8 = 0x0d;
-const CMD_DISCARD: u8 = 0x0f;
-const CMD_MOVALL: u8 = 0x0e;
-
 /// Decodes one command (four little-endian doublewords DW0..DW3). Reserved
 /// fields are ignored.
 ///
@@ -193,18 +177,18 @@ pub fn decode(cmd: &[u64; 4]) -> Result<Command, CommandError> {
     let rdbase = (dw2 & field(51, 16)) >> 16;
     let valid = dw2 & (1 << 63) != 0;
     Ok(match dw0 as u8 {
-        CMD_MOVI => Command::Movi { device_id, event_id, icid },
-        CMD_INT => Command::Int { device_id, event_id },
-        CMD_CLEAR => Command::Clear { device_id, event_id },
-        CMD_SYNC => Command::Sync { rdbase },
-        CMD_MAPD => Command::Mapd { device_id, size: (dw1 & 0x1f) as u8, itt_addr: dw2 & field(51, 8), valid },
-        CMD_MAPC => Command::Mapc { icid, rdbase, valid },
-        CMD_MAPTI => Command::Mapti { device_id, event_id, pintid: (dw1 >> 32) as u32, icid },
-        CMD_MAPI => Command::Mapi { device_id, event_id, icid },
-        CMD_INV => Command::Inv { device_id, event_id },
-        CMD_INVALL => Command::Invall { icid },
-        CMD_DISCARD => Command::Discard { device_id, event_id },
-        CMD_MOVALL => Command::Movall { from: rdbase, to: (dw3 & field(51, 16)) >> 16 },
+        OP_MOVI => Command::Movi { device_id, event_id, icid },
+        OP_INT => Command::Int { device_id, event_id },
+        OP_CLEAR => Command::Clear { device_id, event_id },
+        OP_SYNC => Command::Sync { rdbase },
+        OP_MAPD => Command::Mapd { device_id, size: (dw1 & 0x1f) as u8, itt_addr: dw2 & field(51, 8), valid },
+        OP_MAPC => Command::Mapc { icid, rdbase, valid },
+        OP_MAPTI => Command::Mapti { device_id, event_id, pintid: (dw1 >> 32) as u32, icid },
+        OP_MAPI => Command::Mapi { device_id, event_id, icid },
+        OP_INV => Command::Inv { device_id, event_id },
+        OP_INVALL => Command::Invall { icid },
+        OP_DISCARD => Command::Discard { device_id, event_id },
+        OP_MOVALL => Command::Movall { from: rdbase, to: (dw3 & field(51, 16)) >> 16 },
         other => return Err(CommandError::Unknown(other)),
     })
 }
@@ -421,7 +405,7 @@ impl Its {
         if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
             return 0;
         }
-        let word = self.reg64(offset & !7) >> ((offset & 4) * 8);
+        let word = self.reg64((offset & !7) as usize) >> ((offset & 4) * 8);
         if size == 4 {
             word & 0xffff_ffff
         } else {
@@ -467,14 +451,14 @@ impl Its {
         if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
             return;
         }
-        let aligned = offset & !7;
+        let aligned = (offset & !7) as usize;
         let (shift, mask) = if size == 4 { ((offset & 4) * 8, 0xffff_ffffu64) } else { (0, u64::MAX) };
         let old = self.reg64(aligned);
         let new = (old & !(mask << shift)) | ((value & mask) << shift);
         match aligned {
             GITS_CTLR => {
                 let was = self.enabled;
-                self.enabled = new & CTLR_ENABLED != 0;
+                self.enabled = new & u64::from(CTLR_ENABLED) != 0;
                 if self.enabled && !was {
                     self.process(mem, effects);
                 }
@@ -493,7 +477,7 @@ impl Its {
                 self.process(mem, effects);
             }
             GITS_BASER0 | GITS_BASER1 if !self.enabled => {
-                let n = ((aligned - GITS_BASER0) / 8) as usize;
+                let n = (aligned - GITS_BASER0) / 8;
                 // The collection table (256 entries of 8 bytes) always fits
                 // one page: Indirect is RAZ/WI there, as on KVM.
                 let rw = if aligned == GITS_BASER0 { BASER_RW | BASER_INDIRECT } else { BASER_RW };
@@ -510,10 +494,10 @@ impl Its {
         }
     }
 
-    fn reg64(&self, aligned: u64) -> u64 {
+    fn reg64(&self, aligned: usize) -> u64 {
         match aligned {
             GITS_CTLR => {
-                let quiescent = if self.enabled { 0 } else { CTLR_QUIESCENT };
+                let quiescent = if self.enabled { 0 } else { u64::from(CTLR_QUIESCENT) };
                 u64::from(self.enabled) | quiescent | (u64::from(GIC_IIDR) << 32)
             }
             GITS_TYPER => Its::typer(),
@@ -523,7 +507,7 @@ impl Its {
             GITS_BASER0 => self.baser[0],
             GITS_BASER1 => self.baser[1],
             // BASER2..7 are RAZ/WI (Type 0, unimplemented).
-            GITS_PIDR2 => 3 << 4,
+            GITS_PIDR2 => 3 << PIDR2_ARCHREV_SHIFT,
             _ => 0,
         }
     }
@@ -871,10 +855,10 @@ pub(super) mod tests {
         /// collection tables of one 4 KiB page (512 entries), enabled.
         fn new() -> Vm {
             let mut vm = Vm { its: Its::new(4, 16).unwrap(), ram: Ram::new() };
-            assert!(vm.write(GITS_CBASER, 8, CBASER_VALID | QUEUE).is_empty());
-            vm.write(GITS_BASER0, 8, BASER_VALID | 0x9000_0000);
-            vm.write(GITS_BASER1, 8, BASER_VALID | 0x9100_0000);
-            vm.write(GITS_CTLR, 4, 1);
+            assert!(vm.write(GITS_CBASER as u64, 8, CBASER_VALID | QUEUE).is_empty());
+            vm.write(GITS_BASER0 as u64, 8, BASER_VALID | 0x9000_0000);
+            vm.write(GITS_BASER1 as u64, 8, BASER_VALID | 0x9100_0000);
+            vm.write(GITS_CTLR as u64, 4, 1);
             vm
         }
         /// Through the buffered write the hypervisor uses.
@@ -884,7 +868,7 @@ pub(super) mod tests {
         /// Puts `cmds` at CWRITER and moves CWRITER past them.
         fn run(&mut self, cmds: &[[u64; 4]]) -> Vec<Effect> {
             let size = self.its.queue_size();
-            let mut w = self.its.mmio_read(GITS_CWRITER, 8);
+            let mut w = self.its.mmio_read(GITS_CWRITER as u64, 8);
             for cmd in cmds {
                 // The random test may have moved the queue out of RAM.
                 let base = self.its.cbaser & CBASER_PA;
@@ -893,7 +877,7 @@ pub(super) mod tests {
                 }
                 w = (w + 32) % size;
             }
-            self.write(GITS_CWRITER, 8, w)
+            self.write(GITS_CWRITER as u64, 8, w)
         }
     }
 
@@ -908,7 +892,7 @@ pub(super) mod tests {
             }
         }
         // `b` goes through the plain write, from its own queue copy.
-        let plain = b.its.mmio_write(&b.ram, GITS_CWRITER, 8, 5 * 32);
+        let plain = b.its.mmio_write(&b.ram, GITS_CWRITER as u64, 8, 5 * 32);
         assert_eq!(buffered, plain);
         assert!(!plain.is_empty());
     }
@@ -973,9 +957,9 @@ pub(super) mod tests {
     fn registers() {
         let mut vm = Vm { its: Its::new(2, 16).unwrap(), ram: Ram::new() };
         let its = &vm.its;
-        assert_eq!(its.mmio_read(GITS_CTLR, 4), CTLR_QUIESCENT);
-        assert_eq!(its.mmio_read(GITS_IIDR, 4), u64::from(GIC_IIDR));
-        let typer = its.mmio_read(GITS_TYPER, 8);
+        assert_eq!(its.mmio_read(GITS_CTLR as u64, 4), u64::from(CTLR_QUIESCENT));
+        assert_eq!(its.mmio_read(GITS_IIDR as u64, 4), u64::from(GIC_IIDR));
+        let typer = its.mmio_read(GITS_TYPER as u64, 8);
         assert_eq!(typer & 1, 1, "Physical");
         assert_eq!((typer >> 4) & 0xf, 7, "ITT_entry_size");
         assert_eq!((typer >> 8) & 0x1f, 15, "IDbits");
@@ -984,31 +968,31 @@ pub(super) mod tests {
         assert_eq!((typer >> 24) & 0xff, 0, "HCC");
         assert_eq!((typer >> 32) & 0xf, 7, "CIDbits");
         assert_eq!((typer >> 36) & 1, 1, "CIL");
-        assert_eq!(its.mmio_read(GITS_TYPER + 4, 4), typer >> 32);
-        assert_eq!(its.mmio_read(GITS_PIDR2, 4), 0x30);
-        assert_eq!(its.mmio_read(GITS_BASER0, 8), 1 << 56 | 7 << 48 | BASER_PAGE_64K);
-        assert_eq!(its.mmio_read(GITS_BASER1, 8), 4 << 56 | 7 << 48 | BASER_PAGE_64K);
-        assert_eq!(its.mmio_read(GITS_BASER0 + 16, 8), 0);
+        assert_eq!(its.mmio_read(GITS_TYPER as u64 + 4, 4), typer >> 32);
+        assert_eq!(its.mmio_read(GITS_PIDR2 as u64, 4), 0x30);
+        assert_eq!(its.mmio_read(GITS_BASER0 as u64, 8), 1 << 56 | 7 << 48 | BASER_PAGE_64K);
+        assert_eq!(its.mmio_read(GITS_BASER1 as u64, 8), 4 << 56 | 7 << 48 | BASER_PAGE_64K);
+        assert_eq!(its.mmio_read(GITS_BASER0 as u64 + 16, 8), 0);
         // RO fields keep their values; RW ones take the write, Page_Size 0b11 reads as 0b10.
-        vm.write(GITS_BASER0, 8, u64::MAX);
+        vm.write(GITS_BASER0 as u64, 8, u64::MAX);
         let rw_64k = (BASER_RW & !BASER_PAGE_SIZE) | BASER_PAGE_64K;
-        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), rw_64k | BASER_INDIRECT | 1 << 56 | 7 << 48);
-        vm.write(GITS_BASER1, 8, u64::MAX);
-        assert_eq!(vm.its.mmio_read(GITS_BASER1, 8), rw_64k | 4 << 56 | 7 << 48, "no Indirect collections");
-        vm.write(GITS_BASER0 + 4, 4, 0);
-        assert_eq!(vm.its.mmio_read(GITS_BASER0, 8), 0xffff_feff | 1 << 56 | 7 << 48);
-        vm.write(GITS_CBASER, 8, u64::MAX);
-        assert_eq!(vm.its.mmio_read(GITS_CBASER, 8), CBASER_RW);
-        vm.write(GITS_CREADR, 8, 0x40);
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 0);
-        vm.write(GITS_CTLR, 4, 1);
-        assert_eq!(vm.its.mmio_read(GITS_CTLR, 4), 1);
+        assert_eq!(vm.its.mmio_read(GITS_BASER0 as u64, 8), rw_64k | BASER_INDIRECT | 1 << 56 | 7 << 48);
+        vm.write(GITS_BASER1 as u64, 8, u64::MAX);
+        assert_eq!(vm.its.mmio_read(GITS_BASER1 as u64, 8), rw_64k | 4 << 56 | 7 << 48, "no Indirect collections");
+        vm.write(GITS_BASER0 as u64 + 4, 4, 0);
+        assert_eq!(vm.its.mmio_read(GITS_BASER0 as u64, 8), 0xffff_feff | 1 << 56 | 7 << 48);
+        vm.write(GITS_CBASER as u64, 8, u64::MAX);
+        assert_eq!(vm.its.mmio_read(GITS_CBASER as u64, 8), CBASER_RW);
+        vm.write(GITS_CREADR as u64, 8, 0x40);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 0);
+        vm.write(GITS_CTLR as u64, 4, 1);
+        assert_eq!(vm.its.mmio_read(GITS_CTLR as u64, 4), 1);
         // CBASER and BASERs are frozen while enabled.
-        vm.write(GITS_CBASER, 8, 0);
-        assert_eq!(vm.its.mmio_read(GITS_CBASER, 8), CBASER_RW);
+        vm.write(GITS_CBASER as u64, 8, 0);
+        assert_eq!(vm.its.mmio_read(GITS_CBASER as u64, 8), CBASER_RW);
         // Misaligned or odd sizes: RAZ/WI.
-        assert_eq!(vm.its.mmio_read(GITS_TYPER + 2, 4), 0);
-        assert_eq!(vm.its.mmio_read(GITS_TYPER, 2), 0);
+        assert_eq!(vm.its.mmio_read(GITS_TYPER as u64 + 2, 4), 0);
+        assert_eq!(vm.its.mmio_read(GITS_TYPER as u64, 2), 0);
         assert!(Its::new(0, 16).is_err() && Its::new(65, 16).is_err() && Its::new(1, 13).is_err());
     }
 
@@ -1025,7 +1009,7 @@ pub(super) mod tests {
         let mut vm = Vm::new();
         let e = vm.run(&[mapd(5, 3, 0x9200_0000, true), mapc(2, 3, true), mapti(5, 7, 8200, 2), int(5, 7)]);
         assert_eq!(e, [Effect::SetPending { vcpu: 3, intid: 8200 }]);
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 4 * 32);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 4 * 32);
         assert_eq!(vm.its.translate(5, 7), Some((3, 8200)));
         assert_eq!(vm.its.translate(5, 6), None);
         assert_eq!(vm.its.translate(6, 7), None);
@@ -1053,7 +1037,7 @@ pub(super) mod tests {
         assert!(vm.run(&[mapi(5, 9, 2), int(5, 9)]).is_empty());
         assert_eq!(vm.its.drops(DropReason::BadIntid), 1);
         assert_eq!(vm.its.drops(DropReason::UnmappedEvent), 1);
-        vm.write(GITS_CTLR, 4, 0);
+        vm.write(GITS_CTLR as u64, 4, 0);
         assert_eq!(vm.its.translate(5, 7), None, "disabled");
     }
 
@@ -1115,7 +1099,7 @@ pub(super) mod tests {
         for (reason, n) in expect {
             assert_eq!(vm.its.drops(reason), n, "{reason:?}");
         }
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 14 * 32, "the queue went on");
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 14 * 32, "the queue went on");
         // Unmapping the device clears its pending LPIs once the collection is mapped.
         vm.run(&[mapc(0, 1, true)]);
         assert_eq!(vm.run(&[mapd(1, 0, 0, false)]), [Effect::ClearPending { vcpu: 1, intid: 8192 }]);
@@ -1130,7 +1114,7 @@ pub(super) mod tests {
         for ev in 0..125 {
             vm.run(&[mapti(1, ev, 8192 + ev, 0)]);
         }
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 4096 - 32);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 4096 - 32);
         let e = vm.run(&[int(1, 0), int(1, 1), int(1, 124)]);
         assert_eq!(
             e,
@@ -1140,35 +1124,35 @@ pub(super) mod tests {
                 Effect::SetPending { vcpu: 1, intid: 8192 + 124 },
             ]
         );
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 64);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 64);
     }
 
     #[test]
     fn queue_outside_memory_stalls() {
         let mut vm = Vm { its: Its::new(1, 16).unwrap(), ram: Ram::new() };
         // 32 pages from the last queue page: only the first 32 are RAM.
-        vm.write(GITS_CBASER, 8, CBASER_VALID | (QUEUE + RAM_SIZE - 0x1000) | 31);
-        vm.write(GITS_CTLR, 4, 1);
-        vm.write(GITS_CWRITER, 8, 0x2000);
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 0x1000 | CREADR_STALLED);
+        vm.write(GITS_CBASER as u64, 8, CBASER_VALID | (QUEUE + RAM_SIZE - 0x1000) | 31);
+        vm.write(GITS_CTLR as u64, 4, 1);
+        vm.write(GITS_CWRITER as u64, 8, 0x2000);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 0x1000 | CREADR_STALLED);
         assert_eq!(vm.its.drops(DropReason::QueueOutsideMemory), 1);
         assert_eq!(vm.its.drops(DropReason::UnknownCommand), 128, "zeroes in the RAM page");
         // Stays stalled until Retry, which stalls again at the same place.
-        vm.write(GITS_CWRITER, 8, 0x2000);
+        vm.write(GITS_CWRITER as u64, 8, 0x2000);
         assert_eq!(vm.its.drops(DropReason::QueueOutsideMemory), 1);
-        vm.write(GITS_CWRITER, 8, 0x2000 | CWRITER_RETRY);
+        vm.write(GITS_CWRITER as u64, 8, 0x2000 | CWRITER_RETRY);
         assert_eq!(vm.its.drops(DropReason::QueueOutsideMemory), 2);
         // CWRITER beyond the queue stalls too.
         let mut vm = Vm::new();
-        vm.write(GITS_CWRITER, 8, 0x1000);
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), CREADR_STALLED);
+        vm.write(GITS_CWRITER as u64, 8, 0x1000);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), CREADR_STALLED);
         assert_eq!(vm.its.drops(DropReason::WriterOutOfRange), 1);
         // A disabled ITS runs nothing; enabling it runs the queue.
         let mut vm = Vm::new();
-        vm.write(GITS_CTLR, 4, 0);
+        vm.write(GITS_CTLR as u64, 4, 0);
         assert!(vm.run(&[mapd(1, 0, 0, true), mapc(0, 0, true), mapti(1, 0, 8192, 0), int(1, 0)]).is_empty());
-        assert_eq!(vm.its.mmio_read(GITS_CREADR, 8), 0);
-        assert_eq!(vm.write(GITS_CTLR, 4, 1), [Effect::SetPending { vcpu: 0, intid: 8192 }]);
+        assert_eq!(vm.its.mmio_read(GITS_CREADR as u64, 8), 0);
+        assert_eq!(vm.write(GITS_CTLR as u64, 4, 1), [Effect::SetPending { vcpu: 0, intid: 8192 }]);
     }
 
     mod random {
@@ -1194,13 +1178,13 @@ pub(super) mod tests {
 
         fn op() -> impl Strategy<Value = Op> {
             let off = prop_oneof![
-                Just(GITS_CTLR),
-                Just(GITS_CBASER),
-                Just(GITS_CBASER + 4),
-                Just(GITS_CWRITER),
-                Just(GITS_CREADR),
-                Just(GITS_BASER0),
-                Just(GITS_BASER1),
+                Just(GITS_CTLR as u64),
+                Just(GITS_CBASER as u64),
+                Just(GITS_CBASER as u64 + 4),
+                Just(GITS_CWRITER as u64),
+                Just(GITS_CREADR as u64),
+                Just(GITS_BASER0 as u64),
+                Just(GITS_BASER1 as u64),
                 0u64..ITS_SIZE,
             ];
             let value = prop_oneof![any::<u64>(), (0u64..0x1000).prop_map(|v| v & !0x1e), Just(CBASER_VALID | QUEUE)];
@@ -1228,8 +1212,8 @@ pub(super) mod tests {
                         Op::Write { off, size, value } => vm.write(off, size, value),
                     };
                     let its = &vm.its;
-                    let size = ((its.mmio_read(GITS_CBASER, 8) & 0xff) + 1) * 4096;
-                    let creadr = its.mmio_read(GITS_CREADR, 8);
+                    let size = ((its.mmio_read(GITS_CBASER as u64, 8) & 0xff) + 1) * 4096;
+                    let creadr = its.mmio_read(GITS_CREADR as u64, 8);
                     prop_assert!(creadr & CQ_OFFSET < size && creadr & !(CQ_OFFSET | CREADR_STALLED) == 0);
                     for e in effects {
                         let vcpus = match e {

@@ -72,15 +72,15 @@ impl Vm {
             vm.g.redist_write(v, rd(v) + GICR_PENDBASER, 8, PEND);
             vm.g.redist_write(v, rd(v) + GICR_CTLR, 4, 1);
         }
-        vm.its_write(GITS_CBASER, 1 << 63 | QUEUE);
-        vm.its_write(GITS_BASER0, 1 << 63 | (RAM + 0x2_0000));
-        vm.its_write(GITS_BASER1, 1 << 63 | (RAM + 0x2_1000));
-        vm.its_write(GITS_CTLR, 1);
+        vm.its_write(GITS_CBASER as u64, 1 << 63 | QUEUE);
+        vm.its_write(GITS_BASER0 as u64, 1 << 63 | (RAM + 0x2_0000));
+        vm.its_write(GITS_BASER1 as u64, 1 << 63 | (RAM + 0x2_1000));
+        vm.its_write(GITS_CTLR as u64, 1);
         vm
     }
 
     fn its_write(&mut self, off: u64, value: u64) -> Kicks {
-        let size = if off == GITS_CTLR { 4 } else { 8 };
+        let size = if off == GITS_CTLR as u64 { 4 } else { 8 };
         let effects = self.its.mmio_write(&self.ram, off, size, value);
         self.g.apply_its(&self.ram, &effects)
     }
@@ -93,7 +93,7 @@ impl Vm {
             }
             self.cwriter = (self.cwriter + 32) % 4096;
         }
-        self.its_write(GITS_CWRITER, self.cwriter)
+        self.its_write(GITS_CWRITER as u64, self.cwriter)
     }
 
     /// Flushes `vcpu` and returns its list registers.

@@ -141,10 +141,10 @@ impl State {
             let Some(vs) = self.vcpus.get_mut(vcpu) else { break };
             let irq_ref = if u32::from(intid) >= super::state::LPI_BASE {
                 self.lpis.get_mut(&intid)
-            } else if u32::from(intid) < super::state::NR_PRIVATE {
+            } else if u32::from(intid) < super::state::PRIVATE_COUNT {
                 vs.private.get_mut(usize::from(intid))
             } else {
-                self.spis.get_mut(usize::from(intid) - super::state::NR_PRIVATE as usize)
+                self.spis.get_mut(usize::from(intid) - super::state::PRIVATE_COUNT as usize)
             };
             let Some(irq_mut) = irq_ref else { continue };
             let done = if model == Model::V2 && irq.is_sgi() {

@@ -4,84 +4,41 @@
 
 use super::regs::{Bank, BitReg};
 use super::state::{
-    State, AFFINITY_MASK, CTLR_ENABLE_MASK, IROUTER_IRM, LPI_ID_BITS, NR_PRIVATE, NR_SGIS, PENDBASER_MASK,
-    PENDBASER_PA, PENDBASER_PTZ, PROPBASER_MASK,
+    State, CTLR_ENABLE_MASK, GICD_IROUTER_IRM, LPI_ID_BITS, MPIDR_AFFINITY_MASK, PENDBASER_MASK, PENDBASER_PA,
+    PENDBASER_PTZ, PRIVATE_COUNT, PROPBASER_MASK, SGI_COUNT,
 };
 use super::{Kicks, Model, GIC_IIDR};
 
-// Distributor (GICD_*), both models unless noted.
-const GICD_CTLR: u64 = 0x0000;
-const GICD_TYPER: u64 = 0x0004;
-const GICD_IIDR: u64 = 0x0008;
-const GICD_TYPER2: u64 = 0x000c;
-const GICD_BITREGS: core::ops::Range<u64> = 0x0080..0x0400;
-const GICD_IPRIORITYR: core::ops::Range<u64> = 0x0400..0x0800;
-const GICD_ITARGETSR: core::ops::Range<u64> = 0x0800..0x0c00;
-const GICD_ICFGR: core::ops::Range<u64> = 0x0c00..0x0d00;
-const GICD_SGIR: u64 = 0x0f00;
-const GICD_CPENDSGIR: core::ops::Range<u64> = 0x0f10..0x0f20;
-const GICD_SPENDSGIR: core::ops::Range<u64> = 0x0f20..0x0f30;
-const GICD_IROUTER: core::ops::Range<u64> = 0x6000..0x8000;
-const GICD_PIDR2_V2: u64 = 0x0fe8;
-const GICD_PIDR2_V3: u64 = 0xffe8;
+use core::ops::Range;
+use ferrovisor_shared::gic::*;
 
-/// `GICD_CTLR` (GICv3): ARE, RAO/WI.
-const CTLR_ARE: u32 = 1 << 4;
-/// `GICD_CTLR` (GICv3): DS, a single security state, RAO/WI.
-const CTLR_DS: u32 = 1 << 6;
-
-/// `GICD_TYPER` fields.
-const TYPER_CPUNUMBER_SHIFT: u32 = 5;
-const TYPER_IDBITS_SHIFT: u32 = 19;
-/// Ten INTID bits (`IDbits` holds the count minus one).
+// The distributor's register arrays, as the vGIC implements them.
+const BITREGS: Range<usize> = GICD_IGROUPR..GICD_IPRIORITYR;
+const GICD_IPRIORITYR_RANGE: Range<usize> = GICD_IPRIORITYR..GICD_ITARGETSR;
+const GICD_ITARGETSR_RANGE: Range<usize> = GICD_ITARGETSR..GICD_ICFGR;
+/// 64 words: INTIDs up to 1023.
+const GICD_ICFGR_RANGE: Range<usize> = GICD_ICFGR..GICD_ICFGR + 0x100;
+const GICD_CPENDSGIR_RANGE: Range<usize> = GICD_CPENDSGIR..GICD_SPENDSGIR;
+const GICD_SPENDSGIR_RANGE: Range<usize> = GICD_SPENDSGIR..GICD_SPENDSGIR + 0x10;
+/// 1024 doublewords.
+const GICD_IROUTER_RANGE: Range<usize> = GICD_IROUTER..GICD_IROUTER + 0x2000;
+/// Ten INTID bits (`GICD_TYPER.IDbits` holds the count minus one).
 const TYPER_IDBITS_10: u32 = 9;
-const TYPER_A3V: u32 = 1 << 24;
-const TYPER_LPIS: u32 = 1 << 17;
-const TYPER_RSS: u32 = 1 << 26;
-
-/// `PIDR2.ArchRev` in bits [7:4].
-const PIDR2_ARCHREV_SHIFT: u32 = 4;
 
 // Redistributor (GICv3): an RD frame then an SGI frame per vCPU.
-pub const GICR_STRIDE: u64 = 0x2_0000;
-const GICR_SGI_FRAME: u64 = 0x1_0000;
-const GICR_CTLR: u64 = 0x0000;
-const GICR_IIDR: u64 = 0x0004;
-const GICR_PROPBASER: u64 = 0x0070;
-const GICR_PENDBASER: u64 = 0x0078;
-const GICR_TYPER: u64 = 0x0008;
-const GICR_WAKER: u64 = 0x0014;
-const GICR_PIDR2: u64 = 0xffe8;
-const GICR_IPRIORITYR: core::ops::Range<u64> = 0x0400..0x0420;
-const GICR_ICFGR0: u64 = 0x0c00;
-const GICR_ICFGR1: u64 = 0x0c04;
-
-/// `GICR_TYPER` fields.
-const GICR_TYPER_PLPIS: u64 = 1 << 0;
-const GICR_TYPER_LAST: u64 = 1 << 4;
-/// `GICR_CTLR.EnableLPIs`.
-const GICR_CTLR_ENABLE_LPIS: u32 = 1 << 0;
-const GICR_TYPER_PROCESSOR_NUMBER_SHIFT: u32 = 8;
-const GICR_TYPER_AFFINITY_SHIFT: u32 = 32;
-/// `GICR_WAKER`: ProcessorSleep and ChildrenAsleep.
-const WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
-const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
-
-// ICC_SGI1R_EL1 / ICC_SGI0R_EL1 fields.
-const SGIR_TARGET_LIST_MASK: u64 = 0xffff;
-const SGIR_AFF1_SHIFT: u32 = 16;
-const SGIR_INTID_SHIFT: u32 = 24;
-const SGIR_AFF2_SHIFT: u32 = 32;
-const SGIR_IRM: u64 = 1 << 40;
-const SGIR_RS_SHIFT: u32 = 44;
-const SGIR_AFF3_SHIFT: u32 = 48;
+pub const GICR_STRIDE: u64 = GICR_FRAME_SIZE as u64;
+/// Eight words: the 32 private interrupts.
+const GICR_IPRIORITYR_RANGE: Range<usize> = GICR_IPRIORITYR..GICR_IPRIORITYR + 0x20;
+/// The upper words of `GICR_PROPBASER` and `GICR_PENDBASER`.
+const GICR_PROPBASER_HI: usize = GICR_PROPBASER + 4;
+const GICR_PENDBASER_HI: usize = GICR_PENDBASER + 4;
 
 /// A naturally aligned access of 1, 2, 4 or 8 bytes.
 fn aligned(offset: u64, size: u8) -> bool {
     matches!(size, 1 | 2 | 4 | 8) && offset.is_multiple_of(u64::from(size))
 }
 
-fn in_range(r: &core::ops::Range<u64>, offset: u64) -> bool {
+fn in_range(r: &Range<usize>, offset: usize) -> bool {
     r.contains(&offset)
 }
 
@@ -95,12 +52,16 @@ impl State {
         match self.model {
             // CPUNumber is 0 for a GIC without ARE == 0 support (IHI 0069).
             Model::V3 if self.lpis_on => {
-                lines | (LPI_ID_BITS - 1) << TYPER_IDBITS_SHIFT | TYPER_LPIS | TYPER_A3V | TYPER_RSS
+                lines
+                    | (LPI_ID_BITS - 1) << GICD_TYPER_ID_BITS_SHIFT
+                    | GICD_TYPER_LPIS
+                    | GICD_TYPER_A3V
+                    | GICD_TYPER_RSS
             }
-            Model::V3 => lines | TYPER_IDBITS_10 << TYPER_IDBITS_SHIFT | TYPER_A3V | TYPER_RSS,
+            Model::V3 => lines | TYPER_IDBITS_10 << GICD_TYPER_ID_BITS_SHIFT | GICD_TYPER_A3V | GICD_TYPER_RSS,
             Model::V2 => {
                 let cpus = self.nr_vcpus().clamp(1, 8) as u32 - 1;
-                lines | cpus << TYPER_CPUNUMBER_SHIFT
+                lines | cpus << GICD_TYPER_CPU_NUMBER_SHIFT
             }
         }
     }
@@ -112,40 +73,41 @@ impl State {
         let v3 = self.model == Model::V3;
         let word = size == 4;
         let bytes = size == 1 || size == 4;
+        let off = off as usize;
         let value = match off {
             GICD_CTLR if word => {
-                let extra = if v3 { CTLR_ARE | CTLR_DS } else { 0 };
+                let extra = if v3 { GICD_CTLR_ARE | GICD_CTLR_DS } else { 0 };
                 self.ctlr | extra
             }
             GICD_TYPER if word => self.gicd_typer(),
             GICD_IIDR if word => GIC_IIDR,
             GICD_TYPER2 => 0,
-            o if in_range(&GICD_BITREGS, o) && word => match BitReg::at(o) {
+            o if in_range(&BITREGS, o) && word => match BitReg::at(o) {
                 // With affinity routing the private banks live in the redistributors.
                 Some((_, 0)) if v3 => 0,
                 Some((reg, n)) => self.read_bits(Bank { owner: accessor, accessor }, reg, 32 * n as u32),
                 None => 0,
             },
-            o if in_range(&GICD_IPRIORITYR, o) && bytes => {
-                let first = (o - GICD_IPRIORITYR.start) as u32;
-                if v3 && first < NR_PRIVATE {
+            o if in_range(&GICD_IPRIORITYR_RANGE, o) && bytes => {
+                let first = (o - GICD_IPRIORITYR) as u32;
+                if v3 && first < PRIVATE_COUNT {
                     0
                 } else {
                     self.read_priority(accessor, first, size.into())
                 }
             }
-            o if in_range(&GICD_ITARGETSR, o) && bytes && !v3 => {
-                self.read_targets(accessor, (o - GICD_ITARGETSR.start) as u32, size.into())
+            o if in_range(&GICD_ITARGETSR_RANGE, o) && bytes && !v3 => {
+                self.read_targets(accessor, (o - GICD_ITARGETSR) as u32, size.into())
             }
-            o if in_range(&GICD_ICFGR, o) && word => {
-                let n = ((o - GICD_ICFGR.start) / 4) as u32;
+            o if in_range(&GICD_ICFGR_RANGE, o) && word => {
+                let n = ((o - GICD_ICFGR) / 4) as u32;
                 if v3 && n < 2 {
                     0
                 } else {
                     self.read_config(accessor, 16 * n)
                 }
             }
-            o if (in_range(&GICD_CPENDSGIR, o) || in_range(&GICD_SPENDSGIR, o)) && bytes && !v3 => {
+            o if (in_range(&GICD_CPENDSGIR_RANGE, o) || in_range(&GICD_SPENDSGIR_RANGE, o)) && bytes && !v3 => {
                 let first = (o & 0xf) as u32;
                 (0..u32::from(size)).fold(0, |acc, i| {
                     let p = self
@@ -154,10 +116,10 @@ impl State {
                     acc | u32::from(p) << (8 * i)
                 })
             }
-            o if in_range(&GICD_IROUTER, o) && v3 && (size == 4 || size == 8) => {
-                let intid = ((o - GICD_IROUTER.start) / 8) as u32;
+            o if in_range(&GICD_IROUTER_RANGE, o) && v3 && (size == 4 || size == 8) => {
+                let intid = ((o - GICD_IROUTER) / 8) as u32;
                 let route = match self.irq(accessor, intid) {
-                    Some(irq) if intid >= NR_PRIVATE => irq.route,
+                    Some(irq) if intid >= PRIVATE_COUNT => irq.route,
                     _ => 0,
                 };
                 return match (size, o % 8) {
@@ -181,6 +143,7 @@ impl State {
         let word = size == 4;
         let bytes = size == 1 || size == 4;
         let value32 = value as u32;
+        let off = off as usize;
         match off {
             GICD_CTLR if word => {
                 let new = value32 & CTLR_ENABLE_MASK;
@@ -189,35 +152,35 @@ impl State {
                     self.update_all(kicks);
                 }
             }
-            o if in_range(&GICD_BITREGS, o) && word => match BitReg::at(o) {
+            o if in_range(&BITREGS, o) && word => match BitReg::at(o) {
                 Some((_, 0)) if v3 => {}
                 Some((reg, n)) => {
                     self.write_bits(Bank { owner: accessor, accessor }, reg, 32 * n as u32, value32, kicks)
                 }
                 None => {}
             },
-            o if in_range(&GICD_IPRIORITYR, o) && bytes => {
-                let first = (o - GICD_IPRIORITYR.start) as u32;
-                if !(v3 && first < NR_PRIVATE) {
+            o if in_range(&GICD_IPRIORITYR_RANGE, o) && bytes => {
+                let first = (o - GICD_IPRIORITYR) as u32;
+                if !(v3 && first < PRIVATE_COUNT) {
                     self.write_priority(accessor, first, size.into(), value32, kicks);
                 }
             }
-            o if in_range(&GICD_ITARGETSR, o) && bytes && !v3 => {
-                self.write_targets((o - GICD_ITARGETSR.start) as u32, size.into(), value32, kicks);
+            o if in_range(&GICD_ITARGETSR_RANGE, o) && bytes && !v3 => {
+                self.write_targets((o - GICD_ITARGETSR) as u32, size.into(), value32, kicks);
             }
-            o if in_range(&GICD_ICFGR, o) && word => {
-                let n = ((o - GICD_ICFGR.start) / 4) as u32;
+            o if in_range(&GICD_ICFGR_RANGE, o) && word => {
+                let n = ((o - GICD_ICFGR) / 4) as u32;
                 if !(v3 && n < 2) {
                     self.write_config(accessor, 16 * n, value32, kicks);
                 }
             }
             GICD_SGIR if word && !v3 => self.write_v2_sgir(accessor, value32, kicks),
-            o if (in_range(&GICD_CPENDSGIR, o) || in_range(&GICD_SPENDSGIR, o)) && bytes && !v3 => {
-                let set = in_range(&GICD_SPENDSGIR, o);
+            o if (in_range(&GICD_CPENDSGIR_RANGE, o) || in_range(&GICD_SPENDSGIR_RANGE, o)) && bytes && !v3 => {
+                let set = in_range(&GICD_SPENDSGIR_RANGE, o);
                 self.write_sgi_sources(accessor, (o & 0xf) as u32, size.into(), value32, set, kicks);
             }
-            o if in_range(&GICD_IROUTER, o) && v3 && (size == 4 || size == 8) => {
-                let intid = ((o - GICD_IROUTER.start) / 8) as u32;
+            o if in_range(&GICD_IROUTER_RANGE, o) && v3 && (size == 4 || size == 8) => {
+                let intid = ((o - GICD_IROUTER) / 8) as u32;
                 self.write_irouter(intid, o % 8 == 4, size, value, kicks);
             }
             _ => {}
@@ -225,16 +188,16 @@ impl State {
     }
 
     fn write_irouter(&mut self, intid: u32, high: bool, size: u8, value: u64, kicks: &mut Kicks) {
-        if intid < NR_PRIVATE {
+        if intid < PRIVATE_COUNT {
             return;
         }
-        let spi = (intid - NR_PRIVATE) as usize;
+        let spi = (intid - PRIVATE_COUNT) as usize;
         let Some(irq) = self.spis.get_mut(spi) else { return };
         let route = match (size, high) {
             (8, _) => value,
             (_, false) => (irq.route & !0xffff_ffff) | (value & 0xffff_ffff),
             (_, true) => (irq.route & 0xffff_ffff) | (value << 32),
-        } & (AFFINITY_MASK | IROUTER_IRM);
+        } & (MPIDR_AFFINITY_MASK | GICD_IROUTER_IRM);
         if route == irq.route {
             return;
         }
@@ -269,7 +232,7 @@ impl State {
         for i in 0..n {
             let intid = first + i;
             let bits = (value >> (8 * i)) as u8 & mask;
-            if intid >= NR_SGIS || bits == 0 {
+            if intid >= SGI_COUNT || bits == 0 {
                 continue;
             }
             let Some(irq) = self.irq_mut(accessor, intid) else { continue };
@@ -292,18 +255,20 @@ impl State {
         }
         let Ok(idx) = usize::try_from(off / GICR_STRIDE) else { return 0 };
         let Some(vs) = self.vcpus.get(idx) else { return 0 };
-        let frame = off % GICR_STRIDE;
+        let frame = (off % GICR_STRIDE) as usize;
         let word = size == 4;
-        if frame < GICR_SGI_FRAME {
+        if frame < GICR_SGI_BASE {
             return match (frame, size) {
                 (GICR_IIDR, 4) => GIC_IIDR.into(),
                 (GICR_TYPER, 8) => self.gicr_typer(idx),
                 (GICR_TYPER, 4) => self.gicr_typer(idx) & 0xffff_ffff,
                 (f, 4) if f == GICR_TYPER + 4 => self.gicr_typer(idx) >> 32,
-                (GICR_WAKER, 4) if vs.sleep => (WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP).into(),
+                (GICR_WAKER, 4) if vs.sleep => (GICR_WAKER_PROCESSOR_SLEEP | GICR_WAKER_CHILDREN_ASLEEP).into(),
                 (GICR_PIDR2, 4) => (3u64) << PIDR2_ARCHREV_SHIFT,
                 (GICR_CTLR, 4) if self.lpis_on => u32::from(vs.enable_lpis).into(),
-                (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (0x74 | 0x7c, 4) if self.lpis_on => {
+                (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (GICR_PROPBASER_HI | GICR_PENDBASER_HI, 4)
+                    if self.lpis_on =>
+                {
                     let reg = if frame & !7 == GICR_PROPBASER { vs.propbaser } else { vs.pendbaser };
                     match (size, frame % 8) {
                         (8, _) => reg,
@@ -315,15 +280,15 @@ impl State {
                 _ => 0,
             };
         }
-        let g = frame - GICR_SGI_FRAME;
+        let g = frame - GICR_SGI_BASE;
         let bank = Bank { owner: idx, accessor };
         let value = match g {
-            o if in_range(&GICD_BITREGS, o) && word => match BitReg::at(o) {
+            o if in_range(&BITREGS, o) && word => match BitReg::at(o) {
                 Some((reg, 0)) => self.read_bits(bank, reg, 0),
                 _ => 0,
             },
-            o if in_range(&GICR_IPRIORITYR, o) && (size == 1 || word) => {
-                self.read_priority(idx, (o - GICR_IPRIORITYR.start) as u32, size.into())
+            o if in_range(&GICR_IPRIORITYR_RANGE, o) && (size == 1 || word) => {
+                self.read_priority(idx, (o - GICR_IPRIORITYR) as u32, size.into())
             }
             GICR_ICFGR0 if word => self.read_config(idx, 0),
             GICR_ICFGR1 if word => self.read_config(idx, 16),
@@ -340,15 +305,15 @@ impl State {
         if idx >= self.vcpus.len() {
             return;
         }
-        let frame = off % GICR_STRIDE;
+        let frame = (off % GICR_STRIDE) as usize;
         let word = size == 4;
         let value32 = value as u32;
-        if frame < GICR_SGI_FRAME {
+        if frame < GICR_SGI_BASE {
             if self.lpis_on {
                 self.write_lpi_regs(idx, frame, size, value, kicks);
             }
             if frame == GICR_WAKER && word {
-                let sleep = value32 & WAKER_PROCESSOR_SLEEP != 0;
+                let sleep = value32 & GICR_WAKER_PROCESSOR_SLEEP != 0;
                 if let Some(vs) = self.vcpus.get_mut(idx) {
                     if vs.sleep != sleep {
                         vs.sleep = sleep;
@@ -358,16 +323,16 @@ impl State {
             }
             return;
         }
-        let g = frame - GICR_SGI_FRAME;
+        let g = frame - GICR_SGI_BASE;
         let bank = Bank { owner: idx, accessor };
         match g {
-            o if in_range(&GICD_BITREGS, o) && word => {
+            o if in_range(&BITREGS, o) && word => {
                 if let Some((reg, 0)) = BitReg::at(o) {
                     self.write_bits(bank, reg, 0, value32, kicks);
                 }
             }
-            o if in_range(&GICR_IPRIORITYR, o) && (size == 1 || word) => {
-                self.write_priority(idx, (o - GICR_IPRIORITYR.start) as u32, size.into(), value32, kicks);
+            o if in_range(&GICR_IPRIORITYR_RANGE, o) && (size == 1 || word) => {
+                self.write_priority(idx, (o - GICR_IPRIORITYR) as u32, size.into(), value32, kicks);
             }
             GICR_ICFGR1 if word => self.write_config(idx, 16, value32, kicks),
             _ => {}
@@ -381,7 +346,7 @@ impl State {
     /// The pending table is read once, when EnableLPIs is set without PTZ
     /// (`Vgic::pending_table_effects`), and never written: pending state
     /// then stays in the host.
-    fn write_lpi_regs(&mut self, idx: usize, frame: u64, size: u8, value: u64, kicks: &mut Kicks) {
+    fn write_lpi_regs(&mut self, idx: usize, frame: usize, size: u8, value: u64, kicks: &mut Kicks) {
         let Some(vs) = self.vcpus.get_mut(idx) else { return };
         match (frame, size) {
             (GICR_CTLR, 4) if value as u32 & GICR_CTLR_ENABLE_LPIS != 0 && !vs.enable_lpis => {
@@ -390,7 +355,9 @@ impl State {
                 self.scan_requested |= vs.scan_pending;
                 self.update_lpis(Some(idx), kicks);
             }
-            (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (0x74 | 0x7c, 4) if !vs.enable_lpis => {
+            (GICR_PROPBASER | GICR_PENDBASER, 4 | 8) | (GICR_PROPBASER_HI | GICR_PENDBASER_HI, 4)
+                if !vs.enable_lpis =>
+            {
                 let (reg, mask) = if frame & !7 == GICR_PROPBASER {
                     (&mut vs.propbaser, PROPBASER_MASK)
                 } else {
@@ -412,7 +379,7 @@ impl State {
 
     fn gicr_typer(&self, idx: usize) -> u64 {
         let Some(vs) = self.vcpus.get(idx) else { return 0 };
-        let aff = ((vs.mpidr >> 32) & 0xff) << 24 | (vs.mpidr & 0xff_ffff);
+        let aff = u64::from(affinity_value(vs.mpidr));
         let mut typer = aff << GICR_TYPER_AFFINITY_SHIFT | (idx as u64 & 0xffff) << GICR_TYPER_PROCESSOR_NUMBER_SHIFT;
         if idx + 1 == self.vcpus.len() {
             typer |= GICR_TYPER_LAST;
@@ -429,13 +396,13 @@ impl State {
         if self.model != Model::V3 || accessor >= self.vcpus.len() {
             return;
         }
-        let intid = ((value >> SGIR_INTID_SHIFT) & 0xf) as u32;
-        let irm = value & SGIR_IRM != 0;
-        let aff3 = (value >> SGIR_AFF3_SHIFT) & 0xff;
-        let aff2 = (value >> SGIR_AFF2_SHIFT) & 0xff;
-        let aff1 = (value >> SGIR_AFF1_SHIFT) & 0xff;
-        let rs = (value >> SGIR_RS_SHIFT) & 0xf;
-        let list = value & SGIR_TARGET_LIST_MASK;
+        let intid = ((value >> ICC_SGI1R_EL1_INTID_SHIFT) & 0xf) as u32;
+        let irm = value & ICC_SGI1R_EL1_IRM != 0;
+        let aff3 = (value >> ICC_SGI1R_EL1_AFF3_SHIFT) & 0xff;
+        let aff2 = (value >> ICC_SGI1R_EL1_AFF2_SHIFT) & 0xff;
+        let aff1 = (value >> ICC_SGI1R_EL1_AFF1_SHIFT) & 0xff;
+        let rs = (value >> ICC_SGI1R_EL1_RS_SHIFT) & 0xf;
+        let list = value & ICC_SGI1R_EL1_TARGET_LIST;
         for t in 0..self.vcpus.len() {
             let hit = if irm {
                 t != accessor

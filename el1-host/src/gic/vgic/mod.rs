@@ -197,8 +197,8 @@ impl Vgic {
         }
         if cfg.model == Model::V3 {
             for (i, a) in cfg.vcpu_mpidrs.iter().enumerate() {
-                let aff = a & state::AFFINITY_MASK;
-                if let Some(j) = cfg.vcpu_mpidrs[..i].iter().position(|b| b & state::AFFINITY_MASK == aff) {
+                let aff = a & state::MPIDR_AFFINITY_MASK;
+                if let Some(j) = cfg.vcpu_mpidrs[..i].iter().position(|b| b & state::MPIDR_AFFINITY_MASK == aff) {
                     return Err(VgicError::DuplicateAffinity { first: j, second: i });
                 }
             }
@@ -291,7 +291,7 @@ impl Vgic {
     pub fn set_line(&self, vcpu: usize, intid: u32, level: bool) -> Kicks {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
-        if intid < state::NR_SGIS {
+        if intid < state::SGI_COUNT {
             return kicks;
         }
         let model = s.model;
@@ -338,7 +338,7 @@ impl Vgic {
         let mut s = self.state.lock();
         for (vcpu, vs) in s.vcpus.iter_mut().enumerate().filter(|(_, vs)| vs.scan_pending) {
             vs.scan_pending = false;
-            let id_bits = ((vs.propbaser & state::PROPBASER_IDBITS) as u32 + 1).min(LPI_ID_BITS);
+            let id_bits = ((vs.propbaser & state::PROPBASER_ID_BITS) as u32 + 1).min(LPI_ID_BITS);
             if id_bits < 14 {
                 continue;
             }
@@ -369,7 +369,7 @@ impl Vgic {
     /// the guest's deactivation deactivates the physical interrupt. `None`
     /// unlinks. Other INTIDs are ignored.
     pub fn set_hw(&self, vcpu: usize, intid: u32, pintid: Option<u32>) {
-        if pintid.is_some_and(|p| !(16..1020).contains(&p)) || intid < state::NR_SGIS {
+        if pintid.is_some_and(|p| !(16..1020).contains(&p)) || intid < state::SGI_COUNT {
             return;
         }
         if let Some(irq) = self.state.lock().irq_mut(vcpu, intid) {

@@ -1,8 +1,11 @@
 //! The register operations the distributor and the redistributors share:
 //! one bit, one byte or two bits per interrupt.
 
-use super::state::{State, NR_PRIVATE, NR_SGIS, PRIORITY_MASK};
+use super::state::{State, PRIORITY_MASK, PRIVATE_COUNT, SGI_COUNT};
 use super::{Kicks, Model};
+use ferrovisor_shared::gic::{
+    GICD_ICACTIVER, GICD_ICENABLER, GICD_ICPENDR, GICD_IGROUPR, GICD_ISACTIVER, GICD_ISENABLER, GICD_ISPENDR,
+};
 
 /// The bit-per-interrupt registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,15 +22,15 @@ pub enum BitReg {
 impl BitReg {
     /// The register whose 32-interrupt bank starts at `base + 4 * n`, by
     /// `base` (`GICD_IGROUPR` ... `GICD_ICACTIVER`, same in `GICR_` SGI frames).
-    pub fn at(offset: u64) -> Option<(BitReg, u64)> {
+    pub fn at(offset: usize) -> Option<(BitReg, usize)> {
         let reg = match offset & !0x7f {
-            0x080 => BitReg::Group,
-            0x100 => BitReg::SetEnable,
-            0x180 => BitReg::ClearEnable,
-            0x200 => BitReg::SetPending,
-            0x280 => BitReg::ClearPending,
-            0x300 => BitReg::SetActive,
-            0x380 => BitReg::ClearActive,
+            GICD_IGROUPR => BitReg::Group,
+            GICD_ISENABLER => BitReg::SetEnable,
+            GICD_ICENABLER => BitReg::ClearEnable,
+            GICD_ISPENDR => BitReg::SetPending,
+            GICD_ICPENDR => BitReg::ClearPending,
+            GICD_ISACTIVER => BitReg::SetActive,
+            GICD_ICACTIVER => BitReg::ClearActive,
             _ => return None,
         };
         Some((reg, (offset & 0x7f) / 4))
@@ -47,7 +50,7 @@ pub struct Bank {
 
 impl State {
     fn is_v2_sgi(&self, intid: u32) -> bool {
-        self.model == Model::V2 && intid < NR_SGIS
+        self.model == Model::V2 && intid < SGI_COUNT
     }
 
     /// A 32-bit read of a bit register covering INTIDs `first..first + 32`.
@@ -142,7 +145,7 @@ impl State {
     pub fn write_config(&mut self, owner: usize, first: u32, value: u32, kicks: &mut Kicks) {
         for i in 0..16 {
             let intid = first + i;
-            if intid < NR_SGIS {
+            if intid < SGI_COUNT {
                 continue; // SGIs are always edge-triggered.
             }
             let edge = (value >> (2 * i)) & CFG_EDGE != 0;
@@ -164,7 +167,7 @@ impl State {
         let own = if accessor < 8 { 1u32 << accessor } else { 0 };
         (0..n).fold(0, |acc, i| {
             let intid = first + i;
-            let t = if intid < NR_PRIVATE {
+            let t = if intid < PRIVATE_COUNT {
                 if self.exists(accessor, intid) {
                     own
                 } else {
@@ -184,7 +187,7 @@ impl State {
         let mask = self.vcpu_mask();
         for i in 0..n {
             let intid = first + i;
-            if intid < NR_PRIVATE {
+            if intid < PRIVATE_COUNT {
                 continue;
             }
             let t = (value >> (8 * i)) as u8 & mask;

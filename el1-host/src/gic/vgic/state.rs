@@ -10,33 +10,24 @@ use super::budget::INTERRUPT_STATE;
 use super::its::GuestMemory;
 use super::{Kicks, Model};
 
-/// SGIs and PPIs: INTIDs 0-31, banked per vCPU.
-pub const NR_PRIVATE: u32 = 32;
-/// SGIs: INTIDs 0-15.
-pub const NR_SGIS: u32 = 16;
+use ferrovisor_shared::gic::{GICD_CTLR_ENABLE_GRP0, GICD_CTLR_ENABLE_GRP1};
+pub use ferrovisor_shared::gic::{GICD_IROUTER_IRM, LPI_BASE, MPIDR_AFFINITY_MASK, PRIVATE_COUNT, SGI_COUNT};
+use ferrovisor_shared::its::XBASER_ATTRS;
+pub use ferrovisor_shared::its::{PENDBASER_PA, PENDBASER_PTZ, PROPBASER_ID_BITS, PROPBASER_PA};
+
 /// The implemented bits of an 8-bit priority (32 levels).
 pub const PRIORITY_MASK: u8 = 0xf8;
-/// `GICD_IROUTER` / `GICR_TYPER`-style affinity: Aff3 [39:32], Aff2.Aff1.Aff0 [23:0].
-pub const AFFINITY_MASK: u64 = 0xff_00ff_ffff;
-/// `GICD_IROUTER.Interrupt_Routing_Mode`: 1-of-N.
-pub const IROUTER_IRM: u64 = 1 << 31;
 /// `GICD_CTLR` group enables (EnableGrp0, EnableGrp1).
-pub const CTLR_ENABLE_MASK: u32 = 0b11;
-/// The first LPI.
-pub const LPI_BASE: u32 = super::its::LPI_BASE;
+pub const CTLR_ENABLE_MASK: u32 = GICD_CTLR_ENABLE_GRP0 | GICD_CTLR_ENABLE_GRP1;
 /// INTID bits with LPIs on (`GICD_TYPER.IDbits` + 1): LPIs are 8192..=65535.
 pub const LPI_ID_BITS: u32 = 16;
 /// `GICR_PROPBASER`: IDbits [4:0], InnerCache [9:7], Shareability [11:10],
 /// PA [51:12], OuterCache [58:56]; the rest is RES0.
-pub const PROPBASER_MASK: u64 = 0x1f | 0x7 << 7 | 0x3 << 10 | 0x000f_ffff_ffff_f000 | 0x7 << 56;
-pub const PROPBASER_PA: u64 = 0x000f_ffff_ffff_f000;
-pub const PROPBASER_IDBITS: u64 = 0x1f;
+pub const PROPBASER_MASK: u64 = PROPBASER_ID_BITS | XBASER_ATTRS | PROPBASER_PA;
 /// `GICR_PENDBASER`: InnerCache [9:7], Shareability [11:10], PA [51:16],
 /// OuterCache [58:56]. PTZ [62] is write-only: it says the table is zero,
 /// so EnableLPIs need not read it.
-pub const PENDBASER_MASK: u64 = 0x7 << 7 | 0x3 << 10 | 0x000f_ffff_ffff_0000 | 0x7 << 56;
-pub const PENDBASER_PA: u64 = 0x000f_ffff_ffff_0000;
-pub const PENDBASER_PTZ: u64 = 1 << 62;
+pub const PENDBASER_MASK: u64 = XBASER_ATTRS | PENDBASER_PA;
 /// LPI property table entry: Enable [0], Priority [7:2].
 const PROP_ENABLE: u8 = 1;
 const PROP_PRIORITY: u8 = 0xfc;
@@ -84,7 +75,7 @@ pub struct Irq {
 impl Irq {
     /// The reset state of `intid`.
     pub fn new(model: Model, intid: u32) -> Self {
-        let sgi = intid < NR_SGIS;
+        let sgi = intid < SGI_COUNT;
         Irq {
             intid: intid as u16,
             // SGIs reset enabled (as on GIC-400 and under KVM); the rest disabled.
@@ -113,11 +104,11 @@ impl Irq {
     }
 
     pub fn is_sgi(&self) -> bool {
-        u32::from(self.intid) < NR_SGIS
+        u32::from(self.intid) < SGI_COUNT
     }
 
     pub fn is_private(&self) -> bool {
-        u32::from(self.intid) < NR_PRIVATE
+        u32::from(self.intid) < PRIVATE_COUNT
     }
 
     #[inline]
@@ -168,7 +159,7 @@ pub struct LrSlot {
 /// One vCPU's private interrupts and list-register bookkeeping.
 pub struct VcpuState {
     pub mpidr: u64,
-    pub private: [Irq; NR_PRIVATE as usize],
+    pub private: [Irq; PRIVATE_COUNT as usize],
     /// INTIDs pending or active for this vCPU, or in its list registers.
     pub ap_list: Vec<u16>,
     /// What `flush` put in list registers `0..in_flight`.
@@ -236,7 +227,7 @@ impl State {
             nr_spis,
             ctlr: 0,
             vcpus: mpidrs.iter().map(|&m| VcpuState::new(model, m)).collect(),
-            spis: (0..nr_spis).map(|i| Irq::new(model, NR_PRIVATE + i)).collect(),
+            spis: (0..nr_spis).map(|i| Irq::new(model, PRIVATE_COUNT + i)).collect(),
             deferred: Kicks::default(),
             lpis_on,
             scan_requested: false,
@@ -288,10 +279,10 @@ impl State {
     pub fn exists(&self, owner: usize, intid: u32) -> bool {
         if intid >= LPI_BASE {
             self.lpi_key(intid).is_some_and(|k| self.lpis.contains_key(&k))
-        } else if intid < NR_PRIVATE {
+        } else if intid < PRIVATE_COUNT {
             owner < self.vcpus.len()
         } else {
-            intid - NR_PRIVATE < self.nr_spis
+            intid - PRIVATE_COUNT < self.nr_spis
         }
     }
 
@@ -305,10 +296,10 @@ impl State {
     pub fn irq(&self, owner: usize, intid: u32) -> Option<&Irq> {
         if intid >= LPI_BASE {
             self.lpis.get(&self.lpi_key(intid)?)
-        } else if intid < NR_PRIVATE {
+        } else if intid < PRIVATE_COUNT {
             self.vcpus.get(owner)?.private.get(intid as usize)
         } else {
-            self.spis.get((intid - NR_PRIVATE) as usize)
+            self.spis.get((intid - PRIVATE_COUNT) as usize)
         }
     }
 
@@ -317,10 +308,10 @@ impl State {
         if intid >= LPI_BASE {
             let key = self.lpi_key(intid)?;
             self.lpis.get_mut(&key)
-        } else if intid < NR_PRIVATE {
+        } else if intid < PRIVATE_COUNT {
             self.vcpus.get_mut(owner)?.private.get_mut(intid as usize)
         } else {
-            self.spis.get_mut((intid - NR_PRIVATE) as usize)
+            self.spis.get_mut((intid - PRIVATE_COUNT) as usize)
         }
     }
 
@@ -354,7 +345,7 @@ impl State {
 
     /// The vCPU index whose MPIDR has `affinity` (Aff3.Aff2.Aff1.Aff0 in MPIDR layout).
     pub fn vcpu_by_affinity(&self, affinity: u64) -> Option<usize> {
-        self.vcpus.iter().position(|v| v.mpidr & AFFINITY_MASK == affinity & AFFINITY_MASK)
+        self.vcpus.iter().position(|v| v.mpidr & MPIDR_AFFINITY_MASK == affinity & MPIDR_AFFINITY_MASK)
     }
 
     /// Recomputes `routed_to` of SPI index `spi` from its `route`.
@@ -379,7 +370,7 @@ impl State {
             // A uniprocessor GIC's ITARGETSR are RAZ/WI: its SPIs all go to the one CPU.
             Model::V2 if self.vcpus.len() == 1 => Some(0),
             Model::V2 => self.first_in_mask(irq.targets),
-            Model::V3 if irq.route & IROUTER_IRM != 0 => {
+            Model::V3 if irq.route & GICD_IROUTER_IRM != 0 => {
                 // 1 of N: the first vCPU that is awake, else vCPU 0.
                 Some(self.vcpus.iter().position(|v| !v.sleep).unwrap_or(0))
             }
@@ -451,12 +442,12 @@ impl State {
     /// Re-evaluates every interrupt (after a `GICD_CTLR` change).
     pub fn update_all(&mut self, kicks: &mut Kicks) {
         for v in 0..self.vcpus.len() {
-            for intid in 0..NR_PRIVATE {
+            for intid in 0..PRIVATE_COUNT {
                 self.update(v, intid, kicks);
             }
         }
         for i in 0..self.nr_spis {
-            self.update(0, NR_PRIVATE + i, kicks);
+            self.update(0, PRIVATE_COUNT + i, kicks);
         }
         self.update_lpis(None, kicks);
     }
@@ -475,7 +466,7 @@ impl State {
     /// IDbits below 14 bits) or an entry outside guest RAM reads as disabled.
     pub fn read_property(&self, mem: &dyn GuestMemory, vcpu: usize, intid: u32) -> (u8, bool) {
         let Some(vs) = self.vcpus.get(vcpu) else { return (0, false) };
-        let id_bits = (vs.propbaser & PROPBASER_IDBITS) as u32 + 1;
+        let id_bits = (vs.propbaser & PROPBASER_ID_BITS) as u32 + 1;
         if id_bits < 14 || intid >> id_bits.min(31) != 0 || intid < LPI_BASE {
             return (0, false);
         }
@@ -574,9 +565,9 @@ impl State {
             return;
         }
         for i in 0..self.nr_spis {
-            let irm = self.spis.get(i as usize).is_some_and(|irq| irq.route & IROUTER_IRM != 0);
+            let irm = self.spis.get(i as usize).is_some_and(|irq| irq.route & GICD_IROUTER_IRM != 0);
             if irm {
-                self.update(0, NR_PRIVATE + i, kicks);
+                self.update(0, PRIVATE_COUNT + i, kicks);
             }
         }
     }
