@@ -2,28 +2,34 @@
 
 use super::lr::{v2 as lr2, v3 as lr3, HCR_EN, HCR_UIE};
 use super::*;
+use ferrovisor_shared::gic::{
+    self, GICD_CPENDSGIR, GICD_CTLR, GICD_ICACTIVER, GICD_ICENABLER, GICD_ICFGR, GICD_ICPENDR, GICD_IGROUPR, GICD_IIDR,
+    GICD_IPRIORITYR, GICD_IROUTER, GICD_ISACTIVER, GICD_ISENABLER, GICD_ISPENDR, GICD_ITARGETSR, GICD_SGIR,
+    GICD_SPENDSGIR, GICD_TYPER, GICR_SGI_BASE, MPIDR_AFFINITY_MASK,
+};
 use ferrovisor_shared::vcpu::MAX_LIST_REGS;
 
-const CTLR: u64 = 0x0;
-const TYPER: u64 = 0x4;
-const IIDR: u64 = 0x8;
-const IGROUPR: u64 = 0x80;
-const ISENABLER: u64 = 0x100;
-const ICENABLER: u64 = 0x180;
-const ISPENDR: u64 = 0x200;
-const ICPENDR: u64 = 0x280;
-const ISACTIVER: u64 = 0x300;
-const ICACTIVER: u64 = 0x380;
-const IPRIORITYR: u64 = 0x400;
-const ITARGETSR: u64 = 0x800;
-const ICFGR: u64 = 0xc00;
-const SGIR: u64 = 0xf00;
-const CPENDSGIR: u64 = 0xf10;
-const SPENDSGIR: u64 = 0xf20;
-const IROUTER: u64 = 0x6000;
-const GICR_TYPER: u64 = 0x8;
-const GICR_WAKER: u64 = 0x14;
-const SGI_FRAME: u64 = 0x1_0000;
+// The vGIC's entry points take u64 offsets.
+const CTLR: u64 = GICD_CTLR as u64;
+const TYPER: u64 = GICD_TYPER as u64;
+const IIDR: u64 = GICD_IIDR as u64;
+const IGROUPR: u64 = GICD_IGROUPR as u64;
+const ISENABLER: u64 = GICD_ISENABLER as u64;
+const ICENABLER: u64 = GICD_ICENABLER as u64;
+const ISPENDR: u64 = GICD_ISPENDR as u64;
+const ICPENDR: u64 = GICD_ICPENDR as u64;
+const ISACTIVER: u64 = GICD_ISACTIVER as u64;
+const ICACTIVER: u64 = GICD_ICACTIVER as u64;
+const IPRIORITYR: u64 = GICD_IPRIORITYR as u64;
+const ITARGETSR: u64 = GICD_ITARGETSR as u64;
+const ICFGR: u64 = GICD_ICFGR as u64;
+const SGIR: u64 = GICD_SGIR as u64;
+const CPENDSGIR: u64 = GICD_CPENDSGIR as u64;
+const SPENDSGIR: u64 = GICD_SPENDSGIR as u64;
+const IROUTER: u64 = GICD_IROUTER as u64;
+const GICR_TYPER: u64 = gic::GICR_TYPER as u64;
+const GICR_WAKER: u64 = gic::GICR_WAKER as u64;
+const SGI_FRAME: u64 = GICR_SGI_BASE as u64;
 
 const SPI: u32 = 40;
 const PRIO_HIGH_PMR: u64 = 0xff;
@@ -112,7 +118,7 @@ fn vmcr_open() -> u64 {
 fn setup_spi(g: &Vgic, intid: u32, vcpu: usize, prio: u8) {
     match g.model() {
         Model::V3 => {
-            g.dist_write(0, IROUTER + 8 * u64::from(intid), 8, mpidr(vcpu) & 0xff_00ff_ffff);
+            g.dist_write(0, IROUTER + 8 * u64::from(intid), 8, mpidr(vcpu) & MPIDR_AFFINITY_MASK);
         }
         Model::V2 => {
             g.dist_write(0, ITARGETSR + u64::from(intid), 1, 1 << vcpu);
