@@ -60,8 +60,7 @@ pub enum Outcome {
     SystemReset,
 }
 
-/// The affinity fields of an MPIDR: Aff3 (bits 39:32), Aff2, Aff1, Aff0.
-pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
+pub use ferrovisor_shared::gic::MPIDR_AFFINITY_MASK;
 /// `AFFINITY_INFO` results.
 pub const AFFINITY_ON: i64 = 0;
 pub const AFFINITY_OFF: i64 = 1;
