@@ -3,7 +3,7 @@
 
 use crate::arch::aarch64::{boot, cpu, timer};
 use crate::sched::work::VcpuEntry;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use ferrovisor_shared::boot::{BootInfo, CpuState, MAX_CPUS};
 use smccc::Hvc;
 
@@ -22,6 +22,16 @@ pub struct PerCpu {
     pub current_vcpu: AtomicPtr<VcpuEntry>,
     /// Idling in the scheduler with nothing to run: a waker sends it an SGI.
     pub idle: AtomicBool,
+    /// GICv2: this CPU's interface bit, as `GICD_ITARGETSR0` reads on it.
+    pub gicv2_target: AtomicU8,
+    /// GICv3: this CPU's redistributor RD frame (the SGI frame follows it);
+    /// 0 until `gic::init` finds it.
+    pub gicr_rd_base: AtomicU64,
+    /// GICv3: `GICR_TYPER.Processor_Number` of this CPU's redistributor (what
+    /// the ITS names it by when `GITS_TYPER.PTA` is 0).
+    pub gicr_processor_number: AtomicU16,
+    /// GICv4: the vPE resident on this CPU's redistributor (vPE ID + 1; 0: none).
+    pub vpe_resident: AtomicU32,
 }
 
 impl PerCpu {
@@ -33,6 +43,10 @@ impl PerCpu {
             sgis: AtomicU64::new(0),
             current_vcpu: AtomicPtr::new(core::ptr::null_mut()),
             idle: AtomicBool::new(false),
+            gicv2_target: AtomicU8::new(0),
+            gicr_rd_base: AtomicU64::new(0),
+            gicr_processor_number: AtomicU16::new(0),
+            vpe_resident: AtomicU32::new(0),
         }
     }
 }

@@ -4,12 +4,12 @@
 //! is driven by `its` and `vlpi`.
 
 use crate::arch::aarch64::cpu;
+use crate::smp;
 use arm_gic::gicv2::{GicV2, SgiTarget as SgiTargetV2, SgiTargetListFilter};
 use arm_gic::gicv3::{GicCpuInterface, GicV3, SgiTarget, SgiTargetGroup};
 use arm_gic::{IntId, InterruptGroup, Trigger, UniqueMmioPointer};
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, Ordering};
-use ferrovisor_shared::boot::MAX_CPUS;
+use core::sync::atomic::Ordering;
 use ferrovisor_shared::dt::GicDesc;
 use ferrovisor_shared::gic::*;
 use spin::{Mutex, Once};
@@ -65,10 +65,6 @@ fn with_driver<R>(f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
     result
 }
 static VERSION: Once<Version> = Once::new();
-/// GICv2: each CPU's interface bit, as GICD_ITARGETSR0 reads on that CPU.
-static V2_TARGET: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
-/// GICv3: each CPU's MPIDR, for SGI routing.
-static MPIDR: [core::sync::atomic::AtomicU64; MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
 
 /// Priority for the host's own interrupts.
 const PRIORITY: u8 = 0x80;
@@ -82,8 +78,8 @@ const PRIORITY: u8 = 0x80;
 /// `desc` comes from the board's device tree, the regions are identity mapped
 /// as device memory, and this runs once.
 pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static str> {
-    for (slot, &m) in MPIDR.iter().zip(mpidrs) {
-        slot.store(m, Ordering::Relaxed);
+    for (c, &m) in smp::CPUS.iter().zip(mpidrs) {
+        c.mpidr.store(m, Ordering::Relaxed);
     }
     let (driver, version) = match *desc {
         GicDesc::V2 { gicd, gicc, gicv, maintenance_irq, .. } => {
@@ -126,11 +122,9 @@ pub unsafe fn init(desc: &GicDesc, mpidrs: &[u64]) -> Result<Version, &'static s
                 }
                 // SAFETY: GICR_TYPER of a redistributor `gicr_typer` just found.
                 let (raw, frame) = unsafe { redistributor_typer(gicr_base, cpu) };
-                if let Some(slot) = RD_BASE.get(cpu) {
-                    slot.store(frame, Ordering::Relaxed);
-                }
-                if let Some(slot) = PROCESSOR_NUMBER.get(cpu) {
-                    slot.store(((raw >> 8) & 0xffff) as u16, Ordering::Relaxed);
+                if let Some(c) = smp::CPUS.get(cpu) {
+                    c.gicr_rd_base.store(frame, Ordering::Relaxed);
+                    c.gicr_processor_number.store(((raw >> 8) & 0xffff) as u16, Ordering::Relaxed);
                 }
                 vlpis &= raw & GICR_TYPER_VLPIS != 0;
                 v4_1 &= raw & GICR_TYPER_VLPIS != 0 && raw & GICR_TYPER_RVPEID != 0;
@@ -167,23 +161,17 @@ unsafe fn redistributor_typer(gicr_base: u64, cpu: usize) -> (u64, u64) {
     (unsafe { ((frame + GICR_TYPER) as *const u64).read_volatile() }, frame as u64)
 }
 
-/// Each CPU's redistributor (RD frame; the SGI frame follows it), GICv3.
-static RD_BASE: [core::sync::atomic::AtomicU64; MAX_CPUS] = [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
-/// Each CPU's `GICR_TYPER.Processor_Number` (what the ITS names a
-/// redistributor by when `GITS_TYPER.PTA` is 0).
-static PROCESSOR_NUMBER: [core::sync::atomic::AtomicU16; MAX_CPUS] =
-    [const { core::sync::atomic::AtomicU16::new(0) }; MAX_CPUS];
 /// The ITS the device tree names (0: none).
 static ITS_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// CPU `cpu`'s redistributor RD frame (GICv3).
 pub fn rd_frame(cpu: usize) -> Option<u64> {
-    RD_BASE.get(cpu).map(|r| r.load(Ordering::Relaxed)).filter(|&b| b != 0)
+    smp::CPUS.get(cpu).map(|c| c.gicr_rd_base.load(Ordering::Relaxed)).filter(|&b| b != 0)
 }
 
 /// CPU `cpu`'s redistributor's processor number.
 pub fn processor_number(cpu: usize) -> u16 {
-    PROCESSOR_NUMBER.get(cpu).map_or(0, |p| p.load(Ordering::Relaxed))
+    smp::CPUS.get(cpu).map_or(0, |c| c.gicr_processor_number.load(Ordering::Relaxed))
 }
 
 /// The ITS's base address, if the device tree has one (GICv3).
@@ -230,7 +218,7 @@ pub fn set_private_active(intid: u32, active: bool) {
     let off = if active { GICD_ISACTIVER } else { GICD_ICACTIVER };
     let reg = match version() {
         Some(Version::V3 { .. }) => {
-            let rd = RD_BASE[cpu::current() % MAX_CPUS].load(Ordering::Relaxed) as usize;
+            let rd = smp::this_cpu().gicr_rd_base.load(Ordering::Relaxed) as usize;
             if rd == 0 {
                 return;
             }
@@ -260,7 +248,9 @@ pub fn init_cpu(cpu: usize, private: &[u32]) {
             // SAFETY: GICD_ITARGETSR0 is banked per CPU and reads as this CPU's
             // interface bit; the distributor is mapped.
             let me = unsafe { gicd_byte(GICD_ITARGETSR) };
-            V2_TARGET[cpu].store(me, Ordering::Relaxed);
+            if let Some(c) = smp::CPUS.get(cpu) {
+                c.gicv2_target.store(me, Ordering::Relaxed);
+            }
             for &intid in private {
                 let Ok(id) = IntId::try_from(intid) else { continue };
                 gic.set_interrupt_priority(id, PRIORITY);
@@ -403,7 +393,8 @@ pub fn send_sgi(sgi: u32, cpu: usize) {
     let id = IntId::sgi(sgi);
     match version() {
         Some(Version::V3 { .. }) => {
-            let mpidr = MPIDR[cpu].load(Ordering::Relaxed);
+            let Some(c) = smp::CPUS.get(cpu) else { return };
+            let mpidr = c.mpidr.load(Ordering::Relaxed);
             let target = SgiTarget::List {
                 affinity3: affinity_level(mpidr, 3),
                 affinity2: affinity_level(mpidr, 2),
@@ -413,7 +404,8 @@ pub fn send_sgi(sgi: u32, cpu: usize) {
             let _ = GicCpuInterface::send_sgi(id, target, SgiTargetGroup::CurrentGroup1);
         }
         Some(Version::V2) => {
-            let target_list = V2_TARGET[cpu].load(Ordering::Relaxed) as u16;
+            let Some(c) = smp::CPUS.get(cpu) else { return };
+            let target_list = c.gicv2_target.load(Ordering::Relaxed) as u16;
             if let Some(Driver::V2(gic)) = DRIVER.lock().as_mut() {
                 gic.send_sgi(
                     id,

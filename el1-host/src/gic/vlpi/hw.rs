@@ -8,10 +8,10 @@ use crate::gic::its::{self, Command, PhysIts};
 use crate::gic::vgic::its::{Effect, LPI_BASE};
 use crate::gic::vgic::Kicks;
 use crate::mm;
+use crate::smp;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::its::{
     GICR_VPENDBASER, GICR_VPROPBASER, VPENDBASER_DIRTY, VPENDBASER_PENDING_LAST, VPENDBASER_VALID,
 };
@@ -44,8 +44,6 @@ static HOST: Once<Host> = Once::new();
 static SELFTEST_HITS: AtomicU32 = AtomicU32::new(0);
 /// vPE n's owner: `(vm id + 1) << 8 | vcpu index`, 0 when free.
 static DOORBELL_OWNER: [AtomicUsize; MAX_VPES] = [const { AtomicUsize::new(0) }; MAX_VPES];
-/// The vPE resident on each CPU (vPE ID + 1; 0: none).
-static RESIDENT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 static SEND_FAILED: AtomicBool = AtomicBool::new(false);
 
 /// Physically contiguous, zeroed, identity-mapped memory for the GIC's tables.
@@ -314,8 +312,8 @@ impl DirectVm {
         let resident = self
             .vpes
             .get(vcpu)
-            .zip(RESIDENT.get(cpu))
-            .is_some_and(|(vpe, r)| r.load(Ordering::Relaxed) == u32::from(vpe.vpeid) + 1);
+            .zip(smp::CPUS.get(cpu))
+            .is_some_and(|(vpe, c)| c.vpe_resident.load(Ordering::Relaxed) == u32::from(vpe.vpeid) + 1);
         if !resident {
             self.make_resident(vcpu, cpu);
         }
@@ -326,8 +324,9 @@ impl DirectVm {
         else {
             return;
         };
+        let Some(here) = smp::CPUS.get(cpu) else { return };
         let tag = u32::from(vpe.vpeid) + 1;
-        match RESIDENT[cpu].load(Ordering::Relaxed) {
+        match here.vpe_resident.load(Ordering::Relaxed) {
             t if t == tag => return,
             0 => {}
             _ => {
@@ -350,14 +349,14 @@ impl DirectVm {
                 .write_volatile(its::LpiTables::vpropbaser(vprop.pa, VM_ID_BITS));
             ((rd as usize + GICR_VPENDBASER) as *mut u64).write_volatile(its::LpiTables::vpendbaser(vpt.pa, true));
         }
-        RESIDENT[cpu].store(tag, Ordering::Relaxed);
+        here.vpe_resident.store(tag, Ordering::Relaxed);
     }
 
     /// Makes vCPU `vcpu`'s vPE non-resident on `cpu` if it is; returns the GIC's
     /// `PendingLast` (a vLPI is pending for it).
     pub fn put(&self, vcpu: usize, cpu: usize) -> bool {
         let Some(vpe) = self.vpes.get(vcpu) else { return false };
-        if RESIDENT[cpu].load(Ordering::Relaxed) != u32::from(vpe.vpeid) + 1 {
+        if smp::CPUS.get(cpu).is_none_or(|c| c.vpe_resident.load(Ordering::Relaxed) != u32::from(vpe.vpeid) + 1) {
             return false;
         }
         make_non_resident(cpu)
@@ -423,7 +422,8 @@ impl Drop for DirectVm {
 /// Clears `GICR_VPENDBASER.Valid` on `cpu` (this CPU), waits for the GIC to
 /// finish with the vPE, and returns `PendingLast`.
 fn make_non_resident(cpu: usize) -> bool {
-    RESIDENT[cpu].store(0, Ordering::Relaxed);
+    let Some(here) = smp::CPUS.get(cpu) else { return false };
+    here.vpe_resident.store(0, Ordering::Relaxed);
     let Some(rd) = crate::gic::rd_frame(cpu) else { return false };
     let reg = (rd as usize + GICR_VPENDBASER) as *mut u64;
     // SAFETY: this CPU's VLPI frame, mapped as device memory.
