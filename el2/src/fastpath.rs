@@ -129,7 +129,12 @@ pub fn sanitize_id_reg(reg: IdReg, value: u64, features: GuestFeatures) -> u64 {
             let pmu = if features.pmu && pmuver != 0xf { pmuver.min(PMUVER_MAX) << 8 } else { 0 };
             (value & (field(0) | field(12) | field(20) | field(28))) | pmu
         }
-        IdReg::Isar0 | IdReg::Isar1 | IdReg::Isar2 => value,
+        IdReg::Isar0 | IdReg::Isar1 => value,
+        // No WFxT. The host honours a trapped WFIT's timeout from its syndrome
+        // (ISS.TI, RV, RN), but QEMU (10.x, TCG) reports a trapped WFIT as a
+        // WFI (TI 0, RV 0) and drops the register: a guest shown WFxT there
+        // would sleep past its timeout, for ever with no interrupt due.
+        IdReg::Isar2 => value & !field(0),
         IdReg::Mmfr0 => {
             const PARANGE_40_BITS: u64 = 2;
             let pa = (value & 0xf).min(PARANGE_40_BITS);
@@ -213,5 +218,7 @@ mod tests {
         // MTE (PFR1 bits 11:8) and SME (27:24) gone, BT kept.
         let p1 = sanitize_id_reg(IdReg::Pfr1, 0x0000_0000_0100_0321, V3);
         assert_eq!(p1, 0x21);
+        // WFxT (ISAR2 bits 3:0) gone, MOPS (19:16) and the rest kept.
+        assert_eq!(sanitize_id_reg(IdReg::Isar2, 0x0001_0012, V3), 0x0001_0010);
     }
 }

@@ -163,6 +163,21 @@ impl Esr {
         })
     }
 
+    /// For a trapped WFI/WFE/WFIT/WFET (EC 0x01): which one, and for the
+    /// two with a timeout (FEAT_WFxT) the register that holds it: ISS.TI
+    /// is bits [1:0], ISS.RV bit 2 says whether ISS.RN (bits [9:5]) is valid
+    /// (Arm ARM D24.2.40, ESR_EL2, "ISS encoding for an exception from a WF*
+    /// instruction").
+    pub fn wfx(self) -> Wfx {
+        let timeout = (self.0 & (1 << 2) != 0).then_some(((self.0 >> 5) & 0x1f) as u8);
+        match self.0 & 0b11 {
+            0b00 => Wfx::Wfi,
+            0b01 => Wfx::Wfe,
+            0b10 => Wfx::Wfit { timeout },
+            _ => Wfx::Wfet { timeout },
+        }
+    }
+
     /// For a trapped `MSR`/`MRS` (EC 0x18): which register and which way.
     pub fn sys_reg(self) -> SysRegAccess {
         let iss = self.0;
@@ -178,6 +193,17 @@ impl Esr {
             read: iss & 1 != 0,
         }
     }
+}
+
+/// A trapped wait instruction. `timeout` is the register (0..=30, or 31 for
+/// XZR) holding the deadline on the virtual count, `None` when ISS.RV says
+/// the syndrome does not name one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wfx {
+    Wfi,
+    Wfe,
+    Wfit { timeout: Option<u8> },
+    Wfet { timeout: Option<u8> },
 }
 
 /// A data abort's instruction syndrome (ISV=1): what a load or store did.
@@ -301,6 +327,20 @@ mod tests {
         assert_eq!(a.register, 2);
         assert!(a.read);
         assert_eq!(a.reg.to_string(), "S3_3_C14_C2_1");
+    }
+
+    #[test]
+    fn decodes_wait_instructions() {
+        // Arm ARM D24.2.40: TI 0b00 WFI, 0b01 WFE, 0b10 WFIT, 0b11 WFET; RV
+        // (bit 2) says RN (bits [9:5]) names the timeout register.
+        let wfx = |iss: u64| Esr((0x01 << 26) | (1 << 25) | iss).wfx();
+        assert_eq!(wfx(0), Wfx::Wfi);
+        assert_eq!(wfx(1), Wfx::Wfe);
+        assert_eq!(wfx(0b10 | 1 << 2 | 3 << 5), Wfx::Wfit { timeout: Some(3) });
+        assert_eq!(wfx(0b11 | 1 << 2 | 30 << 5), Wfx::Wfet { timeout: Some(30) });
+        assert_eq!(wfx(0b10 | 3 << 5), Wfx::Wfit { timeout: None });
+        // The condition fields (CV, COND) above do not change the kind.
+        assert_eq!(wfx(1 << 24 | 0xe << 20), Wfx::Wfi);
     }
 
     #[test]

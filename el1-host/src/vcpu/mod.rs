@@ -1,5 +1,6 @@
 //! Virtual CPUs: the run loop, exit handling, PSCI for guests.
 
+pub mod dispatch;
 #[cfg(target_os = "none")]
 pub mod exit;
 pub mod inject;

@@ -1,7 +1,8 @@
 //! A vCPU's host thread: the run loop of `sched::work` (docs/run-loop.md) with the
 //! real world switch, exit handling, power states and VM-wide operations.
 
-use super::exit::{load_vpe, put_vpe, ExitHandler, Flow as ExitFlow};
+use super::dispatch::{earlier, Flow as ExitFlow};
+use super::exit::{load_vpe, put_vpe, ExitHandler};
 use crate::arch::aarch64::{cpu, hyp, timer};
 use crate::rcu::RCU;
 use crate::sched::work::{self, EntryHw, Flow, GuestVcpu, RunOutcome};
@@ -9,6 +10,7 @@ use crate::vm::instance::{Vcpu, Vm};
 use crate::vm::outcome::EndReason;
 use crate::vm::registry;
 use alloc::sync::Arc;
+use core::num::NonZeroU64;
 use core::sync::atomic::Ordering;
 use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
 
@@ -117,15 +119,16 @@ impl Runner<'_> {
     }
 
     /// WFI with nothing to take while other vCPUs want CPUs: sleep until an
-    /// interrupt or a timer of this vCPU (or any request) needs it.
-    fn block_in_wfi(&mut self) -> Flow<Done> {
+    /// interrupt or a timer of this vCPU (or any request) needs it, or a
+    /// WFIT's `timeout` (physical count) passes.
+    fn block_in_wfi(&mut self, timeout: Option<u64>) -> Flow<Done> {
         let (vm, vcpu) = (self.vm, self.vcpu);
         // Non-resident before the check: a vLPI from now on rings the
         // doorbell, and one before shows in PendingLast.
         put_vpe(vm, vcpu);
         let ctx: &VcpuContext = self.ctx();
         super::timers::sample(vm, vcpu, ctx);
-        let deadline = super::timers::next_deadline(&ctx.timer);
+        let deadline = earlier(super::timers::next_deadline(&ctx.timer), timeout);
         let handler = ExitHandler { vm, vcpu };
         if sleep(vcpu, || handler.wake_from_wfi(ctx), deadline) {
             Flow::Done(Done::Block)
@@ -223,7 +226,7 @@ impl GuestVcpu for Runner<'_> {
             ExitFlow::Continue => Flow::Continue,
             ExitFlow::PowerOff => Flow::Continue,
             ExitFlow::Stop => Flow::Done(Done::Stop),
-            ExitFlow::Block => self.block_in_wfi(),
+            ExitFlow::Block { deadline } => self.block_in_wfi(deadline.map(NonZeroU64::get)),
             ExitFlow::Reset => {
                 self.reset();
                 Flow::Continue

@@ -47,10 +47,7 @@ pub fn next_deadline(t: &TimerState) -> Option<u64> {
     let armed = |ctl: u64| ctl & 0b11 == 0b01;
     let v = armed(t.cntv_ctl).then(|| t.cntv_cval.saturating_add(t.cntvoff));
     let p = armed(t.cntp_ctl).then_some(t.cntp_cval);
-    match (v, p) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    super::dispatch::earlier(v, p)
 }
 
 /// Before entry: the emulated physical timer has no hardware behind it, so

@@ -5,7 +5,11 @@
 //! `ISTATUS` set, not before the deadline and within 1 s of it; the
 //! handler masks the timer), `ptimer` (the same with `CNTP_*` against
 //! `CNTPCT`), `wfi` (`WFI` with the virtual timer 20 ms ahead returns no
-//! earlier than the deadline, with the timer's interrupt pending).
+//! earlier than the deadline, with the timer's interrupt pending), `wfit`
+//! (with FEAT_WFxT: `WFIT` with IRQs masked and no timer armed returns no
+//! earlier than its 10 ms timeout and within 1 s of it; with the virtual
+//! timer 3 s ahead it still returns at its timeout, not the timer's; a
+//! timeout already past returns at once; Arm ARM C6.2 WFIT).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -27,6 +31,7 @@ mod guest {
             SubTest { name: "vtimer", run: vtimer },
             SubTest { name: "ptimer", run: ptimer },
             SubTest { name: "wfi", run: wfi },
+            SubTest { name: "wfit", run: wfit },
         ]
     );
 
@@ -247,5 +252,60 @@ mod guest {
 
     fn wfi(env: &Env) {
         on_two_cpus(env, Timer::Virt, wfi_wait);
+    }
+
+    /// `ID_AA64ISAR2_EL1.WFxT` (bits [3:0]) is 0b0010 with FEAT_WFxT.
+    fn has_wfxt() -> bool {
+        let isar2: u64;
+        // SAFETY: reading an ID register has no side effects.
+        unsafe { core::arch::asm!("mrs {}, s3_0_c0_c6_2", out(reg) isar2, options(nomem, nostack)) };
+        isar2 & 0xf == 0b0010
+    }
+
+    /// `WFIT x0` until the virtual count reaches `timeout`; returns the
+    /// virtual count after it.
+    fn wfit_until(timeout: u64) -> u64 {
+        // SAFETY: WFIT only waits; encoded by hand (0xd503_1020 | Rd, Arm ARM
+        // C6.2) for assemblers without FEAT_WFxT.
+        unsafe { core::arch::asm!(".inst 0xd5031020", in("x0") timeout, options(nomem, nostack)) };
+        Timer::Virt.counter()
+    }
+
+    fn wfit(_env: &Env) {
+        if !has_wfxt() {
+            report_skip("no FEAT_WFxT (ID_AA64ISAR2_EL1.WFxT is 0)");
+            return;
+        }
+        let freq = time::freq();
+        let timer = Timer::Virt;
+        timer.stop();
+        irq::mask();
+        let start = timer.counter();
+        let woke = wfit_until(start + ms_to_ticks(DEADLINE_MS, freq));
+        let waited = ticks_to_us(woke - start, freq);
+        report(
+            (DEADLINE_MS * 1000..LATE_MS * 1000).contains(&waited),
+            format_args!(
+                "WFIT with no timer: woken after {waited} us (at least {} us, under {LATE_MS} ms)",
+                DEADLINE_MS * 1000
+            ),
+        );
+
+        // The timer's deadline (3 s) is not the WFIT's: the earlier one wakes it.
+        let start = timer.counter();
+        timer.arm_at(start + ms_to_ticks(3000, freq));
+        let woke = wfit_until(start + ms_to_ticks(DEADLINE_MS, freq));
+        timer.stop();
+        let waited = ticks_to_us(woke - start, freq);
+        report(
+            (DEADLINE_MS * 1000..LATE_MS * 1000).contains(&waited),
+            format_args!("WFIT with the timer 3 s ahead: woken after {waited} us (at its own timeout)"),
+        );
+
+        let start = timer.counter();
+        let woke = wfit_until(start.saturating_sub(1));
+        let waited = ticks_to_us(woke - start, freq);
+        report(waited < LATE_MS * 1000, format_args!("WFIT with its timeout past: returned after {waited} us"));
+        irq::window();
     }
 }
