@@ -24,6 +24,13 @@ pub fn software_vlpi(bootargs: &str) -> bool {
     bootargs.split_ascii_whitespace().any(|w| w == "vlpi=software")
 }
 
+/// `buildcheck`: before the VMs start, build a small VM failing at each
+/// step in turn and check that every failure gave back all it took
+/// (`vm::buildcheck`).
+pub fn build_check(bootargs: &str) -> bool {
+    bootargs.split_ascii_whitespace().any(|w| w == "buildcheck")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +56,7 @@ mod tests {
         assert!(software_vlpi("loglevel=info vlpi=software"));
         assert!(!software_vlpi("vlpi=direct"));
         assert!(!software_vlpi(""));
+        assert!(build_check("loglevel=info buildcheck"));
+        assert!(!build_check("buildcheck=1"));
     }
 }

@@ -94,6 +94,15 @@ mod host {
         if !ok {
             board::power_off(1);
         }
+        if bootargs::build_check(args) {
+            let (gicv3, its) = match gic_version {
+                gic::Version::V2 => (false, false),
+                gic::Version::V3 { its, .. } => (true, its),
+            };
+            if !vm::buildcheck::run(gicv3, its) {
+                board::power_off(1);
+            }
+        }
         let (started, refused) = vm::registry::start_vms(&board, gic_version);
         if started == 0 {
             println!("ferrovisor: no guests to run");

@@ -77,6 +77,10 @@ pub fn all() -> Vec<Test> {
         t("dtb-no-memory", true, |c| dtb_bad(c, |f| f.no_memory.clone())),
         t("dtb-truncated", true, |c| dtb_bad(c, |f| f.truncated.clone())),
         t("run-options", false, run_options),
+        t("build-check-virt-gicv2", true, |c| build_check(c, Board::Virt, 2)),
+        t("build-check-virt-gicv3", true, |c| build_check(c, Board::Virt, 3)),
+        t("build-check-virt-gicv4", true, |c| build_check(c, Board::Virt, 4)),
+        t("build-check-raspi4b", true, |c| build_check(c, Board::Raspi4b, 2)),
     ];
     tests.push(Test { name: "sdcard-image".into(), boots: true, run: Box::new(crate::sdcard::test_image) });
     tests.push(Test { name: "run-guest-status".into(), boots: true, run: Box::new(crate::guesttest::run_status) });
@@ -223,6 +227,35 @@ fn boot_raspi4b(ctx: &Ctx) -> Result<(), Failure> {
     let m = Machine { board: Board::Raspi4b, smp: qemu::RASPI_CPUS, ..Machine::default() };
     let o = boot(&m.args(&ctx.image, Some(&dtb)), &watch(ctx))?;
     judge_boot(&o, &BootExpect::new("Raspberry Pi 4", "GICv2", 4), true)
+}
+
+/// `buildcheck`: a VM built with each step failing in turn gives back all
+/// it took each time (frames, heap, ITS IDs), then the built-in set runs.
+/// On a GICv4 the steps include the direct-injection vPEs.
+fn build_check(ctx: &Ctx, board: Board, gic: u8) -> Result<(), Failure> {
+    let (dtb, smp) = match board {
+        Board::Raspi4b => (Some(pi_dtb(&ctx.root).map_err(Failure::plain)?), qemu::RASPI_CPUS),
+        Board::Virt => (None, 4),
+    };
+    let append = format!("{} buildcheck", qemu::DEFAULT_BOOTARGS);
+    let m = Machine { board, gic, smp, append, ..Machine::default() };
+    let o = boot(&m.args(&ctx.image, dtb.as_deref()), &watch(ctx))?;
+    if let Some(l) = o.output.lines().find(|l| l.starts_with("build-check: FAIL")) {
+        return Err(fail(&o, format!("`{l}`")));
+    }
+    // Ten steps, from the guest RAM to the VM as a whole (`Vm::build`).
+    let passed = o.output.lines().find_map(|l| l.strip_prefix("build-check: PASS ("));
+    let steps: u32 = match passed.and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()) {
+        Some(n) => n,
+        None => return Err(fail(&o, "no `build-check: PASS (N steps, ...)` line".into())),
+    };
+    if steps < 10 {
+        return Err(fail(&o, format!("only {steps} build steps were failed on purpose; the build has 10")));
+    }
+    if !o.output.lines().any(|l| l.starts_with("vm selftest: ended (system off), EXIT: STATUS=1")) {
+        return Err(fail(&o, "the built-in selftest VM did not pass after the build check".into()));
+    }
+    Ok(())
 }
 
 /// Without virtualization=on the image starts at EL1: it must say so and stop

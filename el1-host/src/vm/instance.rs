@@ -73,6 +73,34 @@ const GUEST_SPIS: u32 = 128;
 /// Room reserved for the guest's device tree.
 const DTB_MAX: u64 = 64 * 1024;
 
+/// Where [`Vm::create_in_steps`] fails on purpose: `vm::buildcheck` makes
+/// each step fail in turn and checks that the failure gave back all that
+/// the build had taken.
+#[derive(Default)]
+pub struct BuildSteps {
+    done: u32,
+    fail_at: Option<u32>,
+}
+
+impl BuildSteps {
+    pub fn failing_at(step: u32) -> Self {
+        Self { done: 0, fail_at: Some(step) }
+    }
+
+    /// How many steps passed.
+    pub fn done(&self) -> u32 {
+        self.done
+    }
+
+    fn after(&mut self, what: &str) -> Result<(), String> {
+        if self.fail_at == Some(self.done) {
+            return Err(alloc::format!("failed on purpose after step {} ({what})", self.done));
+        }
+        self.done += 1;
+        Ok(())
+    }
+}
+
 /// The TLB maintenance the stage-2 code asks for, done by el2.
 pub struct El2Tlb;
 
@@ -92,9 +120,24 @@ impl Vm {
     /// # Errors
     /// A message naming what did not fit or parse; nothing is left allocated.
     pub fn create(id: usize, spec: &VmSpec, pin: Option<&[usize]>, gicv3: bool, its: bool) -> Result<Arc<Vm>, String> {
+        Self::create_in_steps(id, spec, pin, gicv3, its, &mut BuildSteps::default())
+    }
+
+    /// [`Vm::create`], failing on purpose where `steps` says.
+    ///
+    /// # Errors
+    /// As `create`'s, or the step `steps` was told to fail at.
+    pub fn create_in_steps(
+        id: usize,
+        spec: &VmSpec,
+        pin: Option<&[usize]>,
+        gicv3: bool,
+        its: bool,
+        steps: &mut BuildSteps,
+    ) -> Result<Arc<Vm>, String> {
         let ram = GuestRam::alloc(spec.mem_bytes)?;
-        let vm = Self::build(id, spec, pin, gicv3, its, ram);
-        vm.map(Arc::new)
+        steps.after("guest RAM")?;
+        Self::build(id, spec, pin, gicv3, its, ram, steps).map(Arc::new)
     }
 
     fn build(
@@ -104,6 +147,7 @@ impl Vm {
         gicv3: bool,
         its: bool,
         ram: GuestRam,
+        steps: &mut BuildSteps,
     ) -> Result<Vm, String> {
         let mpidrs: Vec<u64> = (0..spec.vcpus).map(|i| (1 << 31) | fdt::vcpu_mpidr(i)).collect();
         let vgic = Vgic::new(VgicConfig {
@@ -113,13 +157,16 @@ impl Vm {
             lpis: its,
         })
         .map_err(|e| alloc::format!("virtual GIC: {e}"))?;
+        steps.after("virtual GIC")?;
         let initrd_len = spec.initrd.as_ref().map(|i| i.len() as u64);
         let layout =
             loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len).map_err(|e| alloc::format!("{e}"))?;
+        steps.after("image layout")?;
         let guest_its = its
             .then(|| ItsFrame::new(spec.vcpus as usize, LPI_ID_BITS).map(Arc::new))
             .transpose()
             .map_err(|e| alloc::format!("virtual ITS: {e:?}"))?;
+        steps.after("virtual ITS")?;
         let uart = Arc::new(Uart::new());
         let bus = || -> Result<MmioBus<Vm>, BusError> {
             let mut bus = MmioBus::new();
@@ -137,6 +184,7 @@ impl Vm {
             Ok(bus)
         };
         let bus = bus().map_err(|e| alloc::format!("{e}"))?;
+        steps.after("MMIO bus")?;
         let direct = match its.then(|| crate::gic::vlpi::DirectVm::new(id, spec.vcpus as usize)).transpose() {
             Ok(d) => d.flatten(),
             Err(e) => {
@@ -144,6 +192,7 @@ impl Vm {
                 None
             }
         };
+        steps.after("direct vLPI injection")?;
         let initrd_range = layout.initrd_ipa.zip(initrd_len).map(|(start, len)| (start, start + len));
         let pmu = crate::arch::aarch64::cpu::has_pmuv3();
         let dt = fdt::GuestDt {
@@ -157,10 +206,12 @@ impl Vm {
             pmu,
         };
         let dtb = fdt::build(&dt).map_err(|e| alloc::format!("device tree: {e}"))?;
+        steps.after("device tree")?;
         if dtb.len() as u64 > DTB_MAX {
             return Err(alloc::format!("its device tree is {} bytes, more than {DTB_MAX}", dtb.len()));
         }
         let stage2 = guest_stage2(&ram, gicv3)?;
+        steps.after("stage 2")?;
         let cntvoff = timer::now();
         let entry = layout.entry_ipa;
         let dtb_ipa = layout.dtb_ipa;
@@ -186,12 +237,13 @@ impl Vm {
                 }
             })
             .collect::<Vec<_>>();
+        steps.after("vCPUs")?;
         let vm = Vm {
             id,
             name: spec.name.clone(),
             ram,
             gicv3,
-            stage2: spin::Mutex::new(Some(stage2)),
+            stage2: spin::Mutex::new(stage2.take()),
             vgic,
             its: guest_its,
             direct,
@@ -211,6 +263,7 @@ impl Vm {
             cntvoff,
         };
         vm.populate(true);
+        steps.after("the VM as a whole")?;
         Ok(vm)
     }
 
@@ -373,20 +426,45 @@ impl Vm {
 /// The VM's stage 2: its RAM as normal memory and, for a GICv2 guest, the
 /// hardware's virtual CPU interface where the guest expects its GICC. A
 /// table half built is destroyed before the error returns.
-fn guest_stage2(ram: &GuestRam, gicv3: bool) -> Result<Stage2<HostFrames>, String> {
-    let mut stage2 = Stage2::new(HostFrames).map_err(|e| alloc::format!("stage 2: {e}"))?;
-    let mut mapped =
-        stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb).map_err(|e| alloc::format!("stage 2: {e}"));
-    if let (Ok(()), false, Some(gicv)) = (&mapped, gicv3, crate::gic::gicv_base()) {
-        mapped = stage2
+fn guest_stage2(ram: &GuestRam, gicv3: bool) -> Result<UnusedStage2, String> {
+    let mut stage2 = UnusedStage2(Some(Stage2::new(HostFrames).map_err(|e| alloc::format!("stage 2: {e}"))?));
+    stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb).map_err(|e| alloc::format!("stage 2: {e}"))?;
+    if let (false, Some(gicv)) = (gicv3, crate::gic::gicv_base()) {
+        stage2
             .map(map::GIC_CPU, gicv, map::GIC_CPU_SIZE, MemKind::Device, 0, &El2Tlb)
-            .map_err(|e| alloc::format!("stage 2 (GICV): {e}"));
+            .map_err(|e| alloc::format!("stage 2 (GICV): {e}"))?;
     }
-    match mapped {
-        Ok(()) => Ok(stage2),
-        Err(e) => {
+    Ok(stage2)
+}
+
+/// A stage 2 that no vCPU has run on: until the VM takes it, dropping it
+/// destroys it (under VMID 0: no TLB holds anything of it yet), so that a
+/// build failing after it frees its tables.
+struct UnusedStage2(Option<Stage2<HostFrames>>);
+
+impl UnusedStage2 {
+    fn take(mut self) -> Option<Stage2<HostFrames>> {
+        self.0.take()
+    }
+}
+
+impl core::ops::Deref for UnusedStage2 {
+    type Target = Stage2<HostFrames>;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("Some until take() consumes it")
+    }
+}
+
+impl core::ops::DerefMut for UnusedStage2 {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("Some until take() consumes it")
+    }
+}
+
+impl Drop for UnusedStage2 {
+    fn drop(&mut self) {
+        if let Some(stage2) = self.0.take() {
             stage2.destroy(0, &El2Tlb);
-            Err(e)
         }
     }
 }

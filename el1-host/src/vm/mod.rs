@@ -1,11 +1,14 @@
 //! Virtual machines: guest memory, images, device trees, and their lifetime.
 
+#[cfg(target_os = "none")]
+pub mod buildcheck;
 pub mod bundle;
 pub mod cmo;
 pub mod config;
 pub mod fdt;
 #[cfg(target_os = "none")]
 pub mod instance;
+pub mod lifecycle;
 pub mod list;
 pub mod loader;
 pub mod outcome;

@@ -3,11 +3,12 @@
 //! verdicts that powers the board off after the last VM.
 //!
 //! The list's protocol (one writers' lock, never held while waiting for a
-//! grace period) is `vm::list`'s, tested there.
+//! grace period) is `vm::list`'s, and the rules of start-up and ending
+//! (`vm::lifecycle`) are tested on the host there.
 
 use super::instance::Vm;
+use super::lifecycle::Registry;
 use super::list::{Listed, VmList};
-use super::outcome::Tally;
 use super::vmid;
 use crate::gic;
 use crate::rcu::RCU;
@@ -18,23 +19,25 @@ use alloc::vec::Vec;
 use ferrovisor_shared::boot::MAX_CPUS;
 use ferrovisor_shared::dt::Board;
 
-/// Every running VM.
-static VMS: spin::Once<VmList<Vm>> = spin::Once::new();
-/// Verdicts of the VMs that ended, and how many are still to end.
-static TALLY: Tally = Tally::new();
+/// Every running VM, and the verdicts of those that ended.
+static VMS: spin::Once<Registry<Vm>> = spin::Once::new();
+
+fn registry() -> &'static Registry<Vm> {
+    VMS.get().expect("vm::registry::init ran")
+}
 
 /// The VMID width from `ID_AA64MMFR1_EL1`, the list, and the GICv4
 /// doorbells' way to a vCPU.
 pub fn init() {
     let bits = vmid::bits_from_mmfr1(crate::arch::aarch64::cpu::id_aa64mmfr1());
     vmid::init(bits);
-    VMS.call_once(VmList::new);
+    VMS.call_once(Registry::new);
     gic::vlpi::set_doorbell_handler(ring_doorbell);
 }
 
 /// The VM list, for a reader holding an RCU read guard.
 pub fn list() -> &'static VmList<Vm> {
-    VMS.get().expect("vm::registry::init ran")
+    registry().list()
 }
 
 /// vCPU `vcpu` of VM `vm_id` has a vLPI pending while its vPE is not
@@ -51,8 +54,7 @@ fn ring_doorbell(vm_id: usize, vcpu: usize) {
 /// Adds a VM to the list.
 pub fn publish(vm: Arc<Vm>) {
     crate::sched::vcpus_added(vm.vcpus.len());
-    TALLY.hold();
-    list().publish(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop, vm);
+    registry().publish(&RCU, crate::arch::aarch64::cpu::current(), core::hint::spin_loop, vm);
 }
 
 /// The last vCPU of `vm` stopped: report, take it off the list, wait for a
@@ -61,11 +63,8 @@ pub fn publish(vm: Arc<Vm>) {
 pub fn finish(vm: Arc<Vm>) {
     let me = crate::arch::aarch64::cpu::current();
     let verdict = vm.report_end();
-    let before = RCU.grace_periods();
-    list().remove(&RCU, me, core::hint::spin_loop, vm.id);
-    log::debug!("vm {}: off the list after grace period {}", vm.name, before + 1);
-    drop(vm);
-    if let Some(status) = TALLY.ended(verdict) {
+    log::debug!("vm {}: off the list after grace period {}", vm.name, RCU.grace_periods() + 1);
+    if let Some(status) = registry().finish(&RCU, me, core::hint::spin_loop, vm, verdict) {
         power_off(status);
     }
 }
@@ -92,12 +91,12 @@ static DEFAULT_BUNDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default
 /// another CPU and ends before the next is published is not the last); it
 /// powers off here if every VM has already ended.
 pub fn start_vms(board: &Board, gic: gic::Version) -> (usize, usize) {
-    TALLY.hold();
-    let counts = create_all(board, gic);
-    if counts.0 > 0 {
-        if let Some(status) = TALLY.release() {
-            power_off(status);
-        }
+    let mut counts = (0, 0);
+    if let Some(status) = registry().start(|| {
+        counts = create_all(board, gic);
+        counts.0
+    }) {
+        power_off(status);
     }
     counts
 }
@@ -142,7 +141,7 @@ fn create_all(board: &Board, gic: gic::Version) -> (usize, usize) {
             Err(e) => {
                 log::error!("VM not started: {e}");
                 refused += 1;
-                TALLY.refused();
+                registry().refused();
                 continue;
             }
         };
@@ -179,7 +178,7 @@ fn create_all(board: &Board, gic: gic::Version) -> (usize, usize) {
             Err(e) => {
                 log::error!("vm {}: not started: {e}", spec.name);
                 refused += 1;
-                TALLY.refused();
+                registry().refused();
             }
         }
     }

@@ -383,6 +383,11 @@ impl DirectVm {
     }
 }
 
+/// The ITS device IDs and vPE IDs that VMs hold, as bitmaps.
+pub fn ids_in_use() -> (u64, u64) {
+    HOST.get().map_or((0, 0), |h| *h.ids.lock())
+}
+
 impl Drop for DirectVm {
     fn drop(&mut self) {
         let Some(host) = HOST.get() else { return };
