@@ -30,6 +30,8 @@ mod board;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
+use ferrovisor_shared::println;
+#[cfg(target_os = "none")]
 mod irq;
 #[cfg(target_os = "none")]
 mod selfcheck;

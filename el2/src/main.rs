@@ -19,6 +19,8 @@ mod arch;
 #[cfg(target_os = "none")]
 mod console;
 #[cfg(target_os = "none")]
+use ferrovisor_shared::println;
+#[cfg(target_os = "none")]
 mod hyp;
 #[cfg(target_os = "none")]
 mod vgic;

@@ -56,3 +56,35 @@ impl Default for Console {
         Self::new()
     }
 }
+
+/// The binary's console: el2 and the host each link their own copy of this
+/// crate, so each has its own.
+static CONSOLE: Console = Console::new();
+
+/// Starts the binary's console on the UART `desc` describes.
+///
+/// # Safety
+/// As [`Console::init`].
+pub unsafe fn init(desc: &UartDesc) {
+    // SAFETY: our caller's promise.
+    unsafe { CONSOLE.init(desc) };
+}
+
+pub fn print(args: fmt::Arguments) {
+    CONSOLE.print(args);
+}
+
+/// Prints even when the lock is held (by a CPU that faulted or panicked).
+pub fn print_forced(args: fmt::Arguments) {
+    CONSOLE.print_forced(args);
+}
+
+/// `println!` to the binary's console (bare metal only: on the development
+/// host the name is std's).
+#[cfg(target_os = "none")]
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::console::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
