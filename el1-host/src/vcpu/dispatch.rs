@@ -8,10 +8,11 @@ use super::mmio::Dispatch;
 use super::{inject, psci, sysreg};
 use crate::gic::vgic::Kicks;
 use crate::vm::outcome::EndReason;
+use crate::vm::ratelimit::{GuestEvent, Suppressed};
 use crate::vm::stats::{ExitKind, VmStats};
 use alloc::string::String;
 use core::num::NonZeroU64;
-use ferrovisor_shared::esr::{Esr, ExceptionClass, SysReg, Wfx};
+use ferrovisor_shared::esr::{Esr, ExceptionClass, Wfx};
 use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
 
 /// What the run loop does next.
@@ -60,10 +61,9 @@ pub trait ExitVm {
     /// Makes vCPU `index` look at its power state (a `CPU_ON` started it).
     fn kick_vcpu(&self, index: usize);
     fn request_end(&self, reason: EndReason);
-    /// The first time this VM touched an unknown system register (to log once).
-    fn first_unknown(&self, reg: SysReg) -> bool;
-    /// The first time this VM took an exit of an unhandled class.
-    fn first_unknown_class(&self, ec: u8) -> bool;
+    /// Whether a line about `event` may be printed now (per VM and kind,
+    /// `vm::ratelimit`), and how many like it were left out before.
+    fn may_log(&self, event: GuestEvent) -> Option<Suppressed>;
     /// The physical count.
     fn now(&self) -> u64;
     /// WFI or WFIT (stepped past already): returns when the vCPU has an
@@ -110,11 +110,13 @@ fn sync(vm: &impl ExitVm, ctx: &mut VcpuContext) -> Flow {
         ExceptionClass::InstAbortLowerEl => {
             stats.count(ExitKind::Abort);
             let ipa = super::mmio::fault_ipa(&ctx.exit);
-            log::warn!(
-                "vm {} vcpu {}: instruction fetch from IPA {ipa:#x}, outside its RAM: external abort",
-                vm.name(),
-                vm.vcpu_index()
-            );
+            if let Some(left_out) = vm.may_log(GuestEvent::InstAbort) {
+                log::warn!(
+                    "vm {} vcpu {}: instruction fetch from IPA {ipa:#x}, outside its RAM: external abort{left_out}",
+                    vm.name(),
+                    vm.vcpu_index()
+                );
+            }
             inject::inject_instruction_abort(ctx, ctx.exit.far);
             Flow::Continue
         }
@@ -128,9 +130,9 @@ fn sync(vm: &impl ExitVm, ctx: &mut VcpuContext) -> Flow {
         }
         class => {
             stats.count(ExitKind::Other);
-            if vm.first_unknown_class(esr.ec()) {
+            if let Some(left_out) = vm.may_log(GuestEvent::UnknownClass) {
                 log::warn!(
-                    "vm {} vcpu {}: {} at {:#x} (ESR {esr}): UNDEFINED for the guest",
+                    "vm {} vcpu {}: {} at {:#x} (ESR {esr}): UNDEFINED for the guest{left_out}",
                     vm.name(),
                     vm.vcpu_index(),
                     class.name(),
@@ -213,19 +215,23 @@ fn data_abort(vm: &impl ExitVm, ctx: &mut VcpuContext) -> Flow {
             }
         }
         Dispatch::NoSyndrome { ipa, pc } => {
-            log::warn!(
-                "vm {} vcpu {}: access to IPA {ipa:#x} at {pc:#x} has no syndrome (ISV=0) to emulate: external abort",
-                vm.name(),
-                vm.vcpu_index(),
-            );
+            if let Some(left_out) = vm.may_log(GuestEvent::NoSyndrome) {
+                log::warn!(
+                    "vm {} vcpu {}: access to IPA {ipa:#x} at {pc:#x} has no syndrome (ISV=0) to emulate: external abort{left_out}",
+                    vm.name(),
+                    vm.vcpu_index(),
+                );
+            }
         }
         Dispatch::Unmapped { ipa, write, pc } => {
-            log::warn!(
-                "vm {} vcpu {}: {} IPA {ipa:#x} at {pc:#x}: outside its memory map, external abort",
-                vm.name(),
-                vm.vcpu_index(),
-                if write { "write to" } else { "read from" },
-            );
+            if let Some(left_out) = vm.may_log(GuestEvent::Unmapped) {
+                log::warn!(
+                    "vm {} vcpu {}: {} IPA {ipa:#x} at {pc:#x}: outside its memory map, external abort{left_out}",
+                    vm.name(),
+                    vm.vcpu_index(),
+                    if write { "write to" } else { "read from" },
+                );
+            }
         }
     }
     Flow::Continue
@@ -251,9 +257,9 @@ fn sys_reg(vm: &impl ExitVm, ctx: &mut VcpuContext, esr: Esr) -> Flow {
         }
         sysreg::Outcome::Sgi { .. } => inject::inject_undef(ctx),
         sysreg::Outcome::Undefined => {
-            if vm.first_unknown(access.reg) {
+            if let Some(left_out) = vm.may_log(GuestEvent::UnknownSysReg) {
                 log::warn!(
-                    "vm {} vcpu {}: {} of unknown system register {} at {:#x}: UNDEFINED for the guest (logged once)",
+                    "vm {} vcpu {}: {} of unknown system register {} at {:#x}: UNDEFINED for the guest{left_out}",
                     vm.name(),
                     vm.vcpu_index(),
                     if access.read { "read" } else { "write" },

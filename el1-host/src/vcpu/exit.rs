@@ -8,10 +8,10 @@ use crate::arch::aarch64::{cpu, timer};
 use crate::gic::vgic::Kicks;
 use crate::vm::instance::{Vcpu, Vm};
 use crate::vm::outcome::EndReason;
+use crate::vm::ratelimit::{GuestEvent, Suppressed};
 use crate::vm::stats::VmStats;
 use alloc::sync::Arc;
 use core::num::NonZeroU64;
-use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
 
 pub struct ExitHandler<'a> {
@@ -116,15 +116,10 @@ impl ExitVm for ExitHandler<'_> {
         self.vm.request_end(reason);
     }
 
-    fn first_unknown(&self, reg: SysReg) -> bool {
-        self.vm.first_unknown(reg)
+    fn may_log(&self, event: GuestEvent) -> Option<Suppressed> {
+        self.vm.may_log(event)
     }
 
-    fn first_unknown_class(&self, ec: u8) -> bool {
-        self.vm.first_unknown_class(ec)
-    }
-
-    #[inline]
     fn now(&self) -> u64 {
         timer::now()
     }

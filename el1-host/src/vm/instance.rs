@@ -3,6 +3,7 @@
 
 use super::outcome::{self, EndReason, Verdict};
 use super::ram::GuestRam;
+use super::ratelimit::{GuestEvent, Suppressed};
 use super::stats::{CmoFigures, ExitKind, VmStats};
 use super::{cmo, config::VmSpec, fdt, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
@@ -22,7 +23,6 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_PMU};
 
 pub use crate::vcpu::state::Vcpu;
@@ -51,8 +51,6 @@ pub struct Vm {
     exit_status: AtomicU64,
     end: spin::Mutex<Option<EndReason>>,
     running: AtomicUsize,
-    logged: spin::Mutex<Vec<SysReg>>,
-    logged_classes: AtomicU64,
     boot: BootImages,
     pub cntvoff: u64,
 }
@@ -69,6 +67,9 @@ const NO_STATUS: u64 = u64::MAX;
 
 /// SPIs of the guest's GIC (INTIDs 32..160): QEMU virt's devices use the first 48.
 const GUEST_SPIS: u32 = 128;
+
+/// Each kind of guest-triggered log line prints a burst per window this long.
+const LOG_WINDOW_US: u64 = 5_000_000;
 
 /// Room reserved for the guest's device tree.
 const DTB_MAX: u64 = 64 * 1024;
@@ -257,8 +258,6 @@ impl Vm {
             stats: VmStats::default(),
             exit_status: AtomicU64::new(NO_STATUS),
             end: spin::Mutex::new(None),
-            logged: spin::Mutex::new(Vec::new()),
-            logged_classes: AtomicU64::new(0),
             boot: BootImages { kernel: spec.kernel.clone(), initrd: spec.initrd.clone(), dtb, layout },
             cntvoff,
         };
@@ -342,22 +341,11 @@ impl Vm {
         }
     }
 
-    /// Whether exception class `ec` (6 bits) is the first of its kind the VM
-    /// took without a handler (for logging it once).
-    pub fn first_unknown_class(&self, ec: u8) -> bool {
-        let bit = 1u64 << (ec & 0x3f);
-        self.logged_classes.fetch_or(bit, Ordering::Relaxed) & bit == 0
-    }
-
-    /// Whether the access to `reg` is the first the VM made (for logging it
-    /// once).
-    pub fn first_unknown(&self, reg: SysReg) -> bool {
-        let mut logged = self.logged.lock();
-        if logged.contains(&reg) {
-            return false;
-        }
-        logged.push(reg);
-        true
+    /// Whether a line about what the guest did (`event`) may be printed
+    /// now; rate-limited per kind (`vm::ratelimit`), counted in its
+    /// statistics when not.
+    pub fn may_log(&self, event: GuestEvent) -> Option<Suppressed> {
+        self.stats.logs.admit(event, timer::now(), timer::ticks_from_us(LOG_WINDOW_US))
     }
 
     /// Ends the VM (first reason wins): every vCPU is asked to stop.

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod outcome;
 #[cfg(target_os = "none")]
 pub mod ram;
+pub mod ratelimit;
 #[cfg(target_os = "none")]
 pub mod registry;
 pub mod stats;

@@ -3,6 +3,7 @@
 //! guest time.
 #![cfg_attr(target_os = "none", allow(dead_code, reason = "per-reason reads used by the tests"))]
 
+use super::ratelimit::LogLimiter;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use ferrovisor_shared::vcpu::El2Counters;
@@ -40,6 +41,8 @@ pub struct VmStats {
     pub guest_time_us: AtomicU64,
     /// GICv4 doorbells rung for its vPEs.
     pub doorbells: AtomicU64,
+    /// Its log lines, rate-limited, and what was left out.
+    pub logs: LogLimiter,
 }
 
 /// Cache maintenance figures (from the VM's pending-operations record).
@@ -103,6 +106,7 @@ impl fmt::Display for Report<'_> {
             s.interrupted.load(Relaxed),
             s.doorbells.load(Relaxed)
         )?;
+        writeln!(f, "{}", s.logs.report())?;
         write!(
             f,
             "cmo: {} epochs, {} regions, {} KiB cleaned; guest time {} ms ({} ticks)",
@@ -135,6 +139,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
+        assert!(text.contains("\nlog lines suppressed 0\n"), "{text}");
         assert_eq!(s.exits(ExitKind::Mmio), 2);
     }
 }

@@ -8,6 +8,7 @@ use crate::vcpu::psci::{PsciVm, VcpuPower};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
+use ferrovisor_shared::esr::SysReg;
 use ferrovisor_shared::hypercall::PSCI_VERSION_1_1;
 use ferrovisor_shared::vcpu::ExitInfo;
 
@@ -52,8 +53,8 @@ struct Fake {
     now: Cell<u64>,
     /// `wait` says [`Flow::Block`] (other vCPUs want CPUs).
     oversubscribed: bool,
-    unknown: RefCell<Vec<SysReg>>,
-    unknown_classes: RefCell<Vec<u8>>,
+    /// What `may_log` was asked about.
+    logged: RefCell<Vec<GuestEvent>>,
 }
 
 impl Fake {
@@ -68,8 +69,7 @@ impl Fake {
             gicv3: true,
             now: Cell::new(0),
             oversubscribed: false,
-            unknown: RefCell::default(),
-            unknown_classes: RefCell::default(),
+            logged: RefCell::default(),
         }
     }
 
@@ -142,16 +142,9 @@ impl ExitVm for Fake {
         self.push(Event::End(reason));
     }
 
-    fn first_unknown(&self, reg: SysReg) -> bool {
-        let mut seen = self.unknown.borrow_mut();
-        let first = !seen.contains(&reg);
-        seen.push(reg);
-        first
-    }
-
-    fn first_unknown_class(&self, ec: u8) -> bool {
-        self.unknown_classes.borrow_mut().push(ec);
-        true
+    fn may_log(&self, event: GuestEvent) -> Option<Suppressed> {
+        self.logged.borrow_mut().push(event);
+        self.stats.logs.admit(event, self.now.get(), 1000)
     }
 
     fn now(&self) -> u64 {
@@ -277,6 +270,22 @@ fn a_data_abort_outside_the_map_is_an_external_abort() {
     assert_eq!(vm.stats.exits(ExitKind::Abort), 1);
 }
 
+/// A guest hammering outside its map gets its abort every time, and the
+/// host's log a burst of lines per window; the rest are counted.
+#[test]
+fn a_flood_of_aborts_logs_a_burst_and_counts_the_rest() {
+    let vm = Fake::new();
+    vm.now.set(5000);
+    for _ in 0..1000 {
+        let mut ctx = context(EC_DABT, 1 << 24 | 2 << 22 | 3 << 16, 0x0a00_0000);
+        sync(&vm, &mut ctx);
+        assert_eq!(Esr(ctx.el1.esr_el1).class(), ExceptionClass::DataAbortSameEl);
+    }
+    assert_eq!(vm.logged.borrow().len(), 1000);
+    assert_eq!(vm.stats.logs.suppressed(GuestEvent::Unmapped), 1000 - u64::from(crate::vm::ratelimit::BURST));
+    assert_eq!(vm.stats.exits(ExitKind::Abort), 1000);
+}
+
 #[test]
 fn an_instruction_fetch_outside_ram_is_an_external_abort() {
     let vm = Fake::new();
@@ -311,14 +320,14 @@ fn system_registers_are_emulated_or_undefined() {
     sync(&vm, &mut ctx2);
     assert_eq!(ctx2.regs.x[6], 0xabcd);
 
-    // An IMPLEMENTATION DEFINED register, twice: UNDEFINED both times, asked once each.
+    // An IMPLEMENTATION DEFINED register, twice: UNDEFINED both times, a line asked for each.
     let impdef = SysReg::new(3, 0, 15, 0, 0);
     for _ in 0..2 {
         let mut ctx = context(EC_SYS64, sys_reg_iss(impdef, 1, true), 0);
         assert_eq!(sync(&vm, &mut ctx), Flow::Continue);
         assert_undefined(&ctx);
     }
-    assert_eq!(*vm.unknown.borrow(), [impdef, impdef]);
+    assert_eq!(*vm.logged.borrow(), [GuestEvent::UnknownSysReg; 2]);
     assert_eq!(vm.stats.exits(ExitKind::SysReg), 4);
 }
 
@@ -426,7 +435,7 @@ fn an_unhandled_class_is_undefined_for_the_guest() {
     let mut ctx = context(0x07, 0, 0);
     assert_eq!(sync(&vm, &mut ctx), Flow::Continue);
     assert_undefined(&ctx);
-    assert_eq!(*vm.unknown_classes.borrow(), [0x07]);
+    assert_eq!(*vm.logged.borrow(), [GuestEvent::UnknownClass]);
     assert_eq!(vm.stats.exits(ExitKind::Other), 1);
 }
 

@@ -4,7 +4,9 @@
 //! Sub-tests: `unknown-sysreg` (an IMPLEMENTATION DEFINED register read is
 //! UNDEFINED at EL1), `unknown-smc` and `unknown-hvc` (unknown SMCCC
 //! functions return NOT_SUPPORTED), `outside-map` (a load from an IPA with
-//! neither RAM nor a device is a synchronous external abort), `wfi-wfe`
+//! neither RAM nor a device is a synchronous external abort), `abort-flood`
+//! (so is each of thousands, which the hypervisor's log does not repeat
+//! line by line), `wfi-wfe`
 //! (`wfe` returns).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -28,6 +30,7 @@ mod guest {
             SubTest { name: "unknown-smc", run: unknown_smc },
             SubTest { name: "unknown-hvc", run: unknown_hvc },
             SubTest { name: "outside-map", run: outside_map },
+            SubTest { name: "abort-flood", run: abort_flood },
             SubTest { name: "mmio-no-syndrome", run: mmio_no_syndrome },
             SubTest { name: "wfi-wfe", run: wfi_wfe },
         ]
@@ -119,6 +122,33 @@ mod guest {
             format_args!("FAR {:#x} (want {OUTSIDE_MAP:#x}, valid)", e.far),
         );
         report(e.elr == at, format_args!("ELR {:#x} at the load (want {at:#x})", e.elr));
+    }
+
+    /// Loads this many pages outside the map, one after the other.
+    const FLOOD: u64 = 2000;
+
+    /// Each of a flood of loads outside the map is its own synchronous
+    /// external abort (Arm ARM D24.2.40, DFSC 0b010000), however many come.
+    fn abort_flood(_: &Env) {
+        let mut wrong = None;
+        for i in 0..FLOOD {
+            let addr = OUTSIDE_MAP + (i << 12);
+            let (_, e) = catch(|| {
+                // SAFETY: a load from an address with nothing behind it, as in
+                // `outside_map`; it writes nothing.
+                unsafe { asm!("ldr {v}, [{a}]", v = out(reg) _, a = in(reg) addr) };
+            });
+            let ok = e.is_some_and(|e| {
+                e.ec() == EC_DATA_ABORT_SAME_EL && e.esr.0 & 0x3f == DFSC_SYNC_EXTERNAL && e.far == addr
+            });
+            if !ok && wrong.is_none() {
+                wrong = Some((i, e.map(|e| (e.esr.0, e.far))));
+            }
+        }
+        let _ = match wrong {
+            None => report(true, format_args!("{FLOOD} loads outside the map: each a synchronous external abort")),
+            Some((i, e)) => report(false, format_args!("load {i} of {FLOOD} outside the map: (ESR, FAR) {e:x?}")),
+        };
     }
 
     /// A load pair from an emulated device's frame gives the hypervisor no
