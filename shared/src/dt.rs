@@ -266,6 +266,9 @@ pub enum ModuleRef<'a> {
 ///         compatible = "ferrovisor,domain";
 ///         ferrovisor,name = "web server";     // optional (`name` is read too)
 ///         ferrovisor,pinned;                  // optional: vCPU i keeps to one CPU
+///         ferrovisor,interrupt-state = <8192>; // optional: its share of the host's
+///                                             // interrupt state (ITS devices,
+///                                             // translations, LPIs), in entries
 ///         cpus = <2>;                         // vCPUs, one cell
 ///         memory = <0x0 0x20000>;             // KiB, 1 or 2 cells (here 128 MiB)
 ///         #address-cells = <2>;               // for the modules' reg (default 2)
@@ -306,6 +309,9 @@ pub struct DomainDesc<'a> {
     pub bootargs: &'a str,
     /// `ferrovisor,pinned` is present: each vCPU keeps to one CPU.
     pub pinned: bool,
+    /// `ferrovisor,interrupt-state`: entries of the host's interrupt state
+    /// reserved for it; `None` for the default share.
+    pub interrupt_state: Option<u32>,
 }
 
 /// What is wrong with a domain node.
@@ -352,6 +358,8 @@ pub enum DomainProblem {
     RegionOverflow,
     /// The kernel's `bootargs` is not a UTF-8 string.
     BadBootargs,
+    /// `ferrovisor,interrupt-state` is not one 32-bit cell.
+    BadInterruptState,
     /// The node's structure could not be read.
     Malformed,
 }
@@ -385,6 +393,7 @@ impl fmt::Display for DomainProblem {
             Self::EmptyRegion => f.write_str("\"reg\" has a zero size"),
             Self::RegionOverflow => f.write_str("\"reg\" runs past the end of the address space"),
             Self::BadBootargs => f.write_str("\"bootargs\" is not a UTF-8 string"),
+            Self::BadInterruptState => f.write_str("\"ferrovisor,interrupt-state\" is not one 32-bit cell"),
             Self::Malformed => f.write_str("the node's structure cannot be read"),
         }
     }
@@ -502,6 +511,11 @@ fn domain_desc<'a>(tree: Tree<'a>, node: Node<'a>) -> Result<DomainDesc<'a>, Dom
         })?,
     };
     let pinned = tree.prop(node, "ferrovisor,pinned").is_some();
+    let interrupt_state = match tree.prop(node, "ferrovisor,interrupt-state") {
+        None => None,
+        Some(v) if v.len() == 4 => Some(be32(v, 0).ok_or(err(DomainProblem::BadInterruptState))?),
+        Some(_) => return Err(err(DomainProblem::BadInterruptState)),
+    };
     Ok(DomainDesc {
         node: node.name,
         name,
@@ -511,6 +525,7 @@ fn domain_desc<'a>(tree: Tree<'a>, node: Node<'a>) -> Result<DomainDesc<'a>, Dom
         initrd: initrd.map(|(_, m)| m),
         bootargs,
         pinned,
+        interrupt_state,
     })
 }
 
@@ -2263,6 +2278,7 @@ mod tests {
         domain(w, "vm@1", 1, 1024, |w| {
             w.property_string("name", "beta").unwrap();
             w.property_null("ferrovisor,pinned").unwrap();
+            cells(w, "ferrovisor,interrupt-state", &[1000]);
             cells(w, "#address-cells", &[2]);
             cells(w, "#size-cells", &[2]);
             module(w, "module@48000000", "multiboot,kernel", |w| {
@@ -2308,6 +2324,7 @@ mod tests {
                     initrd: Some(ModuleRef::Path("./alpha/initrd")),
                     bootargs: "console=ttyAMA0 quiet",
                     pinned: false,
+                    interrupt_state: None,
                 }),
                 Ok(DomainDesc {
                     node: "vm@1",
@@ -2318,6 +2335,7 @@ mod tests {
                     initrd: None,
                     bootargs: "",
                     pinned: true,
+                    interrupt_state: Some(1000),
                 }),
             ]
         );
@@ -2379,6 +2397,13 @@ mod tests {
             move |w: &mut FdtWriter| module(w, "kernel", "multiboot,kernel", |w| cells(w, "reg", c))
         };
         assert_eq!(one_bad("z", 0, 1024, path_kernel), "/chosen/z: \"cpus\" is 0");
+        assert_eq!(
+            one_bad("i", 1, 1024, |w| {
+                cells(w, "ferrovisor,interrupt-state", &[0, 1]);
+                path_kernel(w);
+            }),
+            "/chosen/i: \"ferrovisor,interrupt-state\" is not one 32-bit cell"
+        );
         assert_eq!(one_bad("m", 1, 0, path_kernel), "/chosen/m: \"memory\" is 0");
         assert_eq!(
             one_bad("m", 1, u64::MAX / 1000, path_kernel),

@@ -194,6 +194,21 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         over.expect = &["PASS: its: doorbell: INT woke cpu3 from WFI"];
         over.doorbells = Some(gic == 4);
         tests.push(GuestTest { smp: 2, ..GuestTest::new(v("its-doorbell-oversubscribed"), vec![over]) });
+        // A VM mapping 71,680 translations, more than the host keeps for all
+        // VMs, beside one whose LPIs must keep arriving: each VM has its own
+        // share of the host's interrupt state (gic/vgic/budget.rs).
+        let mut flooder = Vm::new("flooder", "its", "flood", 1);
+        flooder.mem_mib = 128;
+        flooder.expect = &[
+            "PASS: its: flood: MAPD of 140 devices and MAPTI of 71680 events: the ITS read every command",
+            "PASS: its: flood: after the flood, INT of the first event: LPI 8192 taken once",
+        ];
+        flooder.host_expect =
+            &["ITS command(s) refused: its share of the host's interrupt state (6144 entries for devices and translations) is in use"];
+        let mut victim = Vm::new("victim", "its", "steady", 1);
+        victim.mem_mib = 128;
+        victim.expect = &["PASS: its: steady: "];
+        tests.push(GuestTest::new(v("its-share"), vec![flooder, victim]));
     }
     tests
 }

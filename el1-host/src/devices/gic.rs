@@ -4,8 +4,10 @@
 
 use super::bus::MmioDevice;
 use super::DeviceHost;
-use crate::gic::vgic::its::{Effect, GuestMemory, Its, ItsError};
+use crate::gic::vgic::budget::Share;
+use crate::gic::vgic::its::{DropReason, Effect, GuestMemory, Its, ItsError};
 use crate::gic::vgic::Kicks;
+use alloc::sync::Arc;
 
 /// What the redistributors and the ITS need beyond [`DeviceHost`]: the
 /// guest memory their tables live in, and the way LPIs go.
@@ -17,6 +19,11 @@ pub trait LpiHost: DeviceHost {
     /// Makes what the ITS (or a pending table) did to LPIs happen; returns
     /// the vCPUs to kick.
     fn apply_lpi_effects(&self, effects: &[Effect]) -> Kicks;
+
+    /// The ITS refused `refused` more commands because the VM's share of
+    /// the host's interrupt state (`entries`) is in use (a rate-limited
+    /// warning).
+    fn share_spent(&self, refused: u64, entries: usize);
 }
 
 /// The distributor (`GICD_*`: Arm IHI 0069 and IHI 0048, the Distributor register map).
@@ -63,8 +70,8 @@ pub struct ItsFrame {
 impl ItsFrame {
     /// # Errors
     /// What [`Its::new`] refuses.
-    pub fn new(vcpus: usize, lpi_id_bits: u32) -> Result<Self, ItsError> {
-        Ok(Self { its: spin::Mutex::new(Its::new(vcpus, lpi_id_bits)?) })
+    pub fn new(vcpus: usize, lpi_id_bits: u32, share: Arc<Share>) -> Result<Self, ItsError> {
+        Ok(Self { its: spin::Mutex::new(Its::with_share(vcpus, lpi_id_bits, share)?) })
     }
 
     /// Back to its state out of reset (a `SYSTEM_RESET` of the VM).
@@ -82,10 +89,13 @@ impl<H: LpiHost + ?Sized> MmioDevice<H> for ItsFrame {
         // Held while the effects are applied: commands of two vCPUs take
         // effect in the order the ITS ran them.
         let mut its = self.its.lock();
+        let spent = its.drops(DropReason::ShareSpent);
         let effects = its.mmio_write_buffered(vm.guest_memory(), offset, size, value);
-        if effects.is_empty() {
-            return Kicks::default();
+        let kicks = if effects.is_empty() { Kicks::default() } else { vm.apply_lpi_effects(effects) };
+        let refused = its.drops(DropReason::ShareSpent) - spent;
+        if refused > 0 {
+            vm.share_spent(refused, its.share_entries());
         }
-        vm.apply_lpi_effects(effects)
+        kicks
     }
 }

@@ -202,7 +202,13 @@ mod tests {
 
     impl FakeVm {
         fn new() -> Self {
-            let vgic = Vgic::new(VgicConfig { model: Model::V3, vcpu_mpidrs: [0].into(), nr_spis: 32, lpis: false });
+            let vgic = Vgic::new(VgicConfig {
+                model: Model::V3,
+                vcpu_mpidrs: [0].into(),
+                nr_spis: 32,
+                lpis: false,
+                share: crate::gic::vgic::budget::Share::unlimited(),
+            });
             Self { vgic: vgic.unwrap(), lines: spin::Mutex::new(alloc::vec::Vec::new()) }
         }
     }

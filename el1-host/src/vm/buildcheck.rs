@@ -1,7 +1,8 @@
 //! The build check (`buildcheck` in the host's bootargs): a small VM is
 //! built with each step of [`Vm::create_in_steps`] failing in turn, and
 //! after each failure the host must have all it had before: its free
-//! frames, its heap, the ITS device and vPE IDs. A VM that fails half-way
+//! frames, its heap, the ITS device and vPE IDs, the interrupt state
+//! reserved for VMs. A VM that fails half-way
 //! through must free everything on every path (docs/README.md, `vm/`),
 //! and this is where that is shown on the real allocators.
 
@@ -16,6 +17,7 @@ struct HostUsage {
     free_frame_bytes: u64,
     heap_allocated: usize,
     its_ids: (u64, u64),
+    interrupt_state: usize,
 }
 
 impl HostUsage {
@@ -24,6 +26,7 @@ impl HostUsage {
             free_frame_bytes: mm::frames().lock().free_bytes(),
             heap_allocated: mm::heap_usage().allocated,
             its_ids: gic::vlpi::ids_in_use(),
+            interrupt_state: gic::vgic::budget::INTERRUPT_STATE.used(),
         }
     }
 }
@@ -39,6 +42,7 @@ pub fn run(gicv3: bool, its: bool) -> bool {
         initrd: Some(vec![0; 4096]),
         bootargs: String::from("console=ttyAMA0"),
         pinned: false,
+        interrupt_state: None,
     };
     // One whole build first: what is set up once, on first use, stays.
     let warm = Vm::create(0, &spec, None, gicv3, its);

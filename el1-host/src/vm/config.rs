@@ -58,6 +58,9 @@ pub struct VmSpec {
     pub bootargs: String,
     /// vCPU i keeps to one CPU (otherwise vCPUs run on any CPU).
     pub pinned: bool,
+    /// Entries of the host's interrupt state reserved for it
+    /// (`ferrovisor,interrupt-state`); `None`: the default share.
+    pub interrupt_state: Option<u32>,
 }
 
 impl fmt::Debug for VmSpec {
@@ -233,6 +236,7 @@ fn domain_spec<'a>(
         initrd,
         bootargs: d.bootargs.into(),
         pinned: d.pinned,
+        interrupt_state: d.interrupt_state,
     })
 }
 
@@ -339,6 +343,7 @@ fn manifest_vms(text: &[u8], bundle: &Bundle<'_>) -> Vec<Placed> {
                 initrd,
                 bootargs: m.bootargs.into(),
                 pinned: m.pinned,
+                interrupt_state: None,
             })
         });
         let made = made.or_else(err);
@@ -451,6 +456,7 @@ mod tests {
             initrd: initrd.map(<[u8]>::to_vec),
             bootargs: bootargs.into(),
             pinned: false,
+            interrupt_state: None,
         }
     }
 
@@ -564,6 +570,7 @@ mod tests {
             initrd,
             bootargs: "quiet",
             pinned: false,
+            interrupt_state: None,
         }
     }
 

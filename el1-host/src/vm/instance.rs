@@ -11,8 +11,9 @@ use crate::devices::bus::{BusError, MmioBus};
 use crate::devices::gic::{Dist, ItsFrame, LpiHost, Redist};
 use crate::devices::pl011::Uart;
 use crate::devices::{map, virtio, DeviceHost};
+use crate::gic::vgic::budget::{self, Share};
 use crate::gic::vgic::its::{Effect, GuestMemory};
-use crate::gic::vgic::{Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS};
+use crate::gic::vgic::{its, Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS, MAX_LPIS};
 use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
 use crate::println;
 use crate::sched::work::VcpuEntry;
@@ -151,11 +152,14 @@ impl Vm {
         steps: &mut BuildSteps,
     ) -> Result<Vm, String> {
         let mpidrs: Vec<u64> = (0..spec.vcpus).map(|i| (1 << 31) | fdt::vcpu_mpidr(i)).collect();
+        let share = if its { interrupt_state_share(spec)? } else { Share::unlimited() };
+        steps.after("interrupt-state share")?;
         let vgic = Vgic::new(VgicConfig {
             model: if gicv3 { Model::V3 } else { Model::V2 },
             vcpu_mpidrs: mpidrs.clone(),
             nr_spis: GUEST_SPIS,
             lpis: its,
+            share: share.clone(),
         })
         .map_err(|e| alloc::format!("virtual GIC: {e}"))?;
         steps.after("virtual GIC")?;
@@ -164,7 +168,7 @@ impl Vm {
             loader::layout(&spec.kernel, ram.ipa, ram.size, DTB_MAX, initrd_len).map_err(|e| alloc::format!("{e}"))?;
         steps.after("image layout")?;
         let guest_its = its
-            .then(|| ItsFrame::new(spec.vcpus as usize, LPI_ID_BITS).map(Arc::new))
+            .then(|| ItsFrame::new(spec.vcpus as usize, LPI_ID_BITS, share).map(Arc::new))
             .transpose()
             .map_err(|e| alloc::format!("virtual ITS: {e:?}"))?;
         steps.after("virtual ITS")?;
@@ -414,6 +418,24 @@ impl Vm {
 /// The VM's stage 2: its RAM as normal memory and, for a GICv2 guest, the
 /// hardware's virtual CPU interface where the guest expects its GICC. A
 /// table half built is destroyed before the error returns.
+/// The VM's share of the host's interrupt state (`gic::vgic::budget`),
+/// reserved now so that no other VM can take it.
+fn interrupt_state_share(spec: &VmSpec) -> Result<Arc<Share>, String> {
+    let host = &budget::INTERRUPT_STATE;
+    let per_vm_max = its::MAX_ITES + its::MAX_DEVICES + MAX_LPIS;
+    let entries = match spec.interrupt_state {
+        Some(n) => n as usize,
+        None => budget::default_share(host.limit(), per_vm_max),
+    };
+    Share::reserve(host, entries).ok_or_else(|| {
+        alloc::format!(
+            "no room for its share of {entries} entries of interrupt state: {} of the host's {} are reserved",
+            host.used(),
+            host.limit()
+        )
+    })
+}
+
 fn guest_stage2(ram: &GuestRam, gicv3: bool) -> Result<UnusedStage2, String> {
     let mut stage2 = UnusedStage2(Some(Stage2::new(HostFrames).map_err(|e| alloc::format!("stage 2: {e}"))?));
     stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb).map_err(|e| alloc::format!("stage 2: {e}"))?;
@@ -493,6 +515,15 @@ impl LpiHost for Vm {
             return direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(&self.ram, vcpu, intid));
         }
         self.vgic.apply_its(&self.ram, effects)
+    }
+
+    fn share_spent(&self, refused: u64, entries: usize) {
+        if let Some(left_out) = self.may_log(GuestEvent::OverShare) {
+            log::warn!(
+                "vm {}: {refused} ITS command(s) refused: its share of the host's interrupt state ({entries} entries for devices and translations) is in use{left_out}",
+                self.name
+            );
+        }
     }
 }
 

@@ -20,10 +20,12 @@ pub enum GuestEvent {
     UnknownSysReg,
     /// A trapped instruction of a class the host does not handle.
     UnknownClass,
+    /// A refusal of something past the VM's share of a host resource.
+    OverShare,
 }
 
-pub const EVENTS: usize = 5;
-const NAMES: [&str; EVENTS] = ["unmapped", "no-syndrome", "inst-abort", "sysreg", "class"];
+pub const EVENTS: usize = 6;
+const NAMES: [&str; EVENTS] = ["unmapped", "no-syndrome", "inst-abort", "sysreg", "class", "share"];
 
 /// Lines each kind may print per window.
 pub const BURST: u32 = 5;

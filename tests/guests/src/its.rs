@@ -246,14 +246,32 @@ mod driver {
         /// # Errors
         /// The queue stalled on a command error, or the ITS did not read it in time.
         pub fn send(&self, cmd: Command) -> Result<(), ItsError> {
-            let mut write = self.write.lock();
-            let slot = arena() + CMDQ_OFFSET + *write;
-            for (i, dw) in cmd.0.iter().enumerate() {
-                // SAFETY: `slot` is a 32-byte aligned command slot inside the
-                // arena's queue, which only this (locked) function writes.
-                unsafe { core::ptr::write_volatile((slot + 8 * i) as *mut u64, *dw) };
+            self.send_batch(&[cmd])
+        }
+
+        /// The most commands [`Its::send_batch`] takes at once (the queue
+        /// less one slot: a full queue would read as empty).
+        pub const BATCH: usize = CMDQ_SIZE / COMMAND_BYTES - 1;
+
+        /// Queues `cmds` (at most [`Its::BATCH`]), advances `GITS_CWRITER`
+        /// once past them all and waits until `GITS_CREADR` reaches it.
+        ///
+        /// # Errors
+        /// As [`Its::send`]; more commands than [`Its::BATCH`] are not sent.
+        pub fn send_batch(&self, cmds: &[Command]) -> Result<(), ItsError> {
+            if cmds.len() > Self::BATCH {
+                return Err(ItsError::Timeout { creadr: 0, cwriter: cmds.len() as u64 });
             }
-            *write = (*write + COMMAND_BYTES) % CMDQ_SIZE;
+            let mut write = self.write.lock();
+            for cmd in cmds {
+                let slot = arena() + CMDQ_OFFSET + *write;
+                for (i, dw) in cmd.0.iter().enumerate() {
+                    // SAFETY: `slot` is a 32-byte aligned command slot inside the
+                    // arena's queue, which only this (locked) function writes.
+                    unsafe { core::ptr::write_volatile((slot + 8 * i) as *mut u64, *dw) };
+                }
+                *write = (*write + COMMAND_BYTES) % CMDQ_SIZE;
+            }
             let cwriter = *write as u64;
             dsb();
             write64(self.base + GITS_CWRITER, cwriter);

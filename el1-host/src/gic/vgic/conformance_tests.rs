@@ -63,7 +63,14 @@ fn mpidr(i: usize) -> u64 {
 }
 
 fn vgic(model: Model, n: usize, lpis: bool) -> Vgic {
-    Vgic::new(VgicConfig { model, vcpu_mpidrs: (0..n).map(mpidr).collect(), nr_spis: 64, lpis }).unwrap()
+    Vgic::new(VgicConfig {
+        model,
+        vcpu_mpidrs: (0..n).map(mpidr).collect(),
+        nr_spis: 64,
+        lpis,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    })
+    .unwrap()
 }
 
 const PRIO: u64 = 0xf8f8_f8f8;

@@ -26,9 +26,10 @@
 //!   its target.
 
 use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use super::budget::{Budget, INTERRUPT_STATE};
+use super::budget::Share;
 use super::{GIC_IIDR, MAX_VCPUS};
 use ferrovisor_shared::gic::PIDR2_ARCHREV_SHIFT;
 
@@ -266,6 +267,9 @@ pub enum DropReason {
     BadTarget,
     /// [`MAX_DEVICES`] or [`MAX_ITES`] reached.
     TableFull,
+    /// The VM's share of the host's interrupt state is all in use
+    /// (`budget::Share`).
+    ShareSpent,
     /// A command could not be read from guest memory (the queue stalled).
     QueueOutsideMemory,
     /// `GITS_CWRITER` beyond the queue (the queue stalled).
@@ -273,7 +277,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::UnknownCommand,
         DropReason::DeviceOutOfRange,
         DropReason::NoLevel2Table,
@@ -285,6 +289,7 @@ impl DropReason {
         DropReason::BadIntid,
         DropReason::BadTarget,
         DropReason::TableFull,
+        DropReason::ShareSpent,
         DropReason::QueueOutsideMemory,
         DropReason::WriterOutOfRange,
     ];
@@ -329,8 +334,8 @@ pub struct Its {
     drops: [u64; DropReason::ALL.len()],
     /// Effects of the last buffered write.
     scratch: Vec<Effect>,
-    /// What devices and ITEs are charged to (host-wide).
-    budget: &'static Budget,
+    /// What devices and ITEs are charged to: the VM's share of the host's.
+    budget: Arc<Share>,
 }
 
 impl Drop for Its {
@@ -348,6 +353,14 @@ impl Its {
     /// [`ItsError::BadVcpuCount`] for 0 or more than [`MAX_VCPUS`] vCPUs,
     /// [`ItsError::BadLpiIdBits`] for an INTID width outside 14..=32.
     pub fn new(nr_vcpus: usize, lpi_id_bits: u32) -> Result<Its, ItsError> {
+        Self::with_share(nr_vcpus, lpi_id_bits, Share::unlimited())
+    }
+
+    /// [`Its::new`], its devices and translations charged to `share`.
+    ///
+    /// # Errors
+    /// As [`Its::new`].
+    pub fn with_share(nr_vcpus: usize, lpi_id_bits: u32, share: Arc<Share>) -> Result<Its, ItsError> {
         if nr_vcpus == 0 || nr_vcpus > MAX_VCPUS {
             return Err(ItsError::BadVcpuCount(nr_vcpus));
         }
@@ -370,18 +383,22 @@ impl Its {
             nr_ites: 0,
             drops: [0; DropReason::ALL.len()],
             scratch: Vec::new(),
-            budget: &INTERRUPT_STATE,
+            budget: share,
         })
     }
 
     /// Back to the state after [`Its::new`] (a VM reset); the drop counts stay.
     pub fn reset(&mut self) {
-        if let Ok(mut fresh) = Its::new(self.nr_vcpus, self.lpi_id_bits) {
+        if let Ok(mut fresh) = Its::with_share(self.nr_vcpus, self.lpi_id_bits, self.budget.clone()) {
             fresh.drops = self.drops;
-            fresh.budget = self.budget;
             // The old state's entries go back to the budget as it is dropped.
             *self = fresh;
         }
+    }
+
+    /// The entries of the VM's share its devices and translations draw on.
+    pub fn share_entries(&self) -> usize {
+        self.budget.translation_entries()
     }
 
     /// Commands dropped (or stalls) for `reason` since creation.
@@ -659,8 +676,13 @@ impl Its {
                     return Err(DropReason::EventOutOfRange);
                 }
                 let exists = self.devices.contains_key(&device_id);
-                if valid && !exists && (self.devices.len() >= MAX_DEVICES || !self.budget.take(1)) {
-                    return Err(DropReason::TableFull);
+                if valid && !exists {
+                    if self.devices.len() >= MAX_DEVICES {
+                        return Err(DropReason::TableFull);
+                    }
+                    if !self.budget.take(1) {
+                        return Err(DropReason::ShareSpent);
+                    }
                 }
                 // A new ITT (or none) replaces the old one: its LPIs stop being pending.
                 if let Some(old) = self.devices.remove(&device_id) {
@@ -753,8 +775,13 @@ impl Its {
             return Err(DropReason::BadIntid);
         }
         let new = !device.events.contains_key(&event_id);
-        if new && (self.nr_ites >= MAX_ITES || !self.budget.take(1)) {
-            return Err(DropReason::TableFull);
+        if new {
+            if self.nr_ites >= MAX_ITES {
+                return Err(DropReason::TableFull);
+            }
+            if !self.budget.take(1) {
+                return Err(DropReason::ShareSpent);
+            }
         }
         if let Some(d) = self.devices.get_mut(&device_id) {
             d.events.insert(event_id, Ite { intid, icid });
@@ -854,7 +881,11 @@ pub(super) mod tests {
         /// 4 vCPUs, 16-bit LPI INTIDs, a one-page queue at QUEUE, device and
         /// collection tables of one 4 KiB page (512 entries), enabled.
         fn new() -> Vm {
-            let mut vm = Vm { its: Its::new(4, 16).unwrap(), ram: Ram::new() };
+            Self::with(Its::new(4, 16).unwrap())
+        }
+        /// As `new`, with `its`.
+        fn with(its: Its) -> Vm {
+            let mut vm = Vm { its, ram: Ram::new() };
             assert!(vm.write(GITS_CBASER as u64, 8, CBASER_VALID | QUEUE).is_empty());
             vm.write(GITS_BASER0 as u64, 8, BASER_VALID | 0x9000_0000);
             vm.write(GITS_BASER1 as u64, 8, BASER_VALID | 0x9100_0000);
@@ -898,25 +929,30 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_spent_host_budget_refuses_new_devices_and_entries_and_gets_them_back() {
-        static BUDGET: Budget = Budget::new();
-        BUDGET.set_limit(3);
-        let mut vm = Vm::new();
-        vm.its.budget = &BUDGET;
+    fn a_spent_share_refuses_new_devices_and_entries_and_gets_them_back() {
+        static HOST: super::super::budget::Budget = super::super::budget::Budget::new();
+        HOST.set_limit(4);
+        // Three for devices and translations, one for LPIs.
+        let share = Share::reserve(&HOST, 4).unwrap();
+        let mut vm = Vm::with(Its::with_share(4, 16, share.clone()).unwrap());
         vm.run(&[mapd(1, 3, 0, true), mapd(2, 3, 0, true), mapc(0, 0, true), mapti(1, 0, 8192, 0)]);
-        assert_eq!(BUDGET.used(), 3);
+        assert_eq!(share.used(), (3, 0));
         vm.run(&[mapti(1, 1, 8193, 0), mapd(3, 3, 0, true)]);
-        assert_eq!(vm.its.drops(DropReason::TableFull), 2);
+        assert_eq!(vm.its.drops(DropReason::ShareSpent), 2);
+        assert_eq!(vm.its.drops(DropReason::TableFull), 0, "the table itself has room");
         // Remapping a device keeps its unit, its entries go back.
         vm.run(&[mapd(1, 3, 0, true)]);
-        assert_eq!(BUDGET.used(), 2);
+        assert_eq!(share.used(), (2, 0));
         vm.run(&[mapd(2, 3, 0, false)]);
-        assert_eq!(BUDGET.used(), 1);
+        assert_eq!(share.used(), (1, 0));
         vm.its.reset();
-        assert_eq!(BUDGET.used(), 0, "reset gives everything back");
+        assert_eq!(share.used(), (0, 0), "reset gives everything back");
         vm.run(&[mapd(1, 3, 0, true)]);
         drop(vm);
-        assert_eq!(BUDGET.used(), 0, "so does the end of the VM");
+        assert_eq!(share.used(), (0, 0), "so does the end of the VM");
+        assert_eq!(HOST.used(), 4, "the share stays reserved while it lives");
+        drop(share);
+        assert_eq!(HOST.used(), 0);
     }
 
     #[test]

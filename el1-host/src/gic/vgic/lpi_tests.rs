@@ -45,7 +45,13 @@ fn mpidr(i: usize) -> u64 {
 }
 
 fn cfg(model: Model, n: usize, lpis: bool) -> VgicConfig {
-    VgicConfig { model, vcpu_mpidrs: (0..n).map(mpidr).collect(), nr_spis: 64, lpis }
+    VgicConfig {
+        model,
+        vcpu_mpidrs: (0..n).map(mpidr).collect(),
+        nr_spis: 64,
+        lpis,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    }
 }
 
 fn rd(vcpu: usize) -> u64 {

@@ -24,6 +24,7 @@
 //! the host wrote wins over the list register's.
 #![cfg_attr(target_os = "none", allow(dead_code, reason = "introspection used by the tests"))]
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +80,7 @@ pub enum Model {
 }
 
 /// What one VM's vGIC is built with.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct VgicConfig {
     pub model: Model,
     /// One MPIDR per vCPU, in vCPU-index order (their affinity fields route
@@ -90,6 +91,8 @@ pub struct VgicConfig {
     /// LPIs (`GICD_TYPER.LPIS`, `GICR_TYPER.PLPIS`), GICv3 only. Off, the
     /// LPI registers read as zero and ignore writes.
     pub lpis: bool,
+    /// What its LPIs are charged to (the VM's share of the host's budget).
+    pub share: Arc<budget::Share>,
 }
 
 /// A configuration the vGIC cannot be built with.
@@ -206,7 +209,7 @@ impl Vgic {
         Ok(Vgic {
             model: cfg.model,
             nr_vcpus: count,
-            state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis, cfg.lpis)),
+            state: Mutex::new(State::new(cfg.model, &cfg.vcpu_mpidrs, cfg.nr_spis, cfg.lpis, cfg.share)),
             listed: (0..count).map(|_| AtomicBool::new(true)).collect(),
             deferred: AtomicBool::new(false),
             scan_pending: AtomicBool::new(false),

@@ -6,9 +6,10 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use ferrovisor_shared::vcpu::MAX_LIST_REGS;
 
-use super::budget::INTERRUPT_STATE;
+use super::budget::Share;
 use super::its::GuestMemory;
 use super::{Kicks, Model};
+use alloc::sync::Arc;
 
 use ferrovisor_shared::gic::{GICD_CTLR_ENABLE_GRP0, GICD_CTLR_ENABLE_GRP1};
 pub use ferrovisor_shared::gic::{GICD_IROUTER_IRM, LPI_BASE, MPIDR_AFFINITY_MASK, PRIVATE_COUNT, SGI_COUNT};
@@ -212,16 +213,18 @@ pub struct State {
     pub scan_requested: bool,
     /// The LPIs ever made pending, by INTID (at most [`super::MAX_LPIS`]).
     pub lpis: BTreeMap<u16, Irq>,
+    /// What `lpis` is charged to: the VM's share of the host's.
+    pub share: Arc<Share>,
 }
 
 impl Drop for State {
     fn drop(&mut self) {
-        INTERRUPT_STATE.give(self.lpis.len());
+        self.share.give_lpis(self.lpis.len());
     }
 }
 
 impl State {
-    pub fn new(model: Model, mpidrs: &[u64], nr_spis: u32, lpis_on: bool) -> Self {
+    pub fn new(model: Model, mpidrs: &[u64], nr_spis: u32, lpis_on: bool, share: Arc<Share>) -> Self {
         let mut s = State {
             model,
             nr_spis,
@@ -232,6 +235,7 @@ impl State {
             lpis_on,
             scan_requested: false,
             lpis: BTreeMap::new(),
+            share,
         };
         for i in 0..s.spis.len() {
             s.resolve_route(i);
@@ -259,7 +263,7 @@ impl State {
             v.pend_ptz = false;
             v.scan_pending = false;
         }
-        INTERRUPT_STATE.give(self.lpis.len());
+        self.share.give_lpis(self.lpis.len());
         self.lpis.clear();
         for irq in &mut self.spis {
             *irq = fresh(irq);
@@ -500,7 +504,7 @@ impl State {
                     return;
                 }
                 if !self.lpis.contains_key(&key) {
-                    if self.lpis.len() >= super::MAX_LPIS || !INTERRUPT_STATE.take(1) {
+                    if self.lpis.len() >= super::MAX_LPIS || !self.share.take_lpis(1) {
                         return;
                     }
                     // First use: the property table is read now, then cached

@@ -39,13 +39,25 @@ fn mpidr(i: usize) -> u64 {
 }
 
 fn v3(n: usize) -> Vgic {
-    Vgic::new(VgicConfig { model: Model::V3, vcpu_mpidrs: (0..n).map(mpidr).collect(), nr_spis: 64, lpis: false })
-        .unwrap()
+    Vgic::new(VgicConfig {
+        model: Model::V3,
+        vcpu_mpidrs: (0..n).map(mpidr).collect(),
+        nr_spis: 64,
+        lpis: false,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    })
+    .unwrap()
 }
 
 fn v2(n: usize) -> Vgic {
-    Vgic::new(VgicConfig { model: Model::V2, vcpu_mpidrs: (0..n).map(mpidr).collect(), nr_spis: 64, lpis: false })
-        .unwrap()
+    Vgic::new(VgicConfig {
+        model: Model::V2,
+        vcpu_mpidrs: (0..n).map(mpidr).collect(),
+        nr_spis: 64,
+        lpis: false,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    })
+    .unwrap()
 }
 
 /// Offset of a bit register's word for `intid`, and the bit.
@@ -133,8 +145,13 @@ fn setup_spi(g: &Vgic, intid: u32, vcpu: usize, prio: u8) {
 
 #[test]
 fn bad_configs_are_refused() {
-    let cfg =
-        |model, n: usize, nr_spis| VgicConfig { model, vcpu_mpidrs: (0..n).map(mpidr).collect(), nr_spis, lpis: false };
+    let cfg = |model, n: usize, nr_spis| VgicConfig {
+        model,
+        vcpu_mpidrs: (0..n).map(mpidr).collect(),
+        nr_spis,
+        lpis: false,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    };
     assert_eq!(Vgic::new(cfg(Model::V3, 0, 32)).err(), Some(VgicError::NoVcpus));
     assert_eq!(
         Vgic::new(cfg(Model::V2, 9, 32)).err(),
@@ -147,7 +164,13 @@ fn bad_configs_are_refused() {
     assert_eq!(Vgic::new(cfg(Model::V3, 1, 992)).err(), Some(VgicError::BadSpiCount(992)));
     assert!(Vgic::new(cfg(Model::V3, 1, 960)).is_ok());
     assert!(Vgic::new(cfg(Model::V3, 1, 0)).is_ok());
-    let dup = VgicConfig { model: Model::V3, vcpu_mpidrs: alloc::vec![0x8000_0001, 0x1], nr_spis: 32, lpis: false };
+    let dup = VgicConfig {
+        model: Model::V3,
+        vcpu_mpidrs: alloc::vec![0x8000_0001, 0x1],
+        nr_spis: 32,
+        lpis: false,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    };
     assert_eq!(Vgic::new(dup).err(), Some(VgicError::DuplicateAffinity { first: 0, second: 1 }));
     let msg = alloc::format!("{}", VgicError::TooManyVcpus { model: Model::V2, count: 9, max: 8 });
     assert!(msg.contains('9') && msg.contains('8'), "{msg}");
@@ -346,7 +369,14 @@ fn irouter_routes_spis() {
 #[test]
 fn redistributor_typer_and_waker() {
     let mpidrs = alloc::vec![0x8000_0000, 0x8000_0101, 0x80_8102_0304];
-    let g = Vgic::new(VgicConfig { model: Model::V3, vcpu_mpidrs: mpidrs, nr_spis: 32, lpis: false }).unwrap();
+    let g = Vgic::new(VgicConfig {
+        model: Model::V3,
+        vcpu_mpidrs: mpidrs,
+        nr_spis: 32,
+        lpis: false,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    })
+    .unwrap();
     let typer = |v: usize| g.redist_read(0, rd(v) + GICR_TYPER, 8);
     assert_eq!(typer(0), 0);
     assert_eq!(typer(1), 0x0000_0101 << 32 | 1 << 8);
@@ -433,7 +463,14 @@ fn v2_sgir_target_filters() {
 fn icc_sgi1r_targets() {
     // Two clusters of two (Aff1 0 and 1) and one with Aff0 = 17 (needs RS = 1).
     let mpidrs = alloc::vec![0x0, 0x1, 0x100, 0x101, 0x11];
-    let g = Vgic::new(VgicConfig { model: Model::V3, vcpu_mpidrs: mpidrs, nr_spis: 32, lpis: false }).unwrap();
+    let g = Vgic::new(VgicConfig {
+        model: Model::V3,
+        vcpu_mpidrs: mpidrs,
+        nr_spis: 32,
+        lpis: false,
+        share: crate::gic::vgic::budget::Share::unlimited(),
+    })
+    .unwrap();
     enable_groups(&g);
     let sgi1r = |aff1: u64, list: u64, intid: u64| aff1 << 16 | intid << 24 | list;
     let pending = |v: usize, intid: u32| rget(&g, v, ISPENDR, intid);
@@ -1167,7 +1204,7 @@ mod random {
         ) {
             let model = if v3_model { Model::V3 } else { Model::V2 };
             let mpidrs = (0..n).map(|i| (i as u64 & 3) | (i as u64 >> 2) << 8).collect();
-            let g = Vgic::new(VgicConfig { model, vcpu_mpidrs: mpidrs, nr_spis: 64, lpis: false }).unwrap();
+            let g = Vgic::new(VgicConfig { model, vcpu_mpidrs: mpidrs, nr_spis: 64, lpis: false, share: crate::gic::vgic::budget::Share::unlimited() }).unwrap();
             let mut cpus = alloc::vec![VgicCpuState::default(); n];
             if enabled {
                 enable_groups(&g);

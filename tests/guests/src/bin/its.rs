@@ -7,8 +7,14 @@
 //! enable change, `CLEAR`, `MOVI`, `DISCARD`), `doorbell` (4 CPUs: an `INT`
 //! for an event mapped to a secondary's collection wakes that CPU from `WFI`,
 //! once, within 1 s: under a hypervisor with GICv4 the vCPU in `WFI` is not
-//! resident, so its vPE's doorbell is what wakes it). Without an ITS in the device tree (GICv2, or a GICv3
-//! without one) every sub-test is a SKIP.
+//! resident, so its vPE's doorbell is what wakes it), `flood` (one CPU:
+//! 140 devices with 512 translations each, 71,680 in all, more than the
+//! host's whole interrupt-state budget; the ITS reads every command and the
+//! first translation still delivers), `steady` (one CPU: for 6 s, rounds
+//! of MAPD, MAPTI and INT of 8 events, every LPI taken once: run beside a
+//! VM doing `flood`, its LPIs must keep arriving). `flood` and `steady` run
+//! only when named in the bootargs. Without an ITS in the device tree
+//! (GICv2, or a GICv3 without one) every sub-test is a SKIP.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(not(target_os = "none"))]
@@ -31,6 +37,8 @@ mod guest {
             SubTest { name: "introspection", run: introspection },
             SubTest { name: "trigger", run: trigger },
             SubTest { name: "doorbell", run: wake },
+            SubTest { name: "flood", run: flood },
+            SubTest { name: "steady", run: steady },
         ]
     );
 
@@ -193,6 +201,159 @@ mod guest {
                 format_args!("GITS_BASER{n} restored to its reset value ({restored:#x}, was {reset:#x})"),
             );
         }
+    }
+
+    // ---- flood and steady: a VM past its share beside one within it ----
+
+    /// Devices `FLOOD_FIRST..FLOOD_FIRST + FLOOD_DEVICES`, each with every
+    /// event its ITT slot has room for (512 on QEMU's and Ferrovisor's ITS:
+    /// 71,680 translations, more than the 65,536 entries of state a
+    /// hypervisor with 1 GiB would keep for all VMs together).
+    const FLOOD_FIRST: u32 = 16;
+    const FLOOD_DEVICES: u32 = 140;
+    const STEADY_DEVICE: u32 = 3;
+    const STEADY_EVENTS: u32 = 8;
+    const STEADY_MS: u64 = 6000;
+
+    /// Whether `name` is the sub-test the bootargs ask for: `flood` and
+    /// `steady` are for the two-VM test only.
+    fn named(env: &Env, name: &str) -> bool {
+        let asked = env.args.subtest() == Some(name);
+        if !asked {
+            report_info(format_args!("`{name}` runs only when named in the bootargs"));
+        }
+        asked
+    }
+
+    /// The GIC on this CPU, the ITS, LPI counting, and collection 0 on this
+    /// CPU; its redistributor's RDbase.
+    fn one_cpu_its(env: &Env) -> Option<(&'static its::Its, u64)> {
+        its_base()?;
+        let gic = gic::get()?;
+        if let Err(e) = gic.cpu_init() {
+            report(false, format_args!("GIC set-up: {e}"));
+            return None;
+        }
+        let its = match its::init() {
+            Ok(i) => i,
+            Err(e) => {
+                report(false, format_args!("ITS set-up: {e}"));
+                return None;
+            }
+        };
+        let rd = its.rdbase(env.boot_cpu)?;
+        clear_counts();
+        irq::set_handler(Some(count_lpi));
+        sent("MAPC of collection 0", its.send(Command::mapc(0, rd, true))).then_some((its, rd))
+    }
+
+    fn flood(env: &Env) {
+        if !named(env, "flood") {
+            return;
+        }
+        let Some((its, rd)) = one_cpu_its(env) else { return };
+        let bits = its.itt_event_bits();
+        let events = 1u32 << bits;
+        // Event 0 of the first device is LPI_BASE, enabled; the rest name
+        // disabled LPIs, over and over (they are never sent).
+        its.set_lpi_property(its::LPI_BASE, gic::DEFAULT_PRIORITY, true);
+        let spare = its::LPI_COUNT - 64;
+        let start = time::counter();
+        let mut batch = [Command::sync(0); its::Its::BATCH];
+        let mut k = 0;
+        let mut mapped = 0u64;
+        for d in 0..FLOOD_DEVICES {
+            let device = FLOOD_FIRST + d;
+            // The ITS keeps ITEs in the ITT's memory (QEMU's does): the
+            // first device has an ITT slot of its own, the others share the
+            // rest, overwriting each other's entries.
+            let slot = if d == 0 { 0 } else { 1 + d as usize % (its::ITT_SLOTS - 1) };
+            let mut cmds =
+                core::iter::once(Command::mapd(device, its.itt(slot), bits, true)).chain((0..events).map(|e| {
+                    let n = d * events + e;
+                    let intid = if n == 0 { its::LPI_BASE } else { its::LPI_BASE + 64 + n % spare };
+                    Command::mapti(device, e, intid, 0)
+                }));
+            for cmd in cmds.by_ref() {
+                batch[k] = cmd;
+                k += 1;
+                if k == batch.len() {
+                    if !sent("a batch of MAPD and MAPTI", its.send_batch(&batch)) {
+                        return;
+                    }
+                    k = 0;
+                }
+            }
+            mapped += u64::from(events);
+        }
+        if !sent("the last MAPTIs and SYNC", its.send_batch(&batch[..k]).and_then(|()| its.send(Command::sync(rd)))) {
+            return;
+        }
+        report(
+            true,
+            format_args!(
+                "MAPD of {FLOOD_DEVICES} devices and MAPTI of {mapped} events: the ITS read every command ({} ms)",
+                time::us_since(start) / 1000
+            ),
+        );
+        // The first translation made is within any share: it still delivers.
+        if !sent("INV, INT", its.send_all(&[Command::inv(FLOOD_FIRST, 0), Command::int(FLOOD_FIRST, 0)])) {
+            return;
+        }
+        report(
+            arrives(0, Some(env.boot_cpu)),
+            format_args!("after the flood, INT of the first event: LPI {} taken once ({})", its::LPI_BASE, Counts(0)),
+        );
+        irq::set_handler(None);
+    }
+
+    fn steady(env: &Env) {
+        if !named(env, "steady") {
+            return;
+        }
+        let Some((its, rd)) = one_cpu_its(env) else { return };
+        let bits = its.itt_event_bits();
+        let boot = env.boot_cpu;
+        let start = time::counter();
+        let mut rounds = 0;
+        while time::us_since(start) < STEADY_MS * 1000 {
+            // MAPD again each round: the device's translations are made anew.
+            let mut cmds = [Command::sync(rd); STEADY_EVENTS as usize + 3];
+            cmds[0] = Command::mapd(STEADY_DEVICE, its.itt(0), bits, true);
+            for e in 0..STEADY_EVENTS {
+                its.set_lpi_property(its::LPI_BASE + e, gic::DEFAULT_PRIORITY, true);
+                cmds[1 + e as usize] = Command::mapti(STEADY_DEVICE, e, its::LPI_BASE + e, 0);
+            }
+            cmds[STEADY_EVENTS as usize + 1] = Command::invall(0);
+            if !sent("MAPD, MAPTI, INVALL, SYNC", its.send_all(&cmds)) {
+                return;
+            }
+            for e in 0..STEADY_EVENTS {
+                clear_counts();
+                if !sent("INT", its.send(Command::int(STEADY_DEVICE, e))) {
+                    return;
+                }
+                if !arrives(e, Some(boot)) {
+                    report(
+                        false,
+                        format_args!(
+                            "round {rounds}: INT event {e}: LPI {} not taken once by cpu{boot} ({})",
+                            its::LPI_BASE + e,
+                            Counts(e)
+                        ),
+                    );
+                    return;
+                }
+            }
+            rounds += 1;
+        }
+        report(
+            rounds > 0,
+            format_args!(
+                "{rounds} rounds over {STEADY_MS} ms: MAPD, MAPTI and INT of {STEADY_EVENTS} events, each LPI taken once"
+            ),
+        );
+        irq::set_handler(None);
     }
 
     // ---- trigger ----
