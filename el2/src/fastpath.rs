@@ -100,50 +100,223 @@ pub struct GuestFeatures {
 /// counters, `MDCR_EL2.HCCD`). Later versions add state el2 does not switch.
 const PMUVER_MAX: u64 = 6;
 
-/// What a guest reads for an ID register whose real value is `value`:
-/// features with state Ferrovisor does not switch or emulate (SVE, SME, MTE,
-/// AMU, MPAM, RAS, trace, SPE, LORegions, AArch32) are removed, the GIC
-/// system registers are shown only to a GICv3 guest, the PMU only to a guest
-/// that has one (at most PMUv3p5), and the physical address size is capped
-/// at the guest's 40-bit IPA space.
+/// An ID register field a guest may see (Arm ARM D24.2, the ID_AA64*_EL1
+/// descriptions), with the reason it is safe to show: the instructions it
+/// names run at EL1 without a trap and without state beyond what el2
+/// switches (general, FP/SIMD, PAuth, EL1 system registers), or the host
+/// emulates what traps. Every other field reads as zero.
+pub struct Shown {
+    #[cfg_attr(not(test), allow(dead_code, reason = "the tests' names; el2 keeps only the masks"))]
+    pub name: &'static str,
+    pub shift: u32,
+}
+
+/// The bits of `fields`, worked out at build time: el2's image holds the
+/// masks, not the tables.
+const fn mask(fields: &[Shown]) -> u64 {
+    let mut m = 0;
+    let mut i = 0;
+    while i < fields.len() {
+        m |= field(fields[i].shift);
+        i += 1;
+    }
+    m
+}
+
+const fn shown(name: &'static str, shift: u32) -> Shown {
+    Shown { name, shift }
+}
+
+/// `ID_AA64ISAR0_EL1`: all but TME (transactional memory: state el2 does
+/// not switch).
+pub const ISAR0: &[Shown] = &[
+    shown("AES", 4),
+    shown("SHA1", 8),
+    shown("SHA2", 12),
+    shown("CRC32", 16),
+    shown("Atomic", 20),
+    shown("RDM", 28),
+    shown("SHA3", 32),
+    shown("SM3", 36),
+    shown("SM4", 40),
+    shown("DP", 44),
+    shown("FHM", 48),
+    shown("TS", 52),
+    shown("TLB", 56),
+    shown("RNDR", 60),
+];
+
+/// `ID_AA64ISAR1_EL1`: all but LS64 (64-byte single-copy atomic accesses to
+/// device memory, which no emulated device takes and `HCRX_EL2` gates).
+/// The PAuth keys are part of a vCPU's context.
+pub const ISAR1: &[Shown] = &[
+    shown("DPB", 0),
+    shown("APA", 4),
+    shown("API", 8),
+    shown("JSCVT", 12),
+    shown("FCMA", 16),
+    shown("LRCPC", 20),
+    shown("GPA", 24),
+    shown("GPI", 28),
+    shown("FRINTTS", 32),
+    shown("SB", 36),
+    shown("SPECRES", 40),
+    shown("BF16", 44),
+    shown("DGH", 48),
+    shown("I8MM", 52),
+    shown("XS", 56),
+];
+
+/// `ID_AA64ISAR2_EL1`. Not shown: WFxT (QEMU 10.x, TCG, reports a trapped
+/// WFIT as a WFI, TI 0 and RV 0, without its register: a guest shown WFxT
+/// there would sleep past its timeout, for ever with no interrupt due; the
+/// host honours the timeout when the syndrome names it), MOPS (needs
+/// `HCRX_EL2.MSCEn`, which el2 leaves clear: UNDEFINED at EL1), the 128-bit
+/// system register instructions (their traps, EC 0x14, are not decoded),
+/// ATS1A.
+pub const ISAR2: &[Shown] = &[
+    shown("RPRES", 4),
+    shown("GPA3", 8),
+    shown("APA3", 12),
+    shown("BC", 20),
+    shown("PAC_frac", 24),
+    shown("CLRBHB", 28),
+    shown("PRFMSLC", 40),
+    shown("RPRFM", 48),
+    shown("CSSC", 52),
+    shown("LUT", 56),
+];
+
+/// `ID_AA64PFR1_EL1`: BT, SSBS, CSV2_frac; no MTE, SME, RAS_frac, MPAM,
+/// NMI, GCS, THE (state or traps el2 does not handle).
+pub const PFR1: &[Shown] = &[shown("BT", 0), shown("SSBS", 4), shown("CSV2_frac", 32)];
+
+/// `ID_AA64MMFR0_EL1` (PARange capped at 40 bits apart). Not shown:
+/// BigEnd, BigEndEL0 (the host emulates MMIO little-endian only), the
+/// stage-2 granule fields (EL2's), FGT and ECV (EL2 features; ECV's
+/// self-synchronised counter reads would trap undecoded).
+pub const MMFR0: &[Shown] = &[
+    shown("PARange", 0),
+    shown("ASIDBits", 4),
+    shown("SNSMem", 12),
+    shown("TGran16", 20),
+    shown("TGran64", 24),
+    shown("TGran4", 28),
+    shown("ExS", 44),
+];
+
+/// `ID_AA64MMFR1_EL1`. Not shown: VMIDBits, VH, XNX, TWED, HCX (features
+/// of EL2, which a guest does not have), LO (LORegions: its registers trap,
+/// `HCR_EL2.TLOR`, and are not emulated).
+pub const MMFR1: &[Shown] = &[
+    shown("HAFDBS", 0),
+    shown("HPDS", 12),
+    shown("PAN", 20),
+    shown("SpecSEI", 24),
+    shown("ETS", 36),
+    shown("AFP", 44),
+    shown("nTLBPA", 48),
+    shown("TIDCP1", 52),
+    shown("CMOW", 56),
+    shown("ECBHB", 60),
+];
+
+/// `ID_AA64MMFR2_EL1`. Not shown: LSM (AArch32), NV, FWB, EVT (features of
+/// EL2).
+pub const MMFR2: &[Shown] = &[
+    shown("CnP", 0),
+    shown("UAO", 4),
+    shown("IESB", 12),
+    shown("VARange", 16),
+    shown("CCIDX", 20),
+    shown("ST", 28),
+    shown("AT", 32),
+    shown("IDS", 36),
+    shown("TTL", 48),
+    shown("BBM", 52),
+    shown("E0PD", 60),
+];
+
+/// `ID_AA64PFR0_EL1` as shown (EL0 and EL1 forced to AArch64 only, GIC
+/// only to a GICv3 guest). Not shown: SVE, RAS, SEL2, MPAM, AMU, RME
+/// (state el2 does not switch, or EL2 and EL3 features).
+pub const PFR0: &[Shown] = &[
+    shown("EL0", 0),
+    shown("EL1", 4),
+    shown("EL2", 8),
+    shown("EL3", 12),
+    shown("FP", 16),
+    shown("AdvSIMD", 20),
+    shown("GIC", 24),
+    shown("DIT", 48),
+    shown("CSV2", 56),
+    shown("CSV3", 60),
+];
+
+/// `ID_AA64DFR0_EL1` as shown (PMUVer only with a PMU, at most PMUv3p5).
+/// Not shown: TraceVer, PMSVer (SPE), DoubleLock, TraceFilt, TraceBuffer,
+/// MTPMU, BRBE and the rest (state el2 does not switch).
+pub const DFR0: &[Shown] =
+    &[shown("DebugVer", 0), shown("PMUVer", 8), shown("BRPs", 12), shown("WRPs", 20), shown("CTX_CMPs", 28)];
+
+/// The fields of `reg` a guest may see.
+#[cfg(test)]
+fn shown_fields(reg: IdReg) -> &'static [Shown] {
+    match reg {
+        IdReg::Pfr0 => PFR0,
+        IdReg::Pfr1 => PFR1,
+        IdReg::Dfr0 => DFR0,
+        IdReg::Isar0 => ISAR0,
+        IdReg::Isar1 => ISAR1,
+        IdReg::Isar2 => ISAR2,
+        IdReg::Mmfr0 => MMFR0,
+        IdReg::Mmfr1 => MMFR1,
+        IdReg::Mmfr2 => MMFR2,
+    }
+}
+
+/// The bits of `reg` a guest may see.
+const fn shown_mask(reg: IdReg) -> u64 {
+    const MASKS: [u64; 9] = [
+        mask(PFR0),
+        mask(PFR1),
+        mask(DFR0),
+        mask(ISAR0),
+        mask(ISAR1),
+        mask(ISAR2),
+        mask(MMFR0),
+        mask(MMFR1),
+        mask(MMFR2),
+    ];
+    MASKS[reg as usize]
+}
+
+/// What a guest reads for an ID register whose real value is `value`: only
+/// the fields [`shown_fields`] lists (features Ferrovisor handles), the GIC
+/// system registers only for a GICv3 guest, the PMU only for a guest that
+/// has one (at most PMUv3p5), and the physical address size capped at the
+/// guest's 40-bit IPA space.
 pub fn sanitize_id_reg(reg: IdReg, value: u64, features: GuestFeatures) -> u64 {
-    let gicv3 = features.gicv3;
+    let mut v = value & shown_mask(reg);
     match reg {
         IdReg::Pfr0 => {
-            // Keep EL0..EL3 (forced AArch64-only at EL0/EL1), FP, AdvSIMD,
-            // GIC, CSV2, CSV3, DIT.
-            let keep = field(8) | field(12) | field(16) | field(20) | field(24) | field(48) | field(56) | field(60);
-            let mut v = value & keep;
             v = (v & !(field(0) | field(4))) | 1 | (1 << 4);
-            if !gicv3 {
+            if !features.gicv3 {
                 v &= !field(24);
             }
-            v
         }
-        // BT, SSBS, CSV2_frac.
-        IdReg::Pfr1 => value & (field(0) | field(4) | field(32)),
-        // DebugVer, BRPs, WRPs, CTX_CMPs, PMUVer if the guest has a PMU;
-        // no trace, SPE, BRBE.
         IdReg::Dfr0 => {
             let pmuver = (value >> 8) & 0xf;
-            let pmu = if features.pmu && pmuver != 0xf { pmuver.min(PMUVER_MAX) << 8 } else { 0 };
-            (value & (field(0) | field(12) | field(20) | field(28))) | pmu
+            let pmu = if features.pmu && pmuver != 0xf { pmuver.min(PMUVER_MAX) } else { 0 };
+            v = (v & !field(8)) | pmu << 8;
         }
-        IdReg::Isar0 | IdReg::Isar1 => value,
-        // No WFxT. The host honours a trapped WFIT's timeout from its syndrome
-        // (ISS.TI, RV, RN), but QEMU (10.x, TCG) reports a trapped WFIT as a
-        // WFI (TI 0, RV 0) and drops the register: a guest shown WFxT there
-        // would sleep past its timeout, for ever with no interrupt due.
-        IdReg::Isar2 => value & !field(0),
         IdReg::Mmfr0 => {
             const PARANGE_40_BITS: u64 = 2;
-            let pa = (value & 0xf).min(PARANGE_40_BITS);
-            (value & !0xf) | pa
+            v = (v & !0xf) | (value & 0xf).min(PARANGE_40_BITS);
         }
-        // No LORegions.
-        IdReg::Mmfr1 => value & !field(16),
-        IdReg::Mmfr2 => value,
+        _ => {}
     }
+    v
 }
 
 #[cfg(test)]
@@ -218,7 +391,59 @@ mod tests {
         // MTE (PFR1 bits 11:8) and SME (27:24) gone, BT kept.
         let p1 = sanitize_id_reg(IdReg::Pfr1, 0x0000_0000_0100_0321, V3);
         assert_eq!(p1, 0x21);
-        // WFxT (ISAR2 bits 3:0) gone, MOPS (19:16) and the rest kept.
-        assert_eq!(sanitize_id_reg(IdReg::Isar2, 0x0001_0012, V3), 0x0001_0010);
+        // WFxT (ISAR2 bits 3:0) and MOPS (19:16) gone, RPRES kept.
+        assert_eq!(sanitize_id_reg(IdReg::Isar2, 0x0001_0012, V3), 0x0000_0010);
+    }
+
+    /// Every field a guest can see, register by register: a field added
+    /// here is a feature the hypervisor must handle (its instructions run
+    /// untrapped with no state el2 does not switch, or their traps are
+    /// decoded and emulated). A real value of all ones shows exactly these.
+    #[test]
+    fn the_fields_guests_see_are_these() {
+        let all = GuestFeatures { gicv3: true, pmu: true };
+        // All ones, but a PMUv3p5: PMUVer 0xf is an IMPLEMENTATION DEFINED PMU.
+        let real = |reg: IdReg| if reg == IdReg::Dfr0 { !field(8) | 6 << 8 } else { u64::MAX };
+        let names = |reg: IdReg| -> std::vec::Vec<&str> {
+            let v = sanitize_id_reg(reg, real(reg), all);
+            shown_fields(reg).iter().filter(|f| (v >> f.shift) & 0xf != 0).map(|f| f.name).collect()
+        };
+        let expect: [(IdReg, &[&str]); 9] = [
+            (IdReg::Pfr0, &["EL0", "EL1", "EL2", "EL3", "FP", "AdvSIMD", "GIC", "DIT", "CSV2", "CSV3"]),
+            (IdReg::Pfr1, &["BT", "SSBS", "CSV2_frac"]),
+            (IdReg::Dfr0, &["DebugVer", "PMUVer", "BRPs", "WRPs", "CTX_CMPs"]),
+            (
+                IdReg::Isar0,
+                &[
+                    "AES", "SHA1", "SHA2", "CRC32", "Atomic", "RDM", "SHA3", "SM3", "SM4", "DP", "FHM", "TS", "TLB",
+                    "RNDR",
+                ],
+            ),
+            (
+                IdReg::Isar1,
+                &[
+                    "DPB", "APA", "API", "JSCVT", "FCMA", "LRCPC", "GPA", "GPI", "FRINTTS", "SB", "SPECRES", "BF16",
+                    "DGH", "I8MM", "XS",
+                ],
+            ),
+            (IdReg::Isar2, &["RPRES", "GPA3", "APA3", "BC", "PAC_frac", "CLRBHB", "PRFMSLC", "RPRFM", "CSSC", "LUT"]),
+            (IdReg::Mmfr0, &["PARange", "ASIDBits", "SNSMem", "TGran16", "TGran64", "TGran4", "ExS"]),
+            (IdReg::Mmfr1, &["HAFDBS", "HPDS", "PAN", "SpecSEI", "ETS", "AFP", "nTLBPA", "TIDCP1", "CMOW", "ECBHB"]),
+            (IdReg::Mmfr2, &["CnP", "UAO", "IESB", "VARange", "CCIDX", "ST", "AT", "IDS", "TTL", "BBM", "E0PD"]),
+        ];
+        for (reg, want) in expect {
+            assert_eq!(names(reg), want, "{reg:?}");
+            // Nothing outside the listed fields, whatever the hardware says.
+            let v = sanitize_id_reg(reg, real(reg), all);
+            assert_eq!(v & !shown_mask(reg), 0, "{reg:?}");
+            assert_eq!(shown_mask(reg), mask(shown_fields(reg)), "{reg:?}");
+        }
+        // Fields never overlap.
+        for reg in [IdReg::Pfr0, IdReg::Pfr1, IdReg::Dfr0, IdReg::Isar0, IdReg::Isar1, IdReg::Isar2] {
+            let fields = shown_fields(reg);
+            for (i, a) in fields.iter().enumerate() {
+                assert!(fields[i + 1..].iter().all(|b| b.shift != a.shift), "{reg:?} {}", a.name);
+            }
+        }
     }
 }
