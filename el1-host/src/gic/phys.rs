@@ -247,7 +247,10 @@ pub fn init_cpu(cpu: usize, private: &[u32]) {
             }
             // SAFETY: GICD_ITARGETSR0 is banked per CPU and reads as this CPU's
             // interface bit; the distributor is mapped.
-            let me = unsafe { gicd_byte(GICD_ITARGETSR) };
+            let read = unsafe { gicd_byte(GICD_ITARGETSR) };
+            // A uniprocessor GIC's ITARGETSRs are RAZ/WI (IHI 0048 4.3.12):
+            // its one CPU interface is interface 0.
+            let me = if read == 0 { 1 } else { read };
             if let Some(c) = smp::CPUS.get(cpu) {
                 c.gicv2_target.store(me, Ordering::Relaxed);
             }
