@@ -10,6 +10,7 @@
 #![cfg_attr(not(target_os = "none"), allow(dead_code))]
 
 mod cpus;
+mod debug;
 mod fastpath;
 mod pmu;
 mod psci;

@@ -12,7 +12,7 @@
 
 use crate::arch::boot;
 use crate::fastpath::{self, IdReg};
-use crate::pmu;
+use crate::{debug, pmu};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
 use ferrovisor_shared::boot::MAX_CPUS;
@@ -41,6 +41,8 @@ pub struct El2Cpu {
     /// host's `MDCR_EL2.HPMN`: all of them).
     pmuver: u64,
     pmu_counters: usize,
+    /// Breakpoints and watchpoints (`debug::points`).
+    debug_points: (usize, usize),
 }
 
 pub const EL2CPU_GUEST: usize = core::mem::offset_of!(El2Cpu, guest);
@@ -91,6 +93,7 @@ const EL2CPU_INIT: El2Cpu = El2Cpu {
     pauth: false,
     pmuver: 0,
     pmu_counters: 0,
+    debug_points: (0, 0),
 };
 
 static EL2_CPUS: PerCpu = PerCpu([const { core::cell::UnsafeCell::new(EL2CPU_INIT) }; MAX_CPUS]);
@@ -120,6 +123,7 @@ pub fn init_cpu(index: usize) {
     c.pauth = has_pauth();
     c.pmuver = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
     c.pmu_counters = (c.host_mdcr & pmu::MDCR_HPMN) as usize;
+    c.debug_points = debug::points(ID_AA64DFR0_EL1.get());
     TPIDR_EL2.set(cpu as u64);
     crate::vgic::reset_cpu();
 }
@@ -334,7 +338,11 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     VTCR_EL2.set(cpu.vtcr);
     VTTBR_EL2.set(root | ((ctx.config.vmid & 0xffff) << 48));
     let pmu_on = pmu_active(cpu, ctx);
-    MDCR_EL2.set(cpu.host_mdcr | pmu::guest_mdcr(cpu.pmuver, pmu_on));
+    let debug_on = ctx.debug.active != 0;
+    MDCR_EL2.set(guest_mdcr(cpu, pmu_on, debug_on));
+    if debug_on {
+        debug::restore(&ctx.debug, cpu.debug_points);
+    }
     CNTHCTL_EL2.set(CNTHCTL_GUEST);
     HCR_EL2.set(guest_hcr(ctx.config.flags, cpu.pauth));
     crate::vgic::restore(&ctx.vgic);
@@ -371,6 +379,9 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     if pmu_active(cpu, ctx) {
         pmu::save(&mut ctx.pmu, cpu.pmu_counters);
     }
+    if ctx.debug.active != 0 {
+        debug::save(&mut ctx.debug, cpu.debug_points);
+    }
     save_el1(&mut ctx.el1);
     ctx.regs.sp_el0 = SP_EL0.get();
     // SAFETY: as for the restore.
@@ -399,6 +410,13 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     reason as i64
 }
 
+/// `MDCR_EL2` for a guest: the host's, the PMU's traps or switches, and
+/// the debug registers trapped until the vCPU first touches one.
+fn guest_mdcr(cpu: &El2Cpu, pmu_on: bool, debug_on: bool) -> u64 {
+    let debug = if debug_on { 0 } else { debug::MDCR_TRAP_DEBUG };
+    cpu.host_mdcr | pmu::guest_mdcr(cpu.pmuver, pmu_on) | debug
+}
+
 /// Whether `ctx`'s PMU state is the hardware's while it runs.
 fn pmu_active(cpu: &El2Cpu, ctx: &VcpuContext) -> bool {
     ctx.pmu.active != 0 && guest_has_pmu(cpu, ctx)
@@ -419,9 +437,26 @@ fn activate_pmu(ctx: &mut VcpuContext) -> bool {
         return false;
     }
     ctx.pmu.active = 1;
-    MDCR_EL2.set(cpu.host_mdcr | pmu::guest_mdcr(cpu.pmuver, true));
+    MDCR_EL2.set(guest_mdcr(cpu, true, ctx.debug.active != 0));
     isb();
     pmu::restore(&ctx.pmu, cpu.pmu_counters);
+    true
+}
+
+/// The first access of a guest to a debug register: its (reset) state is
+/// loaded, the traps go, and the access runs again on the hardware. Once
+/// per vCPU life.
+#[cold]
+#[inline(never)]
+fn activate_debug(ctx: &mut VcpuContext) -> bool {
+    let cpu = this_cpu();
+    if ctx.debug.active != 0 {
+        return false;
+    }
+    ctx.debug.active = 1;
+    debug::restore(&ctx.debug, cpu.debug_points);
+    MDCR_EL2.set(guest_mdcr(cpu, pmu_active(cpu, ctx), true));
+    isb();
     true
 }
 
@@ -433,6 +468,9 @@ fn fast_sysreg(ctx: &mut VcpuContext, esr: Esr) -> bool {
     let access = esr.sys_reg();
     if pmu::is_pmu_reg(access.reg) {
         return activate_pmu(ctx);
+    }
+    if debug::is_debug_reg(access.reg) {
+        return activate_debug(ctx);
     }
     if !access.read || !fastpath::is_id_reg(access.reg) {
         return false;

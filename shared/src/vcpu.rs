@@ -136,6 +136,32 @@ pub struct PmuState {
     pub evtyper: [u64; PMU_MAX_COUNTERS],
 }
 
+/// The guest's self-hosted debug registers (Arm ARM D2, "AArch64
+/// Self-hosted Debug"), switched by el2 once the guest has touched one:
+/// until then every access traps (`MDCR_EL2.TDA`, `TDOSA`, `TDRA`), so a
+/// vCPU never sees another's breakpoints, watchpoints or OS lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugState {
+    /// Non-zero once the guest has used a debug register: el2 switches them.
+    pub active: u64,
+    /// `DBGBCR<n>_EL1`, `DBGBVR<n>_EL1`, `DBGWCR<n>_EL1`, `DBGWVR<n>_EL1`;
+    /// only the implemented ones (`ID_AA64DFR0_EL1.BRPs`, `WRPs`) are switched.
+    pub bcr: [u64; DEBUG_MAX_POINTS],
+    pub bvr: [u64; DEBUG_MAX_POINTS],
+    pub wcr: [u64; DEBUG_MAX_POINTS],
+    pub wvr: [u64; DEBUG_MAX_POINTS],
+    /// `MDCCINT_EL1`, the claim tags (`DBGCLAIMCLR_EL1` as read), the OS
+    /// lock (`OSLSR_EL1.OSLK`).
+    pub mdccint: u64,
+    pub claim: u64,
+    pub oslk: u64,
+    pub _pad: u64,
+}
+
+/// Breakpoints or watchpoints a PE can have (`BRPs`, `WRPs` + 1).
+pub const DEBUG_MAX_POINTS: usize = 16;
+
 /// Event counters PMUv3 can have (`PMCR_EL0.N` is at most 31).
 pub const PMU_MAX_COUNTERS: usize = 31;
 
@@ -212,6 +238,7 @@ pub struct VcpuContext {
     pub exit: ExitInfo,
     pub counters: El2Counters,
     pub pmu: PmuState,
+    pub debug: DebugState,
 }
 
 /// Offsets el2's assembly uses.

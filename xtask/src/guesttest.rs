@@ -91,6 +91,12 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
     two_a.expect = &["PASS: selftest: vectors-kernel: "];
     let mut two_b = Vm::new("second", "hostile", "", 2);
     two_b.expect = &["PASS: hostile: "];
+    // Two VMs on one CPU, each writing its own breakpoint and watchpoint
+    // values: el2 switches them (el2/src/debug.rs), so neither sees the other's.
+    let mut debug_a = Vm::new("dbga", "hostile", "debug-regs salt=0xa", 1);
+    debug_a.expect = &["PASS: hostile: debug-regs: DBGBVR0/1, DBGWVR0/1 kept salt 0xa's values over 2000 exits"];
+    let mut debug_b = Vm::new("dbgb", "hostile", "debug-regs salt=0xb", 1);
+    debug_b.expect = &["PASS: hostile: debug-regs: DBGBVR0/1, DBGWVR0/1 kept salt 0xb's values over 2000 exits"];
     let mut gic_vm = Vm::new("gic", "gic", "", 4);
     gic_vm.expect = &[
         "PASS: gic: ipi: to all but self",
@@ -156,6 +162,7 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         GuestTest::new(v("cmo-reset"), vec![cmo_reset]),
         GuestTest::new(v("hostile"), vec![hostile]),
         GuestTest::new(v("two-vms"), vec![two_a, two_b]),
+        GuestTest { smp: 1, ..GuestTest::new(v("debug-isolation"), vec![debug_a, debug_b]) },
         GuestTest::new(v("gic"), vec![gic_vm]),
         GuestTest::new(v("timer"), vec![timer]),
         GuestTest::new(v("pmu"), vec![pmu]),

@@ -6,7 +6,9 @@
 //! functions return NOT_SUPPORTED), `outside-map` (a load from an IPA with
 //! neither RAM nor a device is a synchronous external abort), `abort-flood`
 //! (so is each of thousands, which the hypervisor's log does not repeat
-//! line by line), `wfi-wfe`
+//! line by line), `debug-regs` (breakpoint and watchpoint registers keep
+//! what this vCPU wrote across thousands of exits: never another VM's;
+//! `salt=N` picks the values), `wfi-wfe`
 //! (`wfe` returns).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -33,6 +35,7 @@ mod guest {
             SubTest { name: "abort-flood", run: abort_flood },
             SubTest { name: "mmio-no-syndrome", run: mmio_no_syndrome },
             SubTest { name: "wfi-wfe", run: wfi_wfe },
+            SubTest { name: "debug-regs", run: debug_regs },
         ]
     );
 
@@ -122,6 +125,63 @@ mod guest {
             format_args!("FAR {:#x} (want {OUTSIDE_MAP:#x}, valid)", e.far),
         );
         report(e.elr == at, format_args!("ELR {:#x} at the load (want {at:#x})", e.elr));
+    }
+
+    /// Breakpoint and watchpoint value registers 0 and 1 (every Armv8 PE
+    /// has at least two of each: Arm ARM D24.3.2, ID_AA64DFR0_EL1.BRPs and
+    /// WRPs) hold what this vCPU wrote while it takes thousands of exits to
+    /// the hypervisor (console reads): a VM beside it on the same CPU writes
+    /// others. The control registers stay 0: nothing is armed.
+    fn debug_regs(env: &Env) {
+        let salt = env.args.number("salt").ok().flatten().unwrap_or(0) & 0xff;
+        let Some(uart) = env.board.console() else {
+            report_skip("no console UART in the device tree");
+            return;
+        };
+        let want = |i: u64| 0x0000_7f00_0000_0000 | salt << 32 | i << 12;
+        let [b0, b1, w0, w1] = [want(1), want(2), want(3), want(4)];
+        // SAFETY: writes of the value registers of breakpoints and
+        // watchpoints 0 and 1, whose control registers stay 0 (disabled):
+        // nothing can fire.
+        unsafe {
+            asm!(
+                "msr dbgbvr0_el1, {b0}", "msr dbgbvr1_el1, {b1}", "msr dbgwvr0_el1, {w0}", "msr dbgwvr1_el1, {w1}",
+                "isb",
+                b0 = in(reg) b0, b1 = in(reg) b1, w0 = in(reg) w0, w1 = in(reg) w1,
+            )
+        };
+        let mut got = [0u64; 4];
+        let mut first_bad = None;
+        for round in 0..2000u32 {
+            // The PL011's flag register: an exit to the host under a hypervisor.
+            // SAFETY: a read of the UART's FR, which has no side effects.
+            let _ = unsafe { core::ptr::read_volatile((uart.base + 0x18) as *const u32) };
+            // SAFETY: reads of the registers written above.
+            unsafe {
+                asm!(
+                    "mrs {0}, dbgbvr0_el1", "mrs {1}, dbgbvr1_el1", "mrs {2}, dbgwvr0_el1", "mrs {3}, dbgwvr1_el1",
+                    out(reg) got[0], out(reg) got[1], out(reg) got[2], out(reg) got[3],
+                )
+            };
+            // DBGWVR<n>.VA[1:0] are RES0; the values above keep them clear.
+            if got != [b0, b1, w0, w1] && first_bad.is_none() {
+                first_bad = Some((round, got));
+            }
+        }
+        let _ = match first_bad {
+            None => report(true, format_args!("DBGBVR0/1, DBGWVR0/1 kept salt {salt:#x}'s values over 2000 exits")),
+            Some((round, got)) => report(
+                false,
+                format_args!("round {round}: DBGBVR0/1, DBGWVR0/1 read {got:#x?}, want {:#x?}", [b0, b1, w0, w1]),
+            ),
+        };
+        let (bcr0, wcr0): (u64, u64);
+        // SAFETY: reads of two control registers.
+        unsafe { asm!("mrs {0}, dbgbcr0_el1", "mrs {1}, dbgwcr0_el1", out(reg) bcr0, out(reg) wcr0) };
+        let _ = report(
+            bcr0 & 1 == 0 && wcr0 & 1 == 0,
+            format_args!("DBGBCR0.E and DBGWCR0.E clear ({bcr0:#x}, {wcr0:#x})"),
+        );
     }
 
     /// Loads this many pages outside the map, one after the other.
