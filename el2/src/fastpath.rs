@@ -25,9 +25,13 @@ const HOST_PSCI: [u32; 7] = [
 /// `MIGRATE_INFO_TYPE`: no Trusted OS needs migrating.
 const MIGRATE_INFO_NOT_PRESENT: i64 = 2;
 
-/// The answer to an SMCCC call from a guest if el2 can give it, `None` if the
-/// host must.
-pub fn smccc(function: u32, x1: u64) -> Option<i64> {
+/// The answer to an SMCCC call from a guest (`HVC` or `SMC` with
+/// immediate `imm`) if el2 can give it, `None` if the host must. Only `#0`
+/// is SMCCC's (DEN0028 §2.5): other immediates get NOT_SUPPORTED, as on KVM.
+pub fn smccc(imm: u16, function: u32, x1: u64) -> Option<i64> {
+    if imm != 0 {
+        return Some(SMCCC_NOT_SUPPORTED);
+    }
     if HOST_PSCI.contains(&function) {
         return None;
     }
@@ -325,22 +329,22 @@ mod tests {
 
     #[test]
     fn fixed_smccc_answers() {
-        assert_eq!(smccc(SMCCC_VERSION, 0), Some(0x1_0001));
-        assert_eq!(smccc(PSCI_VERSION, 0), Some(0x1_0001));
-        assert_eq!(smccc(PSCI_FEATURES, PSCI_CPU_ON_64 as u64), Some(0));
-        assert_eq!(smccc(PSCI_FEATURES, PSCI_CPU_SUSPEND_64 as u64), Some(-1));
-        assert_eq!(smccc(PSCI_FEATURES, 0x8400_00ff), Some(-1));
-        assert_eq!(smccc(PSCI_MIGRATE_INFO_TYPE, 0), Some(2));
-        assert_eq!(smccc(0x8000_0001, 0x8000_8000), Some(-1), "SMCCC_ARCH_FEATURES");
-        assert_eq!(smccc(0x4b00_0000, 0), Some(-1), "micro-bench's hypercall");
-        assert_eq!(smccc(0xc300_0099, 0), Some(-1));
-        assert_eq!(smccc(PSCI_CPU_SUSPEND_64, 0), Some(-1));
+        assert_eq!(smccc(0, SMCCC_VERSION, 0), Some(0x1_0001));
+        assert_eq!(smccc(0, PSCI_VERSION, 0), Some(0x1_0001));
+        assert_eq!(smccc(0, PSCI_FEATURES, PSCI_CPU_ON_64 as u64), Some(0));
+        assert_eq!(smccc(0, PSCI_FEATURES, PSCI_CPU_SUSPEND_64 as u64), Some(-1));
+        assert_eq!(smccc(0, PSCI_FEATURES, 0x8400_00ff), Some(-1));
+        assert_eq!(smccc(0, PSCI_MIGRATE_INFO_TYPE, 0), Some(2));
+        assert_eq!(smccc(0, 0x8000_0001, 0x8000_8000), Some(-1), "SMCCC_ARCH_FEATURES");
+        assert_eq!(smccc(0, 0x4b00_0000, 0), Some(-1), "micro-bench's hypercall");
+        assert_eq!(smccc(0, 0xc300_0099, 0), Some(-1));
+        assert_eq!(smccc(0, PSCI_CPU_SUSPEND_64, 0), Some(-1));
     }
 
     #[test]
     fn host_psci_goes_to_the_host() {
         for f in HOST_PSCI {
-            assert_eq!(smccc(f, 0), None, "{f:#x}");
+            assert_eq!(smccc(0, f, 0), None, "{f:#x}");
         }
     }
 

@@ -506,7 +506,7 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
             let esr = Esr(ctx.exit.esr);
             match esr.class() {
                 ExceptionClass::Hvc64 | ExceptionClass::Smc64 => {
-                    let Some(answer) = fastpath::smccc(ctx.regs.x[0] as u32, ctx.regs.x[1]) else {
+                    let Some(answer) = fastpath::smccc(esr.imm16(), ctx.regs.x[0] as u32, ctx.regs.x[1]) else {
                         return false;
                     };
                     ctx.regs.x[0] = answer as u64;

@@ -149,6 +149,14 @@ impl Esr {
         self.0 & (1 << 6) != 0
     }
 
+    /// For data aborts: ISS.CM, the abort came from a cache maintenance
+    /// or address translation instruction (WnR then reads 1 whatever the
+    /// instruction did; Arm ARM D24.2.40, "ISS encoding for an exception
+    /// from a Data Abort").
+    pub fn cache_maintenance(self) -> bool {
+        self.0 & (1 << 8) != 0
+    }
+
     /// For a data abort: the instruction syndrome, when ISV says it is valid.
     pub fn data_abort(self) -> Option<DataAbortIss> {
         if self.0 & (1 << 24) == 0 {

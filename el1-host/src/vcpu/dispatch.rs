@@ -13,6 +13,7 @@ use crate::vm::stats::{ExitKind, VmStats};
 use alloc::string::String;
 use core::num::NonZeroU64;
 use ferrovisor_shared::esr::{Esr, ExceptionClass, Wfx};
+use ferrovisor_shared::hypercall::SMCCC_NOT_SUPPORTED;
 use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
 
 /// What the run loop does next.
@@ -184,6 +185,12 @@ fn wfx(vm: &impl ExitVm, ctx: &mut VcpuContext, wfx: Wfx) -> Flow {
 }
 
 fn smccc(vm: &impl ExitVm, ctx: &mut VcpuContext) -> Flow {
+    // SMCCC calls are `HVC #0` and `SMC #0`; other immediates are not
+    // SMCCC's (DEN0028 §2.5): NOT_SUPPORTED, as KVM answers.
+    if Esr(ctx.exit.esr).imm16() != 0 {
+        ctx.regs.x[0] = SMCCC_NOT_SUPPORTED as u64;
+        return Flow::Continue;
+    }
     let function = ctx.regs.x[0] as u32;
     let args = [ctx.regs.x[1], ctx.regs.x[2], ctx.regs.x[3]];
     match vm.psci(function, args) {
@@ -223,6 +230,7 @@ fn data_abort(vm: &impl ExitVm, ctx: &mut VcpuContext) -> Flow {
                 );
             }
         }
+        Dispatch::CacheMaintenance { .. } => {}
         Dispatch::Unmapped { ipa, write, pc } => {
             if let Some(left_out) = vm.may_log(GuestEvent::Unmapped) {
                 log::warn!(

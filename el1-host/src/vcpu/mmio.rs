@@ -72,6 +72,10 @@ pub enum Dispatch {
     NoSyndrome { ipa: u64, pc: u64 },
     /// No device at `ipa`: an external abort was injected.
     Unmapped { ipa: u64, write: bool, pc: u64 },
+    /// A cache maintenance instruction (ISS.CM) on an address outside the
+    /// VM's RAM: there is no cache line of it to maintain, and the guest
+    /// steps past it (as KVM does).
+    CacheMaintenance { ipa: u64 },
 }
 
 /// Decodes the data abort in `ctx.exit`, has the device on `bus` at its
@@ -81,6 +85,11 @@ pub enum Dispatch {
 /// [`ExitKind::Abort`].
 #[inline(always)]
 pub fn dispatch<H: ?Sized>(bus: &MmioBus<H>, vm: &H, vcpu: usize, ctx: &mut VcpuContext, stats: &VmStats) -> Dispatch {
+    if Esr(ctx.exit.esr).cache_maintenance() {
+        stats.count(ExitKind::Mmio);
+        super::inject::skip_instruction(ctx);
+        return Dispatch::CacheMaintenance { ipa: fault_ipa(&ctx.exit) };
+    }
     let access = match decode(&ctx.exit) {
         Ok(a) => a,
         Err(ipa) => {

@@ -211,6 +211,31 @@ fn an_hvc_answers_in_x0_and_resumes_after_it() {
     assert_eq!(vm.stats.exits(ExitKind::Hvc), 1);
 }
 
+/// `HVC #1` is not an SMCCC call (DEN0028 §2.5): NOT_SUPPORTED, whatever
+/// x0 names, and nothing done (KVM answers the same).
+#[test]
+fn an_hvc_with_an_immediate_is_not_smccc() {
+    let vm = Fake::new();
+    let mut ctx = context(EC_HVC64, 1, 0);
+    ctx.regs.x[0] = u64::from(smccc::psci::PSCI_SYSTEM_OFF);
+    assert_eq!(sync(&vm, &mut ctx), Flow::Continue);
+    assert_eq!(ctx.regs.x[0] as i64, -1);
+    assert!(vm.events().is_empty(), "SYSTEM_OFF was not made");
+}
+
+/// A cache maintenance instruction on an address outside RAM (ISS.CM,
+/// ISV 0) has nothing to maintain: stepped past, no abort.
+#[test]
+fn cache_maintenance_outside_ram_is_stepped_past() {
+    let vm = Fake::new();
+    // DC CIVAC: WnR and CM set, DFSC a level 3 translation fault.
+    let mut ctx = context(EC_DABT, 1 << 8 | 1 << 6 | 0x07, 0x0900_0000);
+    assert_eq!(sync(&vm, &mut ctx), Flow::Continue);
+    assert_eq!(ctx.regs.pc, PC + 4);
+    assert_eq!(ctx.el1.esr_el1, 0, "no exception for the guest");
+    assert!(vm.events().is_empty(), "the device at the address was not written");
+}
+
 #[test]
 fn a_trapped_smc_is_stepped_past() {
     // A trapped SMC's ELR_EL2 points at the SMC itself (Arm ARM D1.10.1).
