@@ -97,6 +97,11 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
     debug_a.expect = &["PASS: hostile: debug-regs: DBGBVR0/1, DBGWVR0/1 kept salt 0xa's values over 2000 exits"];
     let mut debug_b = Vm::new("dbgb", "hostile", "debug-regs salt=0xb", 1);
     debug_b.expect = &["PASS: hostile: debug-regs: DBGBVR0/1, DBGWVR0/1 kept salt 0xb's values over 2000 exits"];
+    // A load from every page outside the VM's RAM and devices (hostile's
+    // ipa-probe): each aborts, and the host's log stays short.
+    let mut probe = Vm::new("probe", "hostile", "ipa-probe", 1);
+    probe.expect = &["PASS: hostile: ipa-probe: "];
+    probe.host_expect = &["vm probe: log lines suppressed "];
     let mut gic_vm = Vm::new("gic", "gic", "", 4);
     gic_vm.expect = &[
         "PASS: gic: ipi: to all but self",
@@ -162,6 +167,7 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         GuestTest::new(v("cmo-reset"), vec![cmo_reset]),
         GuestTest::new(v("hostile"), vec![hostile]),
         GuestTest::new(v("two-vms"), vec![two_a, two_b]),
+        GuestTest::new(v("ipa-probe"), vec![probe]),
         GuestTest { smp: 1, ..GuestTest::new(v("debug-isolation"), vec![debug_a, debug_b]) },
         GuestTest::new(v("gic"), vec![gic_vm]),
         GuestTest::new(v("timer"), vec![timer]),

@@ -8,7 +8,10 @@
 //! (so is each of thousands, which the hypervisor's log does not repeat
 //! line by line), `debug-regs` (breakpoint and watchpoint registers keep
 //! what this vCPU wrote across thousands of exits: never another VM's;
-//! `salt=N` picks the values), `wfi-wfe`
+//! `salt=N` picks the values), `ipa-probe` (only when named: a load from
+//! every page below RAM outside the device tree's devices, the pages past
+//! its end and one per GiB to the top of a 40-bit IPA space, each an
+//! external abort: nothing outside its map answers), `wfi-wfe`
 //! (`wfe` returns).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -20,6 +23,7 @@ mod guest {
     use core::arch::asm;
 
     use aarch64_cpu::registers::{Readable, Writeable, CNTKCTL_EL1};
+    use ferrovisor_shared::dt::GicDesc;
     use ferrovisor_test_guests::exception::catch;
     use ferrovisor_test_guests::{guest_main, psci, report, report_info, report_skip, time, Env, SubTest};
     use smccc::psci::error::NOT_SUPPORTED;
@@ -36,6 +40,7 @@ mod guest {
             SubTest { name: "mmio-no-syndrome", run: mmio_no_syndrome },
             SubTest { name: "wfi-wfe", run: wfi_wfe },
             SubTest { name: "debug-regs", run: debug_regs },
+            SubTest { name: "ipa-probe", run: ipa_probe },
         ]
     );
 
@@ -182,6 +187,97 @@ mod guest {
             bcr0 & 1 == 0 && wcr0 & 1 == 0,
             format_args!("DBGBCR0.E and DBGWCR0.E clear ({bcr0:#x}, {wcr0:#x})"),
         );
+    }
+
+    /// Whether the device tree at `dtb` holds `needle` (a compatible string).
+    fn dtb_mentions(dtb: usize, needle: &[u8]) -> bool {
+        // SAFETY: the device tree the loader passed; its header's totalsize
+        // (big-endian, at offset 4) bounds it.
+        let size = u32::from_be(unsafe { core::ptr::read_volatile((dtb + 4) as *const u32) }) as usize;
+        // SAFETY: as above, within totalsize.
+        let bytes = unsafe { core::slice::from_raw_parts(dtb as *const u8, size.min(1 << 20)) };
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// Every page of guest-physical space below RAM that the device tree
+    /// names no device at, the 2 MiB past RAM and one page per GiB above
+    /// it to 1 TiB (the 40-bit IPA space ID_AA64MMFR0_EL1.PARange shows):
+    /// each load a synchronous external abort with FAR the address, none
+    /// returning data (the hypervisor maps nothing else to a guest).
+    fn ipa_probe(env: &Env) {
+        if env.args.subtest() != Some("ipa-probe") {
+            report_info("`ipa-probe` runs only when named in the bootargs");
+            return;
+        }
+        // Bare QEMU has devices of its own (flash, fw_cfg, PCIe, RTC) that
+        // the probe would read.
+        if dtb_mentions(env.dtb, b"qemu,fw-cfg-mmio") {
+            report_skip("a QEMU board with its own devices (fw_cfg): the probe is of a hypervisor's map");
+            return;
+        }
+        let Some(ram) = env.board.memory().first().copied() else {
+            report(false, "no memory node");
+            return;
+        };
+        let mut devices: [(u64, u64); 8] = [(0, 0); 8];
+        let mut n = 0;
+        let mut add = |base: u64, size: u64| {
+            if n < devices.len() {
+                devices[n] = (base, base + size);
+                n += 1;
+            }
+        };
+        match env.board.gic() {
+            Some(GicDesc::V2 { gicd, gicc, .. }) => {
+                add(gicd.base, gicd.size);
+                add(gicc.base, gicc.size);
+            }
+            Some(GicDesc::V3 { gicd, gicr, its, .. }) => {
+                add(gicd.base, gicd.size);
+                add(gicr.base, gicr.size);
+                if let Some(its) = its {
+                    add(its.base, its.size);
+                }
+            }
+            None => {}
+        }
+        if let Some(uart) = env.board.console() {
+            add(uart.base, 0x1000);
+        }
+        // The virtio-mmio transports (QEMU virt's place, as the hypervisor's map).
+        add(0x0a00_0000, 0x4000);
+        let known = |a: u64| devices[..n].iter().any(|&(s, e)| (s..e).contains(&a));
+        let ram_end = ram.base + ram.size;
+        let below = (0..ram.base).step_by(4096).filter(|&a| !known(a));
+        let past = (ram_end..ram_end + (2 << 20)).step_by(4096);
+        let above = (1u64..1024).map(|g| g << 30).filter(|&a| a >= ram_end + (2 << 20));
+        let (mut probed, mut wrong) = (0u64, None);
+        for addr in below.chain(past).chain(above) {
+            probed += 1;
+            let (value, e) = catch(|| {
+                let v: u64;
+                // SAFETY: a load from an address with nothing behind it
+                // (as in `outside_map`); it writes nothing.
+                unsafe { asm!("ldr {v}, [{a}]", v = out(reg) v, a = in(reg) addr) };
+                v
+            });
+            let ok = e.is_some_and(|e| {
+                e.ec() == EC_DATA_ABORT_SAME_EL && e.esr.0 & 0x3f == DFSC_SYNC_EXTERNAL && e.far == addr
+            });
+            if !ok && wrong.is_none() {
+                wrong = Some((addr, value, e.map(|e| e.esr.0)));
+            }
+        }
+        let _ = match wrong {
+            None => report(
+                true,
+                format_args!("{probed} pages outside its RAM and devices: each load a synchronous external abort"),
+            ),
+            Some((addr, value, esr)) => report(
+                false,
+                format_args!("a load from {addr:#x}: {value:#x}, exception {esr:x?} (want an external abort)"),
+            ),
+        };
     }
 
     /// Loads this many pages outside the map, one after the other.
