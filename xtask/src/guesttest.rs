@@ -102,6 +102,18 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
     let mut probe = Vm::new("probe", "hostile", "ipa-probe", 1);
     probe.expect = &["PASS: hostile: ipa-probe: "];
     probe.host_expect = &["vm probe: log lines suppressed "];
+    // Two VMs on one CPU writing their own patterns over an eighth of their
+    // RAM: neither reads anything but zero and its own.
+    let mut pattern_a = Vm::new("pata", "hostile", "ram-pattern salt=0x5a", 1);
+    pattern_a.expect = &[
+        "PASS: hostile: ram-pattern: 8 MiB at 0x43800000 read zero before written",
+        "PASS: hostile: ram-pattern: it kept salt 0x5a's pattern over 2000 exits",
+    ];
+    let mut pattern_b = Vm::new("patb", "hostile", "ram-pattern salt=0xa5", 1);
+    pattern_b.expect = &[
+        "PASS: hostile: ram-pattern: 8 MiB at 0x43800000 read zero before written",
+        "PASS: hostile: ram-pattern: it kept salt 0xa5's pattern over 2000 exits",
+    ];
     let mut gic_vm = Vm::new("gic", "gic", "", 4);
     gic_vm.expect = &[
         "PASS: gic: ipi: to all but self",
@@ -169,6 +181,7 @@ pub fn tests(gic: u8) -> Vec<GuestTest> {
         GuestTest::new(v("two-vms"), vec![two_a, two_b]),
         GuestTest::new(v("ipa-probe"), vec![probe]),
         GuestTest { smp: 1, ..GuestTest::new(v("debug-isolation"), vec![debug_a, debug_b]) },
+        GuestTest { smp: 1, ..GuestTest::new(v("ram-isolation"), vec![pattern_a, pattern_b]) },
         GuestTest::new(v("gic"), vec![gic_vm]),
         GuestTest::new(v("timer"), vec![timer]),
         GuestTest::new(v("pmu"), vec![pmu]),

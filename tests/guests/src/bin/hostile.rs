@@ -11,7 +11,10 @@
 //! `salt=N` picks the values), `ipa-probe` (only when named: a load from
 //! every page below RAM outside the device tree's devices, the pages past
 //! its end and one per GiB to the top of a 40-bit IPA space, each an
-//! external abort: nothing outside its map answers), `wfi-wfe`
+//! external abort: nothing outside its map answers), `ram-pattern` (the
+//! last eighth of its RAM reads zero, then holds the pattern of its
+//! `salt=N` across thousands of exits: two VMs never see each other's
+//! memory), `wfi-wfe`
 //! (`wfe` returns).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -41,6 +44,7 @@ mod guest {
             SubTest { name: "wfi-wfe", run: wfi_wfe },
             SubTest { name: "debug-regs", run: debug_regs },
             SubTest { name: "ipa-probe", run: ipa_probe },
+            SubTest { name: "ram-pattern", run: ram_pattern },
         ]
     );
 
@@ -276,6 +280,65 @@ mod guest {
             Some((addr, value, esr)) => report(
                 false,
                 format_args!("a load from {addr:#x}: {value:#x}, exception {esr:x?} (want an external abort)"),
+            ),
+        };
+    }
+
+    /// Word `i` of the RAM pattern of `salt`: every word differs, none is 0.
+    fn ram_word(salt: u64, i: usize) -> u64 {
+        ferrovisor_test_guests::pattern::data_word(i) ^ salt.wrapping_mul(0x0101_0101_0101_0101) | 1
+    }
+
+    /// The last eighth of the first RAM range (nothing of the guest's
+    /// image, device tree or initrd is there) reads zero as it was given,
+    /// then keeps the pattern this VM writes there while it takes 2000
+    /// exits; a VM beside it on the same CPU writes another salt's.
+    fn ram_pattern(env: &Env) {
+        let salt = env.args.number("salt").ok().flatten().unwrap_or(0) & 0xff;
+        let Some(ram) = env.board.memory().first().copied() else {
+            report(false, "no memory node");
+            return;
+        };
+        let start = ram.base + ram.size / 8 * 7;
+        let end = ram.base + ram.size;
+        let dtb = env.dtb as u64;
+        let overlaps = |b: u64, e: u64| b < end && e > start;
+        if overlaps(dtb, dtb + (1 << 20)) || env.board.initrd().is_some_and(|i| overlaps(i.base, i.base + i.size)) {
+            report_skip("the device tree or initrd is in the last eighth of RAM");
+            return;
+        }
+        let words = ((end - start) / 8) as usize;
+        // SAFETY: the last eighth of this VM's RAM, which nothing of the
+        // guest uses (checked above for the device tree and initrd; the image
+        // and stacks are at the start of RAM); only this vCPU runs.
+        let region = unsafe { core::slice::from_raw_parts_mut(start as *mut u64, words) };
+        let nonzero = region.iter().position(|&w| w != 0);
+        let _ = report(
+            nonzero.is_none(),
+            format_args!("{} MiB at {start:#x} read zero before written ({nonzero:?})", (end - start) >> 20),
+        );
+        for (i, w) in region.iter_mut().enumerate() {
+            // SAFETY: a word of the region above.
+            unsafe { core::ptr::write_volatile(w, ram_word(salt, i)) };
+        }
+        if let Some(uart) = env.board.console() {
+            for _ in 0..2000 {
+                // SAFETY: a read of the UART's FR, which has no side effects:
+                // an exit to the host under a hypervisor.
+                let _ = unsafe { core::ptr::read_volatile((uart.base + 0x18) as *const u32) };
+            }
+        }
+        // SAFETY: as for the writes.
+        let bad = region.iter().enumerate().find(|&(i, w)| unsafe { core::ptr::read_volatile(w) } != ram_word(salt, i));
+        let _ = match bad {
+            None => report(true, format_args!("it kept salt {salt:#x}'s pattern over 2000 exits")),
+            Some((i, w)) => report(
+                false,
+                format_args!(
+                    "word {i} at {:#x}: {w:#x}, want salt {salt:#x}'s {:#x}",
+                    start + 8 * i as u64,
+                    ram_word(salt, i)
+                ),
             ),
         };
     }
