@@ -85,13 +85,15 @@ pub enum Dispatch {
 /// [`ExitKind::Abort`].
 #[inline(always)]
 pub fn dispatch<H: ?Sized>(bus: &MmioBus<H>, vm: &H, vcpu: usize, ctx: &mut VcpuContext, stats: &VmStats) -> Dispatch {
-    if Esr(ctx.exit.esr).cache_maintenance() {
-        stats.count(ExitKind::Mmio);
-        super::inject::skip_instruction(ctx);
-        return Dispatch::CacheMaintenance { ipa: fault_ipa(&ctx.exit) };
-    }
     let access = match decode(&ctx.exit) {
         Ok(a) => a,
+        // A cache maintenance instruction has no instruction syndrome
+        // (ISV 0), so it is looked for only here, off the emulated path.
+        Err(ipa) if Esr(ctx.exit.esr).cache_maintenance() => {
+            stats.count(ExitKind::Mmio);
+            super::inject::skip_instruction(ctx);
+            return Dispatch::CacheMaintenance { ipa };
+        }
         Err(ipa) => {
             stats.count(ExitKind::Abort);
             let pc = ctx.regs.pc;
