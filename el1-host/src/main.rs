@@ -16,6 +16,8 @@ extern crate alloc;
 
 mod bootargs;
 mod devices;
+#[cfg(test)]
+mod fuzz;
 mod gic;
 mod mm;
 mod rcu;

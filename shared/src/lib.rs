@@ -12,6 +12,8 @@ pub mod console;
 pub mod cpio;
 pub mod dt;
 pub mod esr;
+#[cfg(test)]
+mod fuzz;
 pub mod gic;
 pub mod hypercall;
 pub mod image;
