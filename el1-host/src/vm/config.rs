@@ -725,4 +725,222 @@ mod tests {
         let list = vms_from_board(&Board::from_slice(&dtb).unwrap(), &mut read);
         assert_eq!((list.source, list.bundle_error), (Source::Nothing, None));
     }
+
+    /// A manifest or a domain description is what a user writes: any text,
+    /// any numbers. Whatever it is, every VM comes out either refused with a
+    /// message naming its line or node, or keeping every rule of [`VmSpec`],
+    /// with no more results than lines or domains.
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The words a manifest line is made of, good and bad, and noise.
+        fn word() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(&[
+                    "vm", "a", "b", "x", "1", "2", "8", "9", "0", "64", "1024", "-1",
+                    "18446744073709551615", "4294967296", "k", "empty", "r", "nope", "initrd=r", "initrd=",
+                    "initrd=nope", "initrd=k", "pin", "--", "--x", "#", "#c", "a-name-longer-than-thirty-two-bytes",
+                    "\u{e9}", "\u{7}",
+                ][..]).prop_map(String::from),
+                1 => "[ -~]{0,12}",
+                1 => any::<String>(),
+            ]
+        }
+
+        /// Words in any order; or mostly in the order of the format, so that
+        /// many lines make a VM.
+        fn line() -> impl Strategy<Value = String> {
+            let pick = |w: &'static [&'static str]| prop::sample::select(w).prop_map(String::from);
+            let shaped = (
+                prop_oneof![5 => "[a-z]{1,3}", 1 => word()],
+                prop_oneof![5 => pick(&["1", "2", "8"]), 1 => word()],
+                prop_oneof![5 => pick(&["1", "2", "64"]), 1 => word()],
+                prop_oneof![5 => pick(&["k", "k", "empty", "nope"]), 1 => word()],
+                prop::collection::vec(prop_oneof![5 => pick(&["initrd=r", "pin", "initrd=nope"]), 1 => word()], 0..3),
+                prop::option::of("[ -~]{0,20}"),
+            )
+                .prop_map(|(name, vcpus, mem, kernel, options, bootargs)| {
+                    let mut words = alloc::vec![name, vcpus, mem, kernel];
+                    words.extend(options);
+                    words.extend(bootargs.map(|b| alloc::format!("-- {b}")));
+                    words
+                });
+            let gap = prop::sample::select(&[" ", "  ", "\t", " \t ", "\r"][..]);
+            let words = prop_oneof![shaped, prop::collection::vec(word(), 0..9)];
+            (words, prop::collection::vec(gap, 9), any::<bool>()).prop_map(|(words, gaps, indent)| {
+                let mut l = String::from(if indent { "\t" } else { "" });
+                for (w, g) in words.iter().zip(gaps.iter().cycle()) {
+                    l.push_str(w);
+                    l.push_str(g);
+                }
+                l
+            })
+        }
+
+        /// What [`VmSpec`] promises, and a kernel `kernel_ok` takes for the file named.
+        fn check_spec(vm: &VmSpec, kernel_ok: impl Fn(&[u8]) -> bool) -> Result<(), TestCaseError> {
+            prop_assert!(check_vm(&vm.name, vm.vcpus, vm.mem_bytes).is_ok(), "{:?}", vm);
+            prop_assert!(!vm.kernel.is_empty() && kernel_ok(&vm.kernel), "{:?}", vm);
+            Ok(())
+        }
+
+        fn check_unique(vms: &[Result<VmSpec, ConfigError>]) -> Result<(), TestCaseError> {
+            let mut names: Vec<&str> = vms.iter().filter_map(|v| v.as_ref().ok()).map(|v| v.name.as_str()).collect();
+            let n = names.len();
+            names.sort_unstable();
+            names.dedup();
+            prop_assert_eq!(names.len(), n, "two VMs with one name");
+            Ok(())
+        }
+
+        fn domain_strategy() -> impl Strategy<Value = (String, u32, u64, u8, u64, u64, bool)> {
+            (
+                prop_oneof![Just(String::from("d")), Just(String::from("e")), "[ -~]{0,40}", any::<String>()],
+                prop_oneof![0u32..10, any::<u32>()],
+                prop_oneof![Just(1024u64), (0u64..8192).prop_map(|k| k * 64), any::<u64>()],
+                0u8..4,
+                prop_oneof![0x4000_0000u64..0x4000_1100, any::<u64>()],
+                prop_oneof![0u64..0x200, any::<u64>()],
+                any::<bool>(),
+            )
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz::config(512))]
+
+            #[test]
+            fn any_manifest_line_parses_or_is_refused(l in prop_oneof![line(), any::<String>()]) {
+                match parse_line(&l) {
+                    Ok(None) => {}
+                    Ok(Some(m)) => {
+                        for w in [m.name, m.kernel].into_iter().chain(m.initrd) {
+                            prop_assert!(!w.is_empty() && !w.starts_with('#') && w != "--");
+                            prop_assert!(!w.contains(|c: char| c.is_ascii_whitespace()) && l.contains(w));
+                        }
+                        prop_assert!(m.mem_bytes.is_multiple_of(MIB));
+                        prop_assert!(l.contains(m.bootargs) && m.bootargs.trim() == m.bootargs);
+                        prop_assert!(m.bootargs.is_empty() || l.contains("--"));
+                    }
+                    Err(e) => prop_assert!(!e.is_empty()),
+                }
+            }
+
+            #[test]
+            fn any_manifest_gives_a_refusal_or_a_sound_vm_per_line(
+                lines in prop::collection::vec(prop_oneof![4 => line(), 1 => any::<String>()], 0..12),
+                raw in prop::collection::vec(any::<u8>(), 0..64),
+                crlf in any::<bool>(),
+            ) {
+                let mut text = lines.join(if crlf { "\r\n" } else { "\n" }).into_bytes();
+                text.extend_from_slice(&raw);
+                let a = cpio(&[(MANIFEST, &text), ("k", b"kernel"), ("r", b"initrd"), ("empty", b"")]);
+                let bundle = Bundle::parse(&a).unwrap();
+                let vms = from_manifest(&text, &bundle);
+                let nr_lines = text.split(|&b| b == b'\n').count();
+                prop_assert!(vms.len() <= nr_lines);
+                let mut last = 0;
+                for vm in &vms {
+                    match vm {
+                        Ok(vm) => {
+                            let file = |f: &[u8]| f == b"kernel" || f == b"initrd";
+                            check_spec(vm, file)?;
+                            prop_assert!(vm.initrd.as_deref().is_none_or(file));
+                        }
+                        Err(e) => {
+                            let n: usize =
+                                e.place.strip_prefix("default.vms line ").and_then(|n| n.parse().ok()).unwrap();
+                            prop_assert!(n > last && n <= nr_lines, "{}", e);
+                            last = n;
+                            prop_assert!(!e.message.is_empty());
+                        }
+                    }
+                }
+                check_unique(&vms)?;
+            }
+
+            #[test]
+            fn any_domains_give_a_refusal_or_a_sound_vm_each(
+                domains in prop::collection::vec(domain_strategy(), 0..6),
+            ) {
+                let a = cpio(&[("k", b"kernel"), ("empty", b"")]);
+                let bundle = Bundle::parse(&a).unwrap();
+                let host = vec![0x5au8; 0x1000];
+                let mut read = |r: MemRegion| -> Result<&[u8], &'static str> {
+                    let start = r.base.checked_sub(0x4000_0000).ok_or("below the test RAM")?;
+                    let end = start.checked_add(r.size).ok_or("wraps")?;
+                    host.get(start as usize..end as usize).ok_or("outside the test RAM")
+                };
+                let descs: Vec<_> = domains
+                    .iter()
+                    .map(|(name, vcpus, memory_kib, module, base, size, pinned)| {
+                        let region = ModuleRef::Region(MemRegion::new(*base, *size));
+                        let (kernel, initrd) = match module {
+                            0 => (ModuleRef::Path("k"), Some(region)),
+                            1 => (region, None),
+                            2 => (ModuleRef::Path("empty"), None),
+                            _ => (ModuleRef::Path("nope"), Some(ModuleRef::Path("k"))),
+                        };
+                        let (vcpus, memory_kib, pinned) = (*vcpus, *memory_kib, *pinned);
+                        Ok(DomainDesc { node: name, name, vcpus, memory_kib, kernel, initrd, bootargs: name, pinned })
+                    })
+                    .collect();
+                let n = descs.len();
+                let list = vms_from(descs.into_iter(), Some(&bundle), &mut read);
+                prop_assert_eq!(list.vms.len(), n);
+                for vm in &list.vms {
+                    match vm {
+                        Ok(vm) => check_spec(vm, |k| k == b"kernel" || k.iter().all(|&b| b == 0x5a))?,
+                        Err(e) => prop_assert!(e.place.starts_with("/chosen/") && !e.message.is_empty()),
+                    }
+                }
+                check_unique(&list.vms)?;
+            }
+
+            /// The host's initrd as the guest bundle, broken anywhere: the
+            /// manifest's VMs, or a bundle error and none.
+            #[test]
+            fn any_initrd_gives_a_bundle_error_or_its_manifest(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+                cut in prop::option::of(any::<prop::sample::Index>()),
+            ) {
+                let mut archive = cpio(&[(MANIFEST, b"m 1 2 k -- one\nn 2 4 k initrd=k\n"), ("k", b"kern")]);
+                for (at, byte) in edits {
+                    let i = at.index(archive.len());
+                    archive[i] = byte;
+                }
+                if let Some(cut) = cut {
+                    archive.truncate(cut.index(archive.len()));
+                }
+                let base = 0x4800_0000u64;
+                let dtb = board_dtb(Some((base, base + archive.len() as u64)), |_| {});
+                let board = Board::from_slice(&dtb).unwrap();
+                let mut read = |r: MemRegion| -> Result<&[u8], &'static str> {
+                    let start = r.base.checked_sub(base).ok_or("not the initrd")? as usize;
+                    archive.get(start..start + r.size as usize).ok_or("past the initrd")
+                };
+                let list = vms_from_board(&board, &mut read);
+                // An empty range is no initrd (linux,initrd-start == end).
+                match board.initrd().map(|_| Bundle::parse(&archive)) {
+                    None => {
+                        prop_assert!(archive.is_empty());
+                        prop_assert!(list.bundle_error.is_none() && list.vms.is_empty());
+                    }
+                    Some(Ok(b)) => {
+                        prop_assert_eq!(list.bundle_error, None);
+                        let manifest = b.get(MANIFEST);
+                        prop_assert_eq!(list.source == Source::Manifest, manifest.is_some());
+                        prop_assert!(list.vms.len() <= manifest.map_or(0, |m| m.split(|&c| c == b'\n').count()));
+                        for vm in list.vms.iter().flatten() {
+                            check_spec(vm, |k| b.entries().any(|e| e.data == k))?;
+                        }
+                    }
+                    Some(Err(_)) => {
+                        prop_assert!(list.bundle_error.is_some_and(|e| e.place == "guest bundle"));
+                        prop_assert!(list.source == Source::Nothing && list.vms.is_empty());
+                    }
+                }
+            }
+        }
+    }
 }
