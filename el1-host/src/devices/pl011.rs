@@ -111,21 +111,27 @@ impl LineBuffer {
     }
 
     /// Adds a byte; returns a finished line (without its newline) when there
-    /// is one. Carriage returns and other control bytes are dropped.
+    /// is one, or the first [`MAX_LINE`] bytes of a longer one. Carriage
+    /// returns and other control bytes are dropped.
     pub fn push(&mut self, byte: u8) -> Option<alloc::string::String> {
         match byte {
-            b'\n' => Some(self.take()),
-            b'\t' | 0x20..=0x7e => {
-                self.line.push(byte);
-                (self.line.len() >= MAX_LINE).then(|| self.take())
-            }
+            b'\n' => return Some(self.take()),
             // UTF-8 passes through; it is printed lossily.
-            0x80..=0xff => {
-                self.line.push(byte);
-                None
-            }
-            _ => None,
+            b'\t' | 0x20..=0x7e | 0x80..=0xff => self.line.push(byte),
+            _ => return None,
         }
+        // Bytes of any kind count: a guest writing no newline must not grow
+        // the host's heap without bound.
+        (self.line.len() >= MAX_LINE).then(|| self.take_piece())
+    }
+
+    /// The line so far but an unfinished UTF-8 character at its end, which
+    /// starts the next piece (so a character is never cut in two).
+    fn take_piece(&mut self) -> alloc::string::String {
+        let cut = self.line.len() - unfinished_utf8(&self.line);
+        let s = alloc::string::String::from_utf8_lossy(&self.line[..cut]).into_owned();
+        self.line.drain(..cut);
+        s
     }
 
     /// What is left of an unfinished line, if anything.
@@ -138,6 +144,24 @@ impl LineBuffer {
         self.line.clear();
         s
     }
+}
+
+/// How many bytes at the end of `bytes` begin a UTF-8 character that needs
+/// more (0 to 3): a lead byte within its sequence's length of the end.
+fn unfinished_utf8(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xc0 != 0x80 {
+            let len = match b {
+                0xc2..=0xdf => 2,
+                0xe0..=0xef => 3,
+                0xf0..=0xf4 => 4,
+                _ => 1,
+            };
+            return if len > back { back } else { 0 };
+        }
+    }
+    0
 }
 
 /// The guest's UART on its MMIO bus: the register model, and the line its
@@ -290,5 +314,115 @@ mod tests {
         }
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1].len(), MAX_LINE);
+    }
+
+    /// A guest that writes only bytes above 0x7f and never a newline (found
+    /// by the fuzzing below): the host once kept them all, a heap that grew
+    /// for as long as the guest wrote.
+    #[test]
+    fn a_line_without_end_is_printed_in_pieces_whatever_its_bytes() {
+        let mut b = LineBuffer::new();
+        let mut pieces = alloc::vec::Vec::new();
+        for _ in 0..10 * MAX_LINE {
+            pieces.extend(b.push(0xff));
+            assert!(b.line.len() <= MAX_LINE);
+        }
+        assert_eq!(pieces.len(), 10);
+        // A character is never cut: "é" (0xc3 0xa9) across the limit goes whole into the next piece.
+        let mut b = LineBuffer::new();
+        let text = alloc::format!("{}é.", "x".repeat(MAX_LINE - 1));
+        let pieces: alloc::vec::Vec<_> = text.bytes().filter_map(|c| b.push(c)).collect();
+        assert_eq!(pieces, ["x".repeat(MAX_LINE - 1)]);
+        assert_eq!(b.flush().as_deref(), Some("é."));
+    }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Offsets the guest may touch in the 4 KiB frame: the registers, the
+        /// ID block, anywhere.
+        fn offset() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                4 => (0u64..0x13).prop_map(|r| 4 * r),
+                1 => (0x3f8u64..0x400).prop_map(|r| 4 * r),
+                1 => 0u64..0x1000,
+                1 => any::<u64>(),
+            ]
+        }
+
+        /// The bits of each read-write register (ARM DDI 0183G, PL011 TRM
+        /// §3.3): UARTILPR [7:0], UARTIBRD [15:0], UARTFBRD [5:0], UARTLCR_H
+        /// [7:0], UARTCR [15:7] and [2:0] (6:3 reserved), UARTIFLS [5:0],
+        /// UARTIMSC [10:0], UARTDMACR [2:0].
+        const RW: [(u64, u64); 8] = [
+            (ILPR, 0xff),
+            (IBRD, 0xffff),
+            (FBRD, 0x3f),
+            (LCR_H, 0xff),
+            (CR, 0xff87),
+            (IFLS, 0x3f),
+            (IMSC, 0x7ff),
+            (DMACR, 0x7),
+        ];
+
+        proptest! {
+            #![proptest_config(crate::fuzz::config(512))]
+
+            /// Any writes and reads: each register holds what its bits took,
+            /// the read-only ones never change, and the interrupt line is the
+            /// OR of the masked interrupt status (TRM §2.8, UARTINTR).
+            #[test]
+            fn registers_follow_their_masks(
+                ops in prop::collection::vec((offset(), any::<u64>(), any::<bool>()), 1..64),
+            ) {
+                let mut u = Pl011::new();
+                let mut model: alloc::collections::BTreeMap<u64, u64> =
+                    RW.iter().map(|&(off, _)| (off, u.read(off))).collect();
+                for (off, value, write) in ops {
+                    if write {
+                        let byte = u.write(off, value);
+                        prop_assert_eq!(byte, (off == DR).then_some(value as u8));
+                        if let Some(&(_, mask)) = RW.iter().find(|r| r.0 == off) {
+                            model.insert(off, value & mask);
+                        }
+                    }
+                    let read = u.read(off);
+                    match RW.iter().find(|r| r.0 == off) {
+                        Some(_) => prop_assert_eq!(read, model[&off]),
+                        None if off == FR => prop_assert_eq!(read, FR_TXFE | FR_RXFE),
+                        None if off == RIS => prop_assert_eq!(read, INT_TX),
+                        None if off == MIS => prop_assert_eq!(read, INT_TX & model[&IMSC]),
+                        None if (0xfe0..0x1000).contains(&off) && off % 4 == 0 => {
+                            prop_assert_eq!(read, u64::from(ID[(off as usize - 0xfe0) / 4]));
+                        }
+                        None => prop_assert_eq!(read, 0, "offset {:#x}", off),
+                    }
+                    prop_assert_eq!(u.irq_level(), u.read(MIS) != 0);
+                }
+            }
+
+            /// Any bytes: the buffer never holds more than a line, and what
+            /// it gives back is every byte kept (newlines and control bytes
+            /// but tab dropped), in order, no character cut.
+            #[test]
+            fn console_bytes_come_back_whole_in_bounded_lines(
+                text in prop_oneof![any::<String>(), "[ -~\t\n\r]{0,600}", "[\u{80}-\u{10ffff}]{0,300}"],
+            ) {
+                let mut b = LineBuffer::new();
+                let mut out = alloc::string::String::new();
+                for &c in text.as_bytes() {
+                    if let Some(line) = b.push(c) {
+                        prop_assert!(line.len() <= MAX_LINE && !line.contains('\n'));
+                        out.push_str(&line);
+                    }
+                    prop_assert!(b.line.len() <= MAX_LINE);
+                }
+                out.extend(b.flush());
+                let kept: alloc::string::String =
+                    text.chars().filter(|&c| c == '\t' || c == ' ' || c.is_ascii_graphic() || !c.is_ascii()).collect();
+                prop_assert_eq!(out, kept);
+            }
+        }
     }
 }
