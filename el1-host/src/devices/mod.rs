@@ -7,7 +7,16 @@ pub mod gic;
 pub mod pl011;
 pub mod virtio;
 
+#[cfg(test)]
+mod tests;
+
 use crate::gic::vgic::Vgic;
+use crate::vm::stats::ExitKind;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use bus::{BusError, MmioBus};
+use gic::{Dist, ItsFrame, LpiHost, Redist};
+use pl011::Uart;
 
 /// What a VM gives the devices it emulates.
 pub trait DeviceHost {
@@ -15,6 +24,33 @@ pub trait DeviceHost {
 
     /// A finished line of the guest's console output (without its newline).
     fn console_line(&self, text: &str);
+}
+
+/// A VM's MMIO bus, laid out as [`map`]: its UART, the empty virtio
+/// transports, the distributor and, for a GICv3, one redistributor per vCPU
+/// and the ITS (when it has one).
+///
+/// # Errors
+/// A range the bus refuses (none of QEMU virt's, for up to 8 vCPUs).
+pub fn guest_bus<H: LpiHost + 'static>(
+    vcpus: u32,
+    gicv3: bool,
+    uart: &Arc<Uart>,
+    its: Option<&Arc<ItsFrame>>,
+) -> Result<MmioBus<H>, BusError> {
+    let mut bus = MmioBus::new();
+    bus.register(map::UART, map::UART_SIZE, ExitKind::Mmio, Box::new(uart.clone()))?;
+    let virtio_size = map::VIRTIO_STRIDE * map::VIRTIO_COUNT;
+    bus.register(map::VIRTIO, virtio_size, ExitKind::Mmio, Box::new(virtio::Transports))?;
+    bus.register(map::GIC_DIST, map::GIC_DIST_SIZE, ExitKind::Gic, Box::new(Dist))?;
+    if gicv3 {
+        let redist_size = map::GIC_REDIST_STRIDE * u64::from(vcpus);
+        bus.register(map::GIC_REDIST, redist_size, ExitKind::Gic, Box::new(Redist))?;
+    }
+    if let Some(its) = its {
+        bus.register(map::GIC_ITS, map::GIC_ITS_SIZE, ExitKind::Gic, Box::new(its.clone()))?;
+    }
+    Ok(bus)
 }
 
 /// The guest physical map (a copy of QEMU virt's, docs/guests.md §1).

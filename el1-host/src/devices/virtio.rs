@@ -56,4 +56,33 @@ mod tests {
         assert_eq!(super::read(8), 0, "DeviceID 0: no device");
         assert_eq!(super::read(0x70), 0);
     }
+
+    mod random {
+        use super::{map, MmioDevice, Transports};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(crate::fuzz::config(512))]
+
+            /// Any access to any of the 32 transports, writes in between: each
+            /// reads as virtio-mmio's "no device" (virtio 1.2 §4.2.2: MagicValue
+            /// "virt" at 0x000, Version 2 at 0x004, DeviceID 0 at 0x008; QEMU's
+            /// VendorID at 0x00c) and zero elsewhere, and a write kicks nobody.
+            #[test]
+            fn every_access_sees_no_device(
+                ops in prop::collection::vec((0..map::VIRTIO_STRIDE * map::VIRTIO_COUNT, 0u8..9, any::<u64>()), 1..32),
+            ) {
+                for (off, size, value) in ops {
+                    prop_assert_eq!(MmioDevice::<()>::write(&Transports, &(), 0, off, size, value).0, 0);
+                    let want = match off % map::VIRTIO_STRIDE {
+                        0x000 => 0x7472_6976,
+                        0x004 => 2,
+                        0x00c => 0x554d_4551,
+                        _ => 0,
+                    };
+                    prop_assert_eq!(Transports.read(&(), 0, off, size), want, "offset {:#x}", off);
+                }
+            }
+        }
+    }
 }

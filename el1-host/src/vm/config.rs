@@ -882,7 +882,7 @@ mod tests {
                             _ => (ModuleRef::Path("nope"), Some(ModuleRef::Path("k"))),
                         };
                         let (vcpus, memory_kib, pinned) = (*vcpus, *memory_kib, *pinned);
-                        Ok(DomainDesc { node: name, name, vcpus, memory_kib, kernel, initrd, bootargs: name, pinned })
+                        Ok(DomainDesc { node: name, name, vcpus, memory_kib, kernel, initrd, bootargs: name, pinned, interrupt_state: None })
                     })
                     .collect();
                 let n = descs.len();

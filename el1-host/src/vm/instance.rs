@@ -4,13 +4,13 @@
 use super::outcome::{self, EndReason, Verdict};
 use super::ram::GuestRam;
 use super::ratelimit::{GuestEvent, Suppressed};
-use super::stats::{CmoFigures, ExitKind, VmStats};
+use super::stats::{CmoFigures, VmStats};
 use super::{cmo, config::VmSpec, fdt, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
-use crate::devices::bus::{BusError, MmioBus};
-use crate::devices::gic::{Dist, ItsFrame, LpiHost, Redist};
+use crate::devices::bus::MmioBus;
+use crate::devices::gic::{ItsFrame, LpiHost};
 use crate::devices::pl011::Uart;
-use crate::devices::{map, virtio, DeviceHost};
+use crate::devices::{self, map, DeviceHost};
 use crate::gic::vgic::budget::{self, Share};
 use crate::gic::vgic::its::{Effect, GuestMemory};
 use crate::gic::vgic::{its, Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS, MAX_LPIS};
@@ -173,22 +173,8 @@ impl Vm {
             .map_err(|e| alloc::format!("virtual ITS: {e:?}"))?;
         steps.after("virtual ITS")?;
         let uart = Arc::new(Uart::new());
-        let bus = || -> Result<MmioBus<Vm>, BusError> {
-            let mut bus = MmioBus::new();
-            bus.register(map::UART, map::UART_SIZE, ExitKind::Mmio, Box::new(uart.clone()))?;
-            let virtio_size = map::VIRTIO_STRIDE * map::VIRTIO_COUNT;
-            bus.register(map::VIRTIO, virtio_size, ExitKind::Mmio, Box::new(virtio::Transports))?;
-            bus.register(map::GIC_DIST, map::GIC_DIST_SIZE, ExitKind::Gic, Box::new(Dist))?;
-            if gicv3 {
-                let redist_size = map::GIC_REDIST_STRIDE * spec.vcpus as u64;
-                bus.register(map::GIC_REDIST, redist_size, ExitKind::Gic, Box::new(Redist))?;
-            }
-            if let Some(its) = &guest_its {
-                bus.register(map::GIC_ITS, map::GIC_ITS_SIZE, ExitKind::Gic, Box::new(its.clone()))?;
-            }
-            Ok(bus)
-        };
-        let bus = bus().map_err(|e| alloc::format!("{e}"))?;
+        let bus =
+            devices::guest_bus(spec.vcpus, gicv3, &uart, guest_its.as_ref()).map_err(|e| alloc::format!("{e}"))?;
         steps.after("MMIO bus")?;
         let direct = match its.then(|| crate::gic::vlpi::DirectVm::new(id, spec.vcpus as usize)).transpose() {
             Ok(d) => d.flatten(),
