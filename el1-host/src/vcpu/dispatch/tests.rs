@@ -478,3 +478,149 @@ fn an_serror_stops_the_vm_and_irqs_just_count() {
     assert_eq!(ctx.regs.pc, PC);
     assert_eq!((vm.stats.exits(ExitKind::SError), vm.stats.exits(ExitKind::Irq)), (1, 1));
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Mostly the classes the table handles (WF*, HVC, SMC, MSR/MRS,
+    /// instruction and data aborts from a lower EL), any ISS; sometimes any
+    /// value at all.
+    fn esr() -> impl Strategy<Value = u64> {
+        let ec = prop_oneof![
+            4 => prop::sample::select(&[EC_WFX, EC_HVC64, EC_SMC64, EC_SYS64, EC_IABT, EC_DABT][..]),
+            1 => 0u64..64,
+        ];
+        prop_oneof![
+            8 => (ec, any::<bool>(), 0u64..1 << 25).prop_map(|(ec, il, iss)| ec << 26 | u64::from(il) << 25 | iss),
+            1 => any::<u64>(),
+        ]
+    }
+
+    /// SMCCC function IDs near PSCI's (SMC32 and SMC64), or anything.
+    fn function() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            (0u64..0x20).prop_map(|f| 0x8400_0000 | f),
+            (0u64..0x20).prop_map(|f| 0xc400_0000 | f),
+            any::<u32>().prop_map(u64::from),
+            any::<u64>(),
+        ]
+    }
+
+    fn reason() -> impl Strategy<Value = ExitReason> {
+        prop_oneof![
+            8 => Just(ExitReason::Sync),
+            1 => Just(ExitReason::Irq),
+            1 => Just(ExitReason::Fiq),
+            1 => Just(ExitReason::SError),
+        ]
+    }
+
+    /// Everything an exit reports or a guest controls: the syndrome, FAR,
+    /// HPFAR, registers, PSTATE, VBAR_EL1, SCTLR_EL1, the virtual offset and
+    /// the time.
+    #[derive(Debug, Clone)]
+    struct Exit {
+        reason: ExitReason,
+        esr: u64,
+        far: u64,
+        hpfar: u64,
+        x: [u64; 31],
+        pstate: u64,
+        vbar: u64,
+        sctlr: u64,
+        cntvoff: u64,
+        now: u64,
+    }
+
+    fn exit() -> impl Strategy<Value = Exit> {
+        let far = prop_oneof![Just(0x0900_0000u64), 0x0900_0000u64..0x0900_1000, any::<u64>()];
+        let pstate = prop_oneof![Just(0x3c5u64), Just(0x3c4), Just(0), Just(0x10), any::<u64>()];
+        (
+            (reason(), esr(), far, any::<bool>(), any::<u64>()),
+            (any::<[u64; 31]>(), function(), pstate, any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>()),
+        )
+            .prop_map(
+                |((reason, esr, far, hpfar_of_far, hpfar), (mut x, f, pstate, vbar, sctlr), (cntvoff, now))| {
+                    x[0] = f;
+                    let hpfar = if hpfar_of_far { (far >> 12) << 4 } else { hpfar };
+                    Exit { reason, esr, far, hpfar, x, pstate, vbar, sctlr, cntvoff, now }
+                },
+            )
+    }
+
+    fn total_exits(stats: &VmStats) -> u64 {
+        use ExitKind::*;
+        [Hvc, Smc, Mmio, Gic, Abort, SysReg, Wfi, Wfe, Irq, SError, Other].map(|k| stats.exits(k)).iter().sum()
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config(1024))]
+
+        /// Any exit through the exit table, on a GICv3 or GICv2 VM, with
+        /// CPUs to spare or not: no panic; exactly one exit counted; an IRQ
+        /// or FIQ changes nothing; a synchronous exit leaves the guest at
+        /// its instruction (HVC: ELR_EL2 is past it already), past it, or at
+        /// one of its four EL1 vectors (Arm ARM D1.3.1: VBAR_EL1 + 0x000,
+        /// 0x200, 0x400 or 0x600) with the instruction in ELR_EL1; the VM
+        /// stops only for an SError or a PSCI call.
+        #[test]
+        fn any_exit_is_handled(e in exit(), gicv3: bool, oversubscribed: bool) {
+            let mut vm = Fake::new();
+            vm.gicv3 = gicv3;
+            vm.oversubscribed = oversubscribed;
+            vm.now.set(e.now);
+            let mut ctx = VcpuContext {
+                exit: ExitInfo { reason: 1, esr: e.esr, far: e.far, hpfar: e.hpfar },
+                ..VcpuContext::default()
+            };
+            ctx.regs.x = e.x;
+            ctx.regs.pc = PC;
+            ctx.regs.pstate = e.pstate;
+            ctx.el1.vbar = e.vbar;
+            ctx.el1.sctlr = e.sctlr;
+            ctx.timer.cntvoff = e.cntvoff;
+            let before = ctx;
+            let flow = handle(&vm, &mut ctx, e.reason);
+            prop_assert_eq!(total_exits(&vm.stats), 1);
+            let class = Esr(e.esr).class();
+            match e.reason {
+                ExitReason::Irq | ExitReason::Fiq => {
+                    prop_assert_eq!(flow, Flow::Continue);
+                    prop_assert_eq!(ctx.regs.x, before.regs.x);
+                    prop_assert_eq!((ctx.regs.pc, ctx.regs.pstate), (PC, e.pstate));
+                }
+                ExitReason::SError => prop_assert_eq!(flow, Flow::Stop),
+                ExitReason::Sync => {
+                    let vectors = [0, 0x200, 0x400, 0x600].map(|v| (e.vbar & !0x7ff).wrapping_add(v));
+                    let pc = ctx.regs.pc;
+                    if vectors.contains(&pc) && pc != PC && pc != PC + 4 {
+                        prop_assert_eq!(ctx.el1.elr_el1, PC, "an exception for the instruction itself");
+                        prop_assert_eq!(ctx.regs.pstate & 0x1f, 0b00101, "taken to EL1h, AArch64");
+                    } else {
+                        prop_assert!(pc == PC || pc == PC + 4, "pc {:#x}", pc);
+                    }
+                    let psci = matches!(class, ExceptionClass::Hvc64 | ExceptionClass::Smc64);
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Block { .. } => {
+                            prop_assert!(oversubscribed && class == ExceptionClass::WfxTrap);
+                        }
+                        Flow::PowerOff | Flow::Stop | Flow::Reset => prop_assert!(psci, "{:?} from {:?}", flow, class),
+                    }
+                }
+            }
+            if let Flow::Stop = flow {
+                prop_assert!(matches!(vm.events().last(), Some(Event::End(_))));
+            }
+            for ev in vm.events() {
+                match ev {
+                    Event::Kick(k) => prop_assert_eq!(k.0 >> 2, 0, "kicks of vCPUs that exist"),
+                    Event::KickVcpu(i) => prop_assert!(i < 2),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
