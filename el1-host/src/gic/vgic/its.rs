@@ -1202,14 +1202,27 @@ pub(super) mod tests {
         }
 
         fn command() -> impl Strategy<Value = [u64; 4]> {
-            prop_oneof![
-                any::<[u64; 4]>(),
-                (0u64..0x12, 0u64..4, 0u64..8, 8190u64..8200, 0u64..5, 0u64..20, 0u64..6, any::<bool>()).prop_map(
-                    |(op, dev, ev, intid, icid, size, rd, v)| {
-                        [op | dev << 32, ev | intid << 32 | size, icid | rd << 16 | u64::from(v) << 63, 0]
-                    }
-                ),
-            ]
+            prop_oneof![any::<[u64; 4]>(), small_command()]
+        }
+
+        /// Implemented commands (the mapping ones most), or any number up to
+        /// 0x11, on a few
+        /// devices, events, LPIs, collections and vCPUs, so that sequences map
+        /// and then use them.
+        fn small_command() -> impl Strategy<Value = [u64; 4]> {
+            let op = prop_oneof![
+                2 => prop::sample::select(&[OP_MAPD, OP_MAPC, OP_MAPTI, OP_MAPI][..]).prop_map(u64::from),
+                2 => prop::sample::select(
+                    &[OP_MOVI, OP_INT, OP_CLEAR, OP_SYNC, OP_INV, OP_INVALL, OP_MOVALL, OP_DISCARD][..]
+                )
+                .prop_map(u64::from),
+                1 => 0u64..0x12,
+            ];
+            (op, 0u64..4, 0u64..8, 8190u64..8200, 0u64..5, 0u64..20, 0u64..6, any::<bool>()).prop_map(
+                |(op, dev, ev, intid, icid, size, rd, v)| {
+                    [op | dev << 32, ev | intid << 32 | size, icid | rd << 16 | u64::from(v) << 63, 0]
+                },
+            )
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -1231,8 +1244,83 @@ pub(super) mod tests {
             ]
         }
 
+        /// Guest memory that counts what the ITS does with it.
+        struct Counting<'a> {
+            ram: &'a Ram,
+            reads: core::cell::Cell<usize>,
+            writes: core::cell::Cell<usize>,
+        }
+
+        impl GuestMemory for Counting<'_> {
+            fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), ()> {
+                self.reads.set(self.reads.get() + 1);
+                self.ram.read(ipa, buf)
+            }
+            fn write(&self, ipa: u64, buf: &[u8]) -> Result<(), ()> {
+                self.writes.set(self.writes.get() + 1);
+                self.ram.write(ipa, buf)
+            }
+        }
+
+        /// A guest programming the ITS from scratch: any register writes
+        /// (queues and tables inside, across the end of, or far outside its
+        /// RAM, any sizes, Indirect device tables), words anywhere in RAM
+        /// (commands, level-1 entries), commands at `GITS_CWRITER`.
+        #[derive(Clone, Debug)]
+        enum Step {
+            Write { off: u64, size: u8, value: u64 },
+            Poke { at: u64, words: [u64; 4] },
+            Cmd([u64; 4]),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            let off = prop_oneof![
+                Just(GITS_CTLR as u64),
+                Just(GITS_CBASER as u64),
+                Just(GITS_CBASER as u64 + 4),
+                Just(GITS_CWRITER as u64),
+                Just(GITS_CWRITER as u64 + 4),
+                Just(GITS_BASER0 as u64),
+                Just(GITS_BASER0 as u64 + 4),
+                Just(GITS_BASER1 as u64),
+                0u64..ITS_SIZE,
+            ];
+            // Addresses: in RAM, its last pages, just past it, or anywhere.
+            let pa = prop_oneof![
+                (0u64..RAM_SIZE / 0x1000).prop_map(|p| QUEUE + p * 0x1000),
+                Just(QUEUE + RAM_SIZE - 0x1000),
+                Just(QUEUE + RAM_SIZE),
+                any::<u64>().prop_map(|a| a & CBASER_PA),
+            ];
+            let baser_bits =
+                (any::<bool>(), 0u64..4, 0u64..0x100, any::<bool>()).prop_map(|(indirect, page, size, valid)| {
+                    u64::from(indirect) << 62 | page << 8 | size | u64::from(valid) << 63
+                });
+            let value = prop_oneof![
+                2 => (pa.clone(), 0u64..0x100, any::<bool>())
+                    .prop_map(|(pa, size, valid)| pa | size | u64::from(valid) << 63),
+                2 => (pa, baser_bits).prop_map(|(pa, bits)| (pa & field(47, 16)) | bits),
+                2 => (0u64..0x200).prop_map(|w| w << 5 | w & 1),
+                1 => (0u64..0x8000).prop_map(|w| w << 5),
+                1 => 0u64..4,
+                2 => any::<u64>(),
+            ];
+            prop_oneof![
+                3 => (off, prop_oneof![4 => Just(8u8), 2 => Just(4u8), 1 => any::<u8>()], value)
+                    .prop_map(|(off, size, value)| Step::Write { off, size, value }),
+                1 => (0u64..RAM_SIZE / 32, any::<[u64; 4]>(), any::<bool>()).prop_map(|(slot, mut words, valid)| {
+                    // Half of them look like valid level-1 entries.
+                    if valid {
+                        words = words.map(|w| w | LEVEL1_VALID);
+                    }
+                    Step::Poke { at: QUEUE + slot * 32, words }
+                }),
+                6 => small_command().prop_map(Step::Cmd),
+                2 => any::<[u64; 4]>().prop_map(Step::Cmd),
+            ]
+        }
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+            #![proptest_config(crate::fuzz::config(256))]
 
             #[test]
             fn decode_never_panics(cmd in any::<[u64; 4]>()) {
@@ -1266,6 +1354,98 @@ pub(super) mod tests {
                     }
                     let ites: usize = its.devices.values().map(|d| d.events.len()).sum();
                     prop_assert_eq!(ites, its.nr_ites);
+                }
+            }
+
+            /// However the ITS is programmed, no panic, and: one `GITS_CWRITER`
+            /// write reads guest memory at most twice per queue slot (the
+            /// command, and a level-1 entry for a MAPD) and never writes it;
+            /// `GITS_CREADR` stays a slot inside the queue; each command run is
+            /// done or counted at most once, an unknown one exactly once
+            /// (IHI 0069 §6.3: the ITS may drop a command it cannot run, and
+            /// goes on); effects name vCPUs and LPIs that exist.
+            #[test]
+            fn any_programming_is_bounded_work_and_reports_its_errors(
+                setup in proptest::option::of((0u64..4, any::<bool>(), 0u64..3, 0u64..RAM_SIZE / 0x1_0000)),
+                steps in proptest::collection::vec(step(), 1..48),
+            ) {
+                let ram = Ram::new();
+                let mut its = Its::new(4, 16).unwrap();
+                // Often a guest that sets the ITS up as a driver does first: a
+                // queue of 1-4 pages in RAM, a device table (flat or indirect,
+                // its level-1 table in RAM), a collection table, then Enabled.
+                if let Some((pages, indirect, page_size, l1)) = setup {
+                    let table = QUEUE + l1 * 0x1_0000;
+                    its.mmio_write(&ram, GITS_CBASER as u64, 8, CBASER_VALID | QUEUE | pages);
+                    let baser0 = BASER_VALID | u64::from(indirect) << 62 | page_size << 8 | table;
+                    its.mmio_write(&ram, GITS_BASER0 as u64, 8, baser0);
+                    its.mmio_write(&ram, GITS_BASER1 as u64, 8, BASER_VALID | 0x9100_0000);
+                    its.mmio_write(&ram, GITS_CTLR as u64, 4, 1);
+                }
+                for step in steps {
+                    let (off, size, value) = match step {
+                        Step::Poke { at, words } => {
+                            for (i, w) in words.iter().enumerate() {
+                                ram.write(at + 8 * i as u64, &w.to_le_bytes()).unwrap();
+                            }
+                            continue;
+                        }
+                        Step::Cmd(words) => {
+                            let base = its.cbaser & CBASER_PA;
+                            let w = its.cwriter;
+                            for (i, word) in words.iter().enumerate() {
+                                let _ = ram.write(base + w + 8 * i as u64, &word.to_le_bytes());
+                            }
+                            (GITS_CWRITER as u64, 8, (w + 32) % its.queue_size())
+                        }
+                        Step::Write { off, size, value } => (off, size, value),
+                    };
+                    let mem = Counting { ram: &ram, reads: Default::default(), writes: Default::default() };
+                    let (creadr, drops) = (its.creadr, its.drops);
+                    let effects = its.mmio_write(&mem, off, size, value);
+                    let queue = its.queue_size();
+                    prop_assert!(mem.reads.get() as u64 <= 2 * queue / COMMAND_SIZE, "{} reads", mem.reads.get());
+                    prop_assert_eq!(mem.writes.get(), 0, "the ITS wrote guest memory");
+                    prop_assert!(its.creadr < queue && its.creadr.is_multiple_of(COMMAND_SIZE));
+                    for e in &effects {
+                        let vcpus = match *e {
+                            Effect::SetPending { vcpu, intid }
+                            | Effect::ClearPending { vcpu, intid }
+                            | Effect::Invalidate { vcpu, intid } => {
+                                prop_assert!((LPI_BASE..1 << 16).contains(&intid));
+                                [vcpu, vcpu]
+                            }
+                            Effect::Move { from, to, intid } => {
+                                prop_assert!((LPI_BASE..1 << 16).contains(&intid));
+                                [from, to]
+                            }
+                            Effect::MoveAll { from, to } => [from, to],
+                            Effect::InvalidateAll { vcpu } => [vcpu, vcpu],
+                        };
+                        prop_assert!(vcpus.iter().all(|&v| v < 4));
+                    }
+                    // A CBASER write moves CREADR back to 0 and runs nothing.
+                    if (off & !7) as usize == GITS_CBASER {
+                        prop_assert!(effects.is_empty());
+                        continue;
+                    }
+                    let run = (its.creadr + queue - creadr) % queue / COMMAND_SIZE;
+                    let base = its.cbaser & CBASER_PA;
+                    let mut unknown = 0;
+                    for slot in 0..run {
+                        let mut raw = [0u8; COMMAND_SIZE as usize];
+                        ram.read(base + (creadr + slot * COMMAND_SIZE) % queue, &mut raw).unwrap();
+                        let words: [u64; 4] = core::array::from_fn(|i| {
+                            u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().unwrap())
+                        });
+                        unknown += u64::from(decode(&words).is_err());
+                    }
+                    let delta = |r: DropReason| its.drops(r) - drops[r as usize];
+                    prop_assert_eq!(delta(DropReason::UnknownCommand), unknown);
+                    let stalls = [DropReason::QueueOutsideMemory, DropReason::WriterOutOfRange];
+                    let dropped: u64 = DropReason::ALL.iter().filter(|r| !stalls.contains(r)).map(|&r| delta(r)).sum();
+                    prop_assert!(dropped <= run, "{} drops for {} commands", dropped, run);
+                    prop_assert!(stalls.iter().map(|&r| delta(r)).sum::<u64>() <= 1, "one stall per write at most");
                 }
             }
         }
