@@ -650,6 +650,37 @@ impl<T: TableFrames> Stage2<T> {
         Ok(())
     }
 
+    /// Every valid leaf: (first IPA, bytes, leaf), by a walk of every entry
+    /// of every table from the root, in the architecture's terms (as
+    /// [`walk`], independent of `aarch64-paging`), lowest IPA first.
+    #[cfg(test)]
+    pub fn leaves(&self) -> Vec<(u64, u64, Leaf)> {
+        let s = self.mapping.translation().state.lock();
+        let mut out = Vec::new();
+        let mut tables = alloc::vec![(self.root_pa(), STAGE2_ROOT_LEVEL, 0u64)];
+        while let Some((table, level, base)) = tables.pop() {
+            let g = granule(level);
+            for index in 0..ENTRIES {
+                // SAFETY: the root and the tables its table descriptors name
+                // live as long as `self`; index < 512.
+                let d = unsafe { read_entry(s.frames.table_va(table), index) };
+                let ipa = base + index as u64 * g;
+                let table_or_page = d & 2 != 0;
+                match (d & 1 != 0, level < LEAF_LEVEL, table_or_page) {
+                    (false, _, _) | (true, false, false) => {}
+                    (true, true, true) => tables.push((d & OA_MASK, level + 1, ipa)),
+                    (true, _, _) => {
+                        let leaf =
+                            Leaf { pa: d & OA_MASK & !(g - 1), kind: MemKind::of_descriptor(d), level, descriptor: d };
+                        out.push((ipa, g, leaf));
+                    }
+                }
+            }
+        }
+        out.sort_unstable_by_key(|l| l.0);
+        out
+    }
+
     #[cfg(test)]
     fn unreserved_allocations(&self) -> usize {
         self.mapping.translation().state.lock().unreserved
@@ -688,7 +719,7 @@ impl TableFrames for HostFrames {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use alloc::boxed::Box;
     use proptest::prelude::*;
@@ -720,7 +751,7 @@ mod tests {
 
     /// Heap pages as tables (PA = the pointer's address), logged; allocation
     /// fails once `limit` tables are out.
-    struct FakeFrames {
+    pub(crate) struct FakeFrames {
         log: Log,
         live: Rc<RefCell<BTreeSet<u64>>>,
         limit: Rc<RefCell<usize>>,
@@ -754,7 +785,7 @@ mod tests {
 
     /// Records flushes, and at each one walks the tables as the hardware
     /// would at that moment.
-    struct FakeTlb {
+    pub(crate) struct FakeTlb {
         log: Log,
         root: u64,
         live: Rc<RefCell<BTreeSet<u64>>>,
@@ -783,16 +814,18 @@ mod tests {
         }
     }
 
-    struct Fixture {
-        s2: Stage2<FakeFrames>,
-        tlb: FakeTlb,
+    /// Empty tables over the fake frames and TLB (also `vm::guest_map`'s
+    /// tests'): `live` holds the PA of every table allocated and not freed.
+    pub(crate) struct Fixture {
+        pub(crate) s2: Stage2<FakeFrames>,
+        pub(crate) tlb: FakeTlb,
         log: Log,
-        live: Rc<RefCell<BTreeSet<u64>>>,
+        pub(crate) live: Rc<RefCell<BTreeSet<u64>>>,
         limit: Rc<RefCell<usize>>,
     }
 
     impl Fixture {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             let log: Log = Rc::default();
             let live: Rc<RefCell<BTreeSet<u64>>> = Rc::default();
             let limit = Rc::new(RefCell::new(usize::MAX));

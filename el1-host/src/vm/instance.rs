@@ -5,16 +5,16 @@ use super::outcome::{self, EndReason, Verdict};
 use super::ram::GuestRam;
 use super::ratelimit::{GuestEvent, Suppressed};
 use super::stats::{CmoFigures, VmStats};
-use super::{cmo, config::VmSpec, fdt, loader, vmid};
+use super::{cmo, config::VmSpec, fdt, guest_map, loader, vmid};
 use crate::arch::aarch64::{cache, hyp, timer};
 use crate::devices::bus::MmioBus;
 use crate::devices::gic::{ItsFrame, LpiHost};
 use crate::devices::pl011::Uart;
-use crate::devices::{self, map, DeviceHost};
+use crate::devices::{self, DeviceHost};
 use crate::gic::vgic::budget::{self, Share};
 use crate::gic::vgic::its::{Effect, GuestMemory};
 use crate::gic::vgic::{its, Kicks, Model, Vgic, VgicConfig, LPI_ID_BITS, MAX_LPIS};
-use crate::mm::stage2::{HostFrames, MemKind, Stage2, Stage2Tlb};
+use crate::mm::stage2::{HostFrames, Stage2, Stage2Tlb};
 use crate::println;
 use crate::sched::work::VcpuEntry;
 use crate::vcpu::psci::VcpuPower;
@@ -401,9 +401,6 @@ impl Vm {
     }
 }
 
-/// The VM's stage 2: its RAM as normal memory and, for a GICv2 guest, the
-/// hardware's virtual CPU interface where the guest expects its GICC. A
-/// table half built is destroyed before the error returns.
 /// The VM's share of the host's interrupt state (`gic::vgic::budget`),
 /// reserved now so that no other VM can take it.
 fn interrupt_state_share(spec: &VmSpec) -> Result<Arc<Share>, String> {
@@ -422,14 +419,14 @@ fn interrupt_state_share(spec: &VmSpec) -> Result<Arc<Share>, String> {
     })
 }
 
+/// The VM's stage 2: its RAM as normal memory and, for a GICv2 guest, the
+/// hardware's virtual CPU interface where the guest expects its GICC. A
+/// table half built is destroyed before the error returns.
 fn guest_stage2(ram: &GuestRam, gicv3: bool) -> Result<UnusedStage2, String> {
     let mut stage2 = UnusedStage2(Some(Stage2::new(HostFrames).map_err(|e| alloc::format!("stage 2: {e}"))?));
-    stage2.map(ram.ipa, ram.pa, ram.size, MemKind::Normal, 0, &El2Tlb).map_err(|e| alloc::format!("stage 2: {e}"))?;
-    if let (false, Some(gicv)) = (gicv3, crate::gic::gicv_base()) {
-        stage2
-            .map(map::GIC_CPU, gicv, map::GIC_CPU_SIZE, MemKind::Device, 0, &El2Tlb)
-            .map_err(|e| alloc::format!("stage 2 (GICV): {e}"))?;
-    }
+    let gicv = if gicv3 { None } else { crate::gic::gicv_base() };
+    let block = guest_map::RamBlock { ipa: ram.ipa, pa: ram.pa, size: ram.size };
+    guest_map::map_guest(&mut stage2, block, gicv, &El2Tlb)?;
     Ok(stage2)
 }
 

@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod cmo;
 pub mod config;
 pub mod fdt;
+pub mod guest_map;
 #[cfg(target_os = "none")]
 pub mod instance;
 pub mod lifecycle;
