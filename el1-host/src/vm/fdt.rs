@@ -682,4 +682,57 @@ mod tests {
             assert!(stderr.trim().is_empty(), "{gic:?}: dtc warns: {stderr}");
         }
     }
+
+    /// What the user gives a VM (its name, command line, vCPUs, memory,
+    /// initrd), anything at all: the guest's tree is refused, or reads back
+    /// with our parser as given.
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn gic() -> impl Strategy<Value = GuestGic> {
+            prop_oneof![Just(GuestGic::V2), any::<bool>().prop_map(|its| GuestGic::V3 { its })]
+        }
+
+        proptest! {
+            #![proptest_config(crate::fuzz::config(256))]
+
+            #[test]
+            fn any_vm_gives_an_error_or_a_tree_that_reads_back(
+                name in prop_oneof![3 => "[!-~]{1,32}", 1 => any::<String>()],
+                bootargs in prop_oneof![3 => "[ -~]{0,300}", 1 => any::<String>(), 1 => "[a\\x00]{0,4}"],
+                vcpus in prop_oneof![4 => 1u32..9, 1 => 0u32..40],
+                gic in gic(),
+                ram in prop_oneof![
+                    4 => (1u64..512).prop_map(|m| (0x4000_0000, m << 20)),
+                    1 => (any::<u64>(), any::<u64>()),
+                ],
+                initrd in proptest::option::of((any::<u64>(), 0u64..0x100_0000, any::<bool>())),
+                pmu: bool,
+            ) {
+                let (ram_base, ram_size) = ram;
+                // Mostly inside RAM, sometimes anywhere.
+                let initrd = initrd.map(|(at, len, inside)| {
+                    let start = if inside { ram_base.wrapping_add(at % ram_size.max(1)) } else { at };
+                    (start, start.wrapping_add(len))
+                });
+                let c = GuestDt { name: &name, ram_base, ram_size, vcpus, gic, bootargs: &bootargs, initrd, pmu };
+                let Ok(blob) = build(&c) else { return Ok(()) };
+                let b = Board::from_slice(&blob);
+                prop_assert!(b.is_ok(), "{:?}", b.err());
+                let b = b.unwrap();
+                prop_assert_eq!(b.model(), format!("ferrovisor,{name}"));
+                prop_assert_eq!(b.bootargs(), bootargs.as_str());
+                // The host's own reader keeps the first MAX_CPUS and counts the rest.
+                prop_assert_eq!(b.cpus().len() + b.cpus_ignored(), vcpus as usize);
+                prop_assert_eq!(b.memory(), &[MemRegion::new(ram_base, ram_size)]);
+                if let Some((start, end)) = initrd.filter(|(s, e)| s < e) {
+                    prop_assert_eq!(b.initrd(), Some(MemRegion::from_bounds(start, end)));
+                }
+                // Its size follows what it is given: far below the 64 KiB Vm::build
+                // leaves it, but for a long command line.
+                prop_assert!(blob.len() <= 16 * 1024 + 2 * (name.len() + bootargs.len()), "{} bytes", blob.len());
+            }
+        }
+    }
 }
