@@ -1,7 +1,7 @@
-//! The case count of the host's fuzzing proptests (what a guest or a user
-//! feeds the host: syndromes, MMIO, ITS commands, manifests): small by
-//! default, so that `cargo test` stays fast; `PROPTEST_CASES=N` sets every
-//! one of them for a longer campaign.
+//! The case count of the host's proptests, most of them fuzzing what a
+//! guest or a user feeds the host (exits, MMIO, ITS commands, manifests,
+//! images): small by default, so that `cargo test` stays fast;
+//! `PROPTEST_CASES=N` sets every one of them for a longer campaign.
 
 use proptest::test_runner::Config;
 

@@ -642,7 +642,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #![proptest_config(crate::fuzz::config(2000))]
 
         #[test]
         fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..600), magic in 0..3usize) {

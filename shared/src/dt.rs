@@ -2578,7 +2578,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #![proptest_config(crate::fuzz::config(2000))]
 
         #[test]
         fn mutated_blobs_never_panic(

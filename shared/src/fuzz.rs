@@ -1,7 +1,7 @@
-//! The case count of the fuzzing proptests of what a guest or a user feeds
-//! the decoders here (exception syndromes): small by default, so that
-//! `cargo test` stays fast; `PROPTEST_CASES=N` sets every one of them for a
-//! longer campaign.
+//! The case count of the proptests of what a guest or a user feeds the
+//! decoders here (exception syndromes, device trees, cpio archives): small
+//! by default, so that `cargo test` stays fast; `PROPTEST_CASES=N` sets
+//! every one of them for a longer campaign.
 
 use proptest::test_runner::Config;
 

@@ -1179,7 +1179,7 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+        #![proptest_config(crate::fuzz::config(128))]
 
         /// Random maps and unmaps against a per-page model: translations
         /// match it after every step, every mapping that changed was flushed

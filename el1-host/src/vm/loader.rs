@@ -417,7 +417,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #![proptest_config(crate::fuzz::config(2000))]
 
         /// Any header, any RAM: an error or a layout that keeps the rules.
         #[test]

@@ -540,7 +540,7 @@ fn send_times_out_and_reports_stalls() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(crate::fuzz::config(64))]
 
     /// Whatever GITS_CREADR says, `send` writes only inside the queue, in whole 32-byte slots, and
     /// GITS_CWRITER stays a valid offset (the fake asserts that).

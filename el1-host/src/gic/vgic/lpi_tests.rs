@@ -493,7 +493,7 @@ mod random {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+        #![proptest_config(crate::fuzz::config(512))]
 
         #[test]
         fn random_its_effects_never_panic(n in 1usize..4, ops in proptest::collection::vec(op(), 1..60)) {

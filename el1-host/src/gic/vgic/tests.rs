@@ -1193,7 +1193,7 @@ mod random {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+        #![proptest_config(crate::fuzz::config(1024))]
 
         #[test]
         fn random_accesses_never_panic(
