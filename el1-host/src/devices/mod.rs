@@ -7,9 +7,6 @@ pub mod gic;
 pub mod pl011;
 pub mod virtio;
 
-#[cfg(test)]
-mod tests;
-
 use crate::gic::vgic::Vgic;
 use crate::vm::stats::ExitKind;
 use alloc::boxed::Box;
@@ -74,3 +71,6 @@ pub mod map {
     pub const VIRTIO_COUNT: u64 = 32;
     pub const RAM: u64 = 0x4000_0000;
 }
+
+#[cfg(test)]
+mod tests;
