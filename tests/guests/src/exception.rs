@@ -5,7 +5,8 @@
 //! exception taken while [`catch`] runs is recorded (ESR, FAR, ELR, from
 //! which EL) and skipped: the return address moves past the instruction that
 //! caused it (for `SVC`, `HVC` and `SMC` it already points past). An
-//! `SVC` from EL0 ends [`run_at_el0`]. An IRQ goes to the handler
+//! `SVC` from EL0 ends [`run_at_el0`]. [`catch_resume`] resumes at a given
+//! address instead (an instruction fetch that faults has nothing to skip). An IRQ goes to the handler
 //! [`irq::set_handler`] installed. Anything else is a failure that ends the
 //! test with a register dump.
 
@@ -201,6 +202,8 @@ struct Slot {
     from_el0: AtomicBool,
     /// ESR of the `svc` that ended the last [`run_at_el0`].
     el0_svc_esr: AtomicU64,
+    /// Where [`catch_resume`] resumes (0: after the faulting instruction).
+    resume: AtomicU64,
 }
 
 impl Slot {
@@ -213,6 +216,7 @@ impl Slot {
             elr: AtomicU64::new(0),
             from_el0: AtomicBool::new(false),
             el0_svc_esr: AtomicU64::new(0),
+            resume: AtomicU64::new(0),
         }
     }
 }
@@ -226,7 +230,23 @@ fn slot() -> &'static Slot {
 /// Runs `f`; the first synchronous exception it causes (at EL1, or at EL0
 /// through [`run_at_el0`]) is recorded and skipped. A second one is a failure.
 pub fn catch<R>(f: impl FnOnce() -> R) -> (R, Option<Exception>) {
+    catch_at(0, f)
+}
+
+/// As [`catch`], but the exception returns to `resume` instead of past the
+/// instruction that caused it: for an instruction fetch that faults, where
+/// there is no instruction to skip.
+///
+/// # Safety
+/// `resume` is an address in `f`'s code where execution may continue with
+/// the registers as they were at the fault.
+pub unsafe fn catch_resume<R>(resume: usize, f: impl FnOnce() -> R) -> (R, Option<Exception>) {
+    catch_at(resume as u64, f)
+}
+
+fn catch_at<R>(resume: u64, f: impl FnOnce() -> R) -> (R, Option<Exception>) {
     let s = slot();
+    s.resume.store(resume, Ordering::SeqCst);
     s.taken.store(false, Ordering::SeqCst);
     s.armed.store(true, Ordering::SeqCst);
     let r = f();
@@ -285,7 +305,10 @@ extern "C" fn guest_trap(kind: u64, frame: &mut TrapFrame) {
         s.elr.store(frame.elr, Ordering::SeqCst);
         s.from_el0.store(kind == SYNC_EL0_A64, Ordering::SeqCst);
         s.taken.store(true, Ordering::SeqCst);
-        if !matches!(esr.ec(), EC_SVC64 | EC_HVC64 | EC_SMC64) {
+        let resume = s.resume.swap(0, Ordering::SeqCst);
+        if resume != 0 {
+            frame.elr = resume;
+        } else if !matches!(esr.ec(), EC_SVC64 | EC_HVC64 | EC_SMC64) {
             frame.elr += 4;
         }
         return;

@@ -12,7 +12,7 @@
 //! and windows [`irq`], the generic timers [`timer`], the GICv3 ITS and LPIs
 //! [`its`]; [`bench`] turns counter readings into micro-benchmark figures.
 //!
-//! Only the pure logic ([`args`], [`bench`], [`cpus`], [`pattern`],
+//! Only the pure logic ([`args`], [`bench`], [`cpus`], [`fuzz`], [`pattern`],
 //! [`report`], and [`gic`]'s and [`its`]'s encodings) is built on the development host,
 //! where its unit tests run.
 #![cfg_attr(not(test), no_std)]
@@ -20,6 +20,7 @@
 pub mod args;
 pub mod bench;
 pub mod cpus;
+pub mod fuzz;
 pub mod gic;
 pub mod its;
 pub mod pattern;
@@ -74,14 +75,28 @@ pub fn run_subtests(test: &'static str, env: &Env, tests: &[SubTest]) {
         *slot = t.name;
     }
     let names = &names[..tests.len().min(32)];
+    // `repeat-ms=T`: the selection again until T ms have passed (a control
+    // VM kept busy beside another; the number of rounds depends on time, so
+    // not for runs whose verdicts are compared).
+    let repeat_us = match env.args.number("repeat-ms") {
+        Ok(ms) => ms.unwrap_or(0).saturating_mul(1000),
+        Err(e) => {
+            report(false, format_args!("bootargs: {e}"));
+            0
+        }
+    };
+    let start = time::counter();
     match env.args.select(names) {
-        Ok(selection) => {
+        Ok(selection) => loop {
             for t in tests.iter().filter(|t| selection.includes(t.name)) {
                 console::set_subtest(t.name);
                 (t.run)(env);
                 console::set_subtest("");
             }
-        }
+            if time::us_since(start) >= repeat_us {
+                break;
+            }
+        },
         Err(unknown) => {
             report(false, format_args!("unknown sub-test `{unknown}`"));
             report_info(format_args!("sub-tests: {}", Names(names)));
