@@ -343,7 +343,8 @@ fn bench(o: &Opts) -> Result<(), (String, u8)> {
     let root = crate::root();
     let guest = guest_file(&root, o.no_build).map_err(|e| (e, 1))?;
     let (args, prefix) = prepare(&root, o, &guest).map_err(|e| (e, 1))?;
-    let watch = Watch { echo: o.verbose, interactive: false, timeout: Some(RUN_TIMEOUT), stop_on: end_line };
+    let watch =
+        Watch { echo: o.verbose, interactive: false, timeout: Some(RUN_TIMEOUT), stop_on: end_line, progress: None };
     let mut runs = Vec::new();
     for i in 1..=o.runs {
         let out = qemu::run(&args, &watch).map_err(|e| (e.to_string(), 1))?;

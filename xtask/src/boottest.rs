@@ -96,6 +96,9 @@ pub fn all() -> Vec<Test> {
             run: Box::new(move |c| crate::guesttest::run(c, board, gic, smp, &vms)),
         });
     }
+    for (name, config) in crate::fuzz::suite() {
+        tests.push(Test { name, boots: true, run: Box::new(move |c| crate::fuzz::run(c, &config, false)) });
+    }
     tests.extend(crate::linux::tests().into_iter().map(|(name, boots, run)| Test { name, boots, run }));
     tests
 }
@@ -137,7 +140,7 @@ pub fn run_all(ctx: &Ctx, tests: &[Test]) -> (usize, usize) {
 }
 
 fn watch(ctx: &Ctx) -> Watch {
-    Watch { echo: ctx.verbose, interactive: false, timeout: Some(TIMEOUT), stop_on: end_line }
+    Watch { echo: ctx.verbose, interactive: false, timeout: Some(TIMEOUT), stop_on: end_line, progress: None }
 }
 
 fn boot(args: &[String], watch: &Watch) -> Result<Outcome, Failure> {

@@ -17,7 +17,7 @@ use crate::reference::{self, Verdicts, ALLOWED};
 pub struct Vm {
     pub name: &'static str,
     pub guest: &'static str,
-    pub bootargs: &'static str,
+    pub bootargs: String,
     pub vcpus: u32,
     pub mem_mib: u32,
     /// Make an initrd of this many bytes with the `cmo` pattern.
@@ -34,11 +34,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    const fn new(name: &'static str, guest: &'static str, bootargs: &'static str, vcpus: u32) -> Self {
+    pub fn new(name: &'static str, guest: &'static str, bootargs: &str, vcpus: u32) -> Self {
         Self {
             name,
             guest,
-            bootargs,
+            bootargs: bootargs.into(),
             vcpus,
             mem_mib: 64,
             initrd_pattern: None,
@@ -320,6 +320,26 @@ fn pattern_file(dir: &Path, len: usize) -> Result<PathBuf, Failure> {
 /// every verdict.
 pub fn run(ctx: &Ctx, board: Board, gic: u8, smp: u32, vms: &[Vm]) -> Result<(), Failure> {
     let machine = Machine { board, gic, smp, ..Machine::default() };
+    let watch = Watch {
+        echo: ctx.verbose,
+        interactive: false,
+        timeout: Some(std::time::Duration::from_secs(60)),
+        stop_on: crate::boottest::end_line,
+        progress: None,
+    };
+    let o = boot(ctx, &machine, vms, &watch)?;
+    check(&o, vms)?;
+    for vm in vms {
+        differential(ctx, board, gic, vm, &o.output)?;
+    }
+    Ok(())
+}
+
+/// Boots `vms` on `machine` under `watch`.
+///
+/// # Errors
+/// A guest that does not build, files that cannot be written, QEMU not starting.
+pub fn boot(ctx: &Ctx, machine: &Machine, vms: &[Vm], watch: &Watch) -> Result<Outcome, Failure> {
     std::fs::create_dir_all(&ctx.work).map_err(|e| Failure::plain(e.to_string()))?;
     let mut specs = Vec::new();
     for vm in vms {
@@ -328,21 +348,24 @@ pub fn run(ctx: &Ctx, board: Board, gic: u8, smp: u32, vms: &[Vm]) -> Result<(),
             name: vm.name.into(),
             kernel: guest_path(ctx, vm.guest)?,
             initrd,
-            bootargs: vm.bootargs.into(),
+            bootargs: vm.bootargs.clone(),
             vcpus: vm.vcpus,
             mem_mib: vm.mem_mib,
             pinned: vm.pinned,
         });
     }
-    let prepared = guestcfg::prepare(&ctx.root, &machine, &specs).map_err(Failure::plain)?;
+    let prepared = guestcfg::prepare(&ctx.root, machine, &specs).map_err(Failure::plain)?;
     let args = machine.boot_args(&ctx.image, Some(&prepared.dtb), Some(&prepared.bundle));
-    let watch = Watch {
-        echo: ctx.verbose,
-        interactive: false,
-        timeout: Some(std::time::Duration::from_secs(60)),
-        stop_on: crate::boottest::end_line,
-    };
-    let o = qemu::run(&args, &watch).map_err(|e| Failure::plain(e.to_string()))?;
+    qemu::run(&args, watch).map_err(|e| Failure::plain(e.to_string()))
+}
+
+/// Checks what a run of `vms` printed: each VM's `PASS` lines and no
+/// `FAIL`, its expected lines, `EXIT: STATUS=1` and its end, the
+/// hypervisor's lines, and the power-off status 0.
+///
+/// # Errors
+/// The first check that fails, with the output's tail.
+pub fn check(o: &Outcome, vms: &[Vm]) -> Result<(), Failure> {
     let fail = |reason: String| Failure { reason, log: o.tail(60) };
     let lines: Vec<&str> = o.output.lines().collect();
     for vm in vms {
@@ -399,9 +422,6 @@ pub fn run(ctx: &Ctx, board: Board, gic: u8, smp: u32, vms: &[Vm]) -> Result<(),
             return Err(fail(format!("expected power-off status 0 and QEMU exit 0, got {status:?} and {end:?}")))
         }
     }
-    for vm in vms {
-        differential(ctx, board, gic, vm, &o.output)?;
-    }
     Ok(())
 }
 
@@ -427,7 +447,7 @@ fn bare_args(ctx: &Ctx, board: Board, gic: u8, vm: &Vm) -> Result<Vec<String>, F
         smp: vm.vcpus,
         mem_mib: vm.mem_mib,
         virtualization: false,
-        append: vm.bootargs.into(),
+        append: vm.bootargs.clone(),
         cpu,
         ..Machine::default()
     };
@@ -449,7 +469,7 @@ fn bare_end(line: &str) -> Option<std::time::Duration> {
 
 /// Runs `vm`'s guest alone on QEMU and compares its verdicts with those it
 /// printed under the hypervisor (`output`).
-fn differential(ctx: &Ctx, board: Board, gic: u8, vm: &Vm, output: &str) -> Result<(), Failure> {
+pub fn differential(ctx: &Ctx, board: Board, gic: u8, vm: &Vm, output: &str) -> Result<(), Failure> {
     if let Some(e) = reference::excluded(vm.guest) {
         println!("    note: vm {}: no bare QEMU reference for `{}`: {}", vm.name, vm.guest, e.reason);
         return Ok(());
@@ -468,6 +488,7 @@ fn differential(ctx: &Ctx, board: Board, gic: u8, vm: &Vm, output: &str) -> Resu
                 interactive: false,
                 timeout: Some(std::time::Duration::from_secs(60)),
                 stop_on: bare_end,
+                progress: None,
             };
             let o = Arc::new(qemu::run(&args, &watch).map_err(|e| Failure::plain(e.to_string()))?);
             BARE_RUNS.lock().map_err(|_| Failure::plain("bare-run cache poisoned"))?.insert(args, o.clone());

@@ -414,7 +414,7 @@ fn end_line(line: &str) -> Option<Duration> {
 }
 
 fn watch(ctx: &Ctx, timeout: Duration) -> Watch {
-    Watch { echo: ctx.verbose, interactive: false, timeout: Some(timeout), stop_on: end_line }
+    Watch { echo: ctx.verbose, interactive: false, timeout: Some(timeout), stop_on: end_line, progress: None }
 }
 
 fn ended(o: &Outcome, timeout: Duration) -> Result<(), String> {

@@ -5,6 +5,7 @@ mod bench;
 mod boottest;
 mod check;
 mod dtb;
+mod fuzz;
 mod guestcfg;
 mod guests;
 mod guesttest;
@@ -38,6 +39,7 @@ commands:
   pack EL2 HOST OUT pack two ELF files into an image (what `build` does after building)
   guests            build the test guests into target/guests/<name>.flat
   bench [options]   boot the micro-bench guest N times and tabulate its figures (`cargo xtask bench --help`)
+  fuzz [options]    a seeded fuzzing campaign: the fuzz guest beside a control VM (`cargo xtask fuzz --help`)
   sdcard [options]  write a Raspberry Pi 4 SD-card image (`cargo xtask sdcard --help`)
   help              print this";
 
@@ -539,6 +541,7 @@ fn cmd_run(args: Vec<String>) -> ExitCode {
         timeout: opts.timeout.map(Duration::from_secs),
         // QEMU keeps running after a power-off on raspi4b without semihosting.
         stop_on: |l| check::power_off_line(l).map(|_| Duration::from_secs(2)),
+        progress: None,
     };
     let outcome = match qemu::run(&args, &watch) {
         Ok(o) => o,
@@ -689,6 +692,7 @@ fn main() -> ExitCode {
         "test" => cmd_test(args),
         "guests" => cmd_guests(args),
         "bench" => bench::cmd(args),
+        "fuzz" => fuzz::cmd(args),
         "sdcard" => sdcard::cmd(args),
         "pack" => match &args[..] {
             [el2, host, out] => match pack_files(&root(), Path::new(el2), Path::new(host), Path::new(out)) {

@@ -192,6 +192,28 @@ pub struct Watch {
     /// stay silent afterwards before it is stopped (the shortest of the
     /// periods of all such lines seen applies).
     pub stop_on: fn(&str) -> Option<Duration>,
+    /// A watchdog on a guest's progress lines, if any.
+    pub progress: Option<Progress>,
+}
+
+/// What a console line says about the guest a [`Progress`] watchdog watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// A progress line: the guest is alive.
+    Alive,
+    /// The guest has finished: the watchdog stands down.
+    Finished,
+    Other,
+}
+
+/// Stops QEMU when `stall` passes, from the start or the last progress
+/// line, without a progress line, unless the guest has finished.
+#[derive(Clone, Copy)]
+pub struct Progress {
+    pub classify: fn(&str) -> Beat,
+    pub stall: Duration,
+    /// Print each progress line as it comes.
+    pub print: bool,
 }
 
 /// How a QEMU run ended.
@@ -212,6 +234,9 @@ pub struct Outcome {
     pub output: String,
     /// QEMU's own messages.
     pub stderr: String,
+    /// Stopped by the [`Progress`] watchdog: the last progress line (empty
+    /// if none came).
+    pub stalled: Option<String>,
 }
 
 impl Outcome {
@@ -362,6 +387,9 @@ pub fn run_program(program: &str, args: &[String], watch: &Watch) -> io::Result<
 
     let mut last_output = Instant::now();
     let mut grace: Option<Duration> = None;
+    let mut last_beat = (Instant::now(), String::new());
+    let mut watching = watch.progress.is_some();
+    let mut stalled = None;
     let end = loop {
         if let Some(status) = child.try_wait()? {
             break End::Exited(status.code());
@@ -375,12 +403,29 @@ pub fn run_program(program: &str, args: &[String], watch: &Watch) -> io::Result<
             stop(&mut child);
             break End::Stopped;
         }
+        if watch.progress.is_some_and(|p| watching && now >= last_beat.0 + p.stall) {
+            stop(&mut child);
+            stalled = Some(std::mem::take(&mut last_beat.1));
+            break End::Stopped;
+        }
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(ev) => {
                 if let Some(line) = take(ev) {
                     last_output = Instant::now();
                     if let Some(g) = (watch.stop_on)(&line) {
                         grace = Some(grace.map_or(g, |old| old.min(g)));
+                    }
+                    if let Some(p) = watch.progress.filter(|_| watching) {
+                        match (p.classify)(&line) {
+                            Beat::Alive => {
+                                if p.print && !watch.echo {
+                                    println!("{line}");
+                                }
+                                last_beat = (last_output, line);
+                            }
+                            Beat::Finished => watching = false,
+                            Beat::Other => {}
+                        }
                     }
                 }
             }
@@ -403,7 +448,7 @@ pub fn run_program(program: &str, args: &[String], watch: &Watch) -> io::Result<
             Err(_) => break,
         }
     }
-    Ok(Outcome { end, output, stderr })
+    Ok(Outcome { end, output, stderr, stalled })
 }
 
 /// The exit status of `cargo xtask run` and a message to print, from how QEMU
@@ -514,6 +559,7 @@ mod tests {
                 "NOW" => Some(Duration::ZERO),
                 _ => None,
             },
+            progress: None,
         };
         run_program("sh", &["-c".into(), script.into()], &watch).unwrap()
     }
@@ -546,6 +592,39 @@ mod tests {
         // A program that exits within the grace period is not stopped.
         let o = sh("echo LATER; sleep 0.1; exit 0", 10_000);
         assert_eq!(o.end, End::Exited(Some(0)));
+    }
+
+    #[test]
+    fn progress_watchdog() {
+        let watch = |stall_ms| Watch {
+            echo: false,
+            interactive: false,
+            timeout: Some(Duration::from_secs(10)),
+            stop_on: |_| None,
+            progress: Some(Progress {
+                classify: |l| match l {
+                    l if l.starts_with("beat") => Beat::Alive,
+                    "done" => Beat::Finished,
+                    _ => Beat::Other,
+                },
+                stall: Duration::from_millis(stall_ms),
+                print: false,
+            }),
+        };
+        let run = |script: &str, stall_ms| run_program("sh", &["-c".into(), script.into()], &watch(stall_ms)).unwrap();
+        // Beats closer than the stall keep it going; other lines do not count.
+        let o = run("for i in 1 2 3 4; do echo beat $i; echo noise; sleep 0.2; done; exit 0", 700);
+        assert_eq!((o.end, o.stalled), (End::Exited(Some(0)), None));
+        let start = Instant::now();
+        let o = run("echo beat 1; while true; do echo noise; sleep 0.1; done", 600);
+        assert_eq!((o.end, o.stalled.as_deref()), (End::Stopped, Some("beat 1")));
+        assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+        // No beat at all: stalled from the start.
+        let o = run("exec sleep 30", 300);
+        assert_eq!(o.stalled.as_deref(), Some(""));
+        // Once the guest has finished, silence is no stall.
+        let o = run("echo beat 1; echo done; sleep 1; exit 0", 300);
+        assert_eq!((o.end, o.stalled), (End::Exited(Some(0)), None));
     }
 
     #[test]

@@ -800,6 +800,7 @@ fn boot_card(ctx: &Ctx, files: &Path, cmdline: &str) -> Result<(), Failure> {
         interactive: false,
         timeout: Some(CARD_BOOT_TIMEOUT),
         stop_on: crate::boottest::end_line,
+        progress: None,
     };
     let o = qemu::run(&args, &watch).map_err(|e| Failure::plain(e.to_string()))?;
     let tail = || o.tail(40);
