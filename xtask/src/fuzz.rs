@@ -92,9 +92,13 @@ impl Config {
             Board::Virt => c += &format!(" --gic {}", self.gic),
             Board::Raspi4b => c += " --board raspi4b",
         }
-        if self.resets != 0 {
-            c += &format!(" --resets {}", self.resets);
+        if self.board == Board::Virt && self.smp != 4 {
+            c += &format!(" --smp {}", self.smp);
         }
+        if self.vcpus != 2 {
+            c += &format!(" --vcpus {}", self.vcpus);
+        }
+        c += &format!(" --resets {}", self.resets);
         c
     }
 
@@ -193,8 +197,23 @@ pub fn run(ctx: &Ctx, c: &Config, print_beats: bool) -> Result<(), Failure> {
         log: f.log,
     };
     let o = guesttest::boot(ctx, &machine, &vms, &watch).map_err(seeded)?;
-    judge(&o.output, o.stalled.as_deref(), c).map_err(|reason| seeded(Failure { reason, log: o.tail(60) }))?;
-    guesttest::check(&o, &vms).map_err(seeded)?;
+    // The whole console, which can be long: the report shows its tail.
+    let board = match c.board {
+        Board::Virt => format!("virt-gicv{}", c.gic),
+        Board::Raspi4b => "raspi4b".into(),
+    };
+    let console = ctx.work.join(format!("fuzz-{board}-seed-{}.log", c.seed));
+    let saved = std::fs::write(&console, &o.output).is_ok();
+    let with_console = |f: Failure| {
+        let f = seeded(f);
+        if saved {
+            Failure { reason: format!("{}; the console is in {}", f.reason, console.display()), log: f.log }
+        } else {
+            f
+        }
+    };
+    judge(&o.output, o.stalled.as_deref(), c).map_err(|reason| with_console(Failure { reason, log: o.tail(60) }))?;
+    guesttest::check(&o, &vms).map_err(with_console)?;
     Ok(())
 }
 
@@ -214,6 +233,8 @@ passed, every operation ran, no hypervisor panic, no stall.
   --board B         virt or raspi4b (default virt)
   --resets R        SYSTEM_RESETs at operations the seed picks (default 1)
   --vcpus N         the fuzz VM's vCPUs, 1 to 4 (default 2)
+  --smp N           the board's CPUs on virt, 1 to 8 (default 4; fewer than the
+                    VMs' 2 + N vCPUs time-slices them)
   --start K         begin at operation K (each operation's randomness is its own)
   --trace K         the guest prints every operation from K on
   --control-secs S  how long the control VM repeats its tests (default: ops / 2000)
@@ -248,6 +269,7 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
                 c.board = Board::parse(&v).ok_or_else(|| format!("unknown board `{v}` (virt or raspi4b)"))?;
             }
             "--resets" => c.resets = a.number(&opt)?,
+            "--smp" => c.smp = a.number(&opt)?,
             "--vcpus" => c.vcpus = a.number(&opt)?,
             "--start" => c.start = a.number(&opt)?,
             "--trace" => c.trace = Some(a.number(&opt)?),
@@ -274,6 +296,10 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, String> {
     }
     if c.board == Board::Raspi4b {
         c.gic = 2;
+        c.smp = crate::qemu::RASPI_CPUS;
+    }
+    if !(1..=8).contains(&c.smp) {
+        return Err(format!("--smp must be 1 to 8, not {}", c.smp));
     }
     if !(1..=4).contains(&c.vcpus) {
         return Err(format!("--vcpus must be 1 to 4, not {}", c.vcpus));
@@ -374,12 +400,15 @@ mod tests {
             .unwrap();
         assert_eq!((o.config.board, o.config.gic), (Board::Raspi4b, 2));
         assert_eq!(o.config.bootargs(), "seed=1 ops=100000 resets=0 start=5 trace=9");
-        assert_eq!(o.config.command(), "scripts/fuzz --seed 1 --ops 100000 --board raspi4b");
+        assert_eq!(o.config.command(), "scripts/fuzz --seed 1 --ops 100000 --board raspi4b --resets 0");
+        let o = args(&["--seed=1", "--smp", "2", "--vcpus", "4"]).unwrap().unwrap();
+        assert_eq!(o.config.command(), "scripts/fuzz --seed 1 --ops 100000 --gic 3 --smp 2 --vcpus 4 --resets 1");
         assert!(args(&["--help"]).unwrap().is_none());
         for (a, msg) in [
             (&["--gic", "5"][..], "--gic must be 2, 3 or 4"),
             (&["--ops", "0"], "--ops must be at least 1"),
             (&["--vcpus", "9"], "--vcpus must be 1 to 4"),
+            (&["--smp", "0"], "--smp must be 1 to 8"),
             (&["--board", "pi5"], "unknown board `pi5`"),
             (&["--seed"], "--seed needs a value"),
             (&["--frob"], "unknown option `--frob`"),

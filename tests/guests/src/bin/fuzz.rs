@@ -45,9 +45,9 @@ mod guest {
     use ferrovisor_test_guests::exception::{catch, catch_resume, Exception};
     use ferrovisor_test_guests::fuzz::insn::{self, Size, RET};
     use ferrovisor_test_guests::fuzz::ops::{
-        draw, flood_commands, Call, Context, Entry, Features, Form, FunctionId, ItsCx, ItsOp, Kind, Known, KnownLoad,
-        Map, MemInsn, MemOp, Op, PsciOp, Region, Role, SysRegOp, Target, TimerAction, TimerOp, WfxOp, DATA_REGS, KINDS,
-        KNOWN_OUTSIDE, MAX_CPUS, MAX_KNOWN,
+        draw, effective_entry, flood_commands, Call, Context, Entry, Features, Form, FunctionId, ItsCx, ItsOp, Kind,
+        Known, KnownLoad, Map, MemInsn, MemOp, Op, PsciOp, Region, Role, SysRegOp, Target, TimerAction, TimerOp, WfxOp,
+        DATA_REGS, KINDS, KNOWN_OUTSIDE, MAX_CPUS, MAX_KNOWN,
     };
     use ferrovisor_test_guests::fuzz::Rng;
     use ferrovisor_test_guests::gic::{self, read32, read64, write32, write64, SgiTarget, Version};
@@ -465,7 +465,7 @@ fuzz_exec_return:
     /// The operations at which the run resets: `resets` of them, from the seed.
     fn reset_at(i: u64) -> u64 {
         let r = run();
-        let span = r.ops.saturating_sub(r.start).max(1);
+        let span = r.ops.max(1);
         let mut at = [0u64; 8];
         let n = r.resets.min(8) as usize;
         for (k, slot) in at.iter_mut().enumerate().take(n) {
@@ -564,6 +564,7 @@ fuzz_exec_return:
         }
         let mut its_cx = None;
         if let Some(base) = its_base.take() {
+            hostile_lpi_tables(board.memory().first().map_or(0, |r| r.base + r.size));
             match gits::init() {
                 Ok(its) => {
                     let mut rdbase = [0u64; MAX_CPUS];
@@ -617,6 +618,35 @@ fuzz_exec_return:
             entry: rt::guest_secondary_entry as *const () as usize as u64,
             its: its_cx,
         }
+    }
+
+    /// Before the ITS driver sets up LPIs, the seed may give the last CPU's
+    /// redistributor LPI tables of its own choosing and set `EnableLPIs`
+    /// (which then stays set, so the driver leaves that redistributor
+    /// alone): a property table of 2^32 IDs (`IDbits` 31) at the end of RAM
+    /// and a pending table (without `PTZ`) there too, running past RAM's
+    /// end; both outside the map; or a pending table at address 0. The
+    /// hypervisor reads them when LPIs are enabled, made pending and
+    /// invalidated.
+    fn hostile_lpi_tables(ram_end: u64) {
+        let Some(gic) = gic::get() else { return };
+        let choice = Rng::for_op(run().seed, u64::MAX - 100, 0x1b).below(4);
+        let (prop, id_bits, pend) = match choice {
+            1 => (ram_end - 0x1000, 32, ram_end - 0x1_0000),
+            2 => (KNOWN_OUTSIDE, 20, KNOWN_OUTSIDE + 0x10_0000),
+            3 => (its_area() + SCRATCH, 32, 0),
+            _ => return,
+        };
+        let Some((rd, _)) = gic.redistributors().last() else { return };
+        let (nc, ns) = (gits::attr::NON_CACHEABLE, gits::attr::NON_SHAREABLE);
+        write64(rd + gits::GICR_PROPBASER, gits::propbaser(prop, id_bits, nc, ns));
+        write64(rd + gits::GICR_PENDBASER, gits::pendbaser(pend, false, nc, ns));
+        write32(rd + gits::GICR_CTLR, read32(rd + gits::GICR_CTLR) | gits::GICR_CTLR_ENABLE_LPIS);
+        report_info(format_args!(
+            "seed {}: the last redistributor's LPI tables: properties at {prop:#x} ({id_bits} ID bits), pending at \
+             {pend:#x}, EnableLPIs set",
+            run().seed
+        ));
     }
 
     /// Places the RAM canary if the top MiB of RAM (below the record) is
@@ -910,7 +940,6 @@ fuzz_exec_return:
     // ---- Executing operations ---------------------------------------------------------------
 
     fn execute(n: u64, op: &Op) {
-        stat(op.kind(), OPS).fetch_add(1, Ordering::Relaxed);
         let took = match op {
             Op::Call(c) => call(n, op, c),
             Op::SysReg(s) => sysreg(n, op, s),
@@ -922,6 +951,9 @@ fuzz_exec_return:
             Op::Psci(p) => psci_op(n, op, p),
             Op::Its(i) => its_op(n, op, i),
         };
+        // Counted once done: a secondary a reset stops mid-operation leaves
+        // no count for it (the boot CPU saves the counts at the reset).
+        stat(op.kind(), OPS).fetch_add(1, Ordering::Relaxed);
         if took {
             stat(op.kind(), EXCEPTIONS).fetch_add(1, Ordering::Relaxed);
         }
@@ -1442,6 +1474,12 @@ fuzz_exec_return:
                     }
                     Entry::Outside(a, ctx) => (a, ctx),
                 };
+                // Never start a CPU on whatever RAM holds (the draw keeps
+                // bad entries out of RAM as the call sees them; this is the
+                // net under it).
+                if !matches!(entry, Entry::Job) && c.map.region_at(effective_entry(addr, smc64), 4) == Region::Ram {
+                    return false;
+                }
                 let up = |v: u64| if smc64 { v } else { (v & 0xffff_ffff) | (junk & 0xffff_ffff_0000_0000) };
                 let f = if smc64 { 0xc400_0003 } else { 0x8400_0003 };
                 let w = psci::w0(psci::call(f, &[mpidr, up(addr), up(context)])[0]);

@@ -1120,22 +1120,44 @@ fn draw_target(rng: &mut Rng, cx: &Context) -> Target {
     }
 }
 
+/// The entry point a `CPU_ON` sees for `entry`: an SMC32 call passes W2,
+/// the low half.
+pub fn effective_entry(entry: u64, smc64: bool) -> u64 {
+    if smc64 {
+        entry
+    } else {
+        entry & 0xffff_ffff
+    }
+}
+
+/// An entry point outside RAM, as the call sees it: just past RAM, below
+/// it, anywhere outside the map. (A 64-bit address whose low half is in RAM
+/// would start an SMC32 call's CPU on whatever that RAM holds, so SMC32
+/// entries come from the first 4 GiB.)
+fn bad_entry(rng: &mut Rng, cx: &Context, smc64: bool) -> u64 {
+    let ram = cx.ram();
+    for _ in 0..8 {
+        let a = match rng.below(3) {
+            0 => ram.base + ram.size + rng.below(0x1000) * 4,
+            1 => rng.below(ram.base) & !3,
+            _ if smc64 => outside_addr(rng, &cx.map),
+            _ => rng.below(1 << 32) & !3,
+        };
+        if cx.map.region_at(effective_entry(a, smc64), 4) != Region::Ram {
+            return a;
+        }
+    }
+    ram.base.saturating_sub(4)
+}
+
 pub fn draw_psci(rng: &mut Rng, cx: &Context, _me: usize) -> PsciOp {
     match rng.below(10) {
         0..=4 => {
             let target = draw_target(rng, cx);
-            let ram = cx.ram();
-            let entry = if rng.chance(60) {
-                Entry::Job
-            } else {
-                let a = match rng.below(3) {
-                    0 => ram.base + ram.size + rng.below(0x1000) * 4,
-                    1 => rng.below(ram.base) & !3,
-                    _ => outside_addr(rng, &cx.map),
-                };
-                Entry::Outside(a, rng.value())
-            };
-            PsciOp::CpuOn { smc64: rng.chance(60), target, entry, junk: rng.word() }
+            let smc64 = rng.chance(60);
+            let entry =
+                if rng.chance(60) { Entry::Job } else { Entry::Outside(bad_entry(rng, cx, smc64), rng.value()) };
+            PsciOp::CpuOn { smc64, target, entry, junk: rng.word() }
         }
         5..=7 => PsciOp::AffinityInfo { smc64: rng.chance(50), target: draw_target(rng, cx), level: rng.below(6) },
         8 => PsciOp::Features(draw_function(rng)),
@@ -1302,8 +1324,9 @@ mod tests {
                     }
                     Op::Call(c) => assert!(excluded_call(c.function()).is_none(), "{:#x}", c.function()),
                     Op::Fetch(a) => assert_eq!(cx.map.region_at(a, 4), Region::Outside),
-                    Op::Psci(PsciOp::CpuOn { entry: Entry::Outside(a, _), .. }) => {
-                        assert_ne!(cx.map.region_at(a, 4), Region::Ram, "CPU_ON into RAM at {a:#x}")
+                    Op::Psci(PsciOp::CpuOn { entry: Entry::Outside(a, _), smc64, .. }) => {
+                        let e = effective_entry(a, smc64);
+                        assert_ne!(cx.map.region_at(e, 4), Region::Ram, "CPU_ON into RAM at {e:#x} ({a:#x})")
                     }
                     Op::Psci(PsciOp::CpuOn { target: Target::Absent(m), .. })
                     | Op::Psci(PsciOp::AffinityInfo { target: Target::Absent(m), .. }) => {
