@@ -153,8 +153,12 @@ mod guest {
         let cval = timer.counter() + ms_to_ticks(DEADLINE_MS, freq);
         timer.arm_at(cval);
         let early = timer.ctl();
+        // Only a read known to come before the deadline is checked: an
+        // emulated CPU on a loaded machine can lose its host CPU for longer
+        // than the 10 ms (seen beside the fuzz VM: ISTATUS set, rightly).
+        let read_by = timer.counter();
         report(
-            early & CTL_ISTATUS == 0,
+            early & CTL_ISTATUS == 0 || read_by >= cval,
             format_args!("{name} on cpu{cpu}: ISTATUS clear before the deadline (CTL {early:#x})"),
         );
         let taken = irq::wfi_until(DEADLINE_MS + 2 * LATE_MS, || seen().fired.load(Ordering::SeqCst) > 0);
