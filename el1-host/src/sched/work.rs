@@ -57,13 +57,16 @@ pub const WORK_IRQ_PENDING: u32 = 1 << 3;
 pub const WORK_MASK: u32 = WORK_RESCHED | WORK_STOP | WORK_NOTIFY | WORK_IRQ_PENDING;
 
 /// Whether pending work `bits` end a vCPU's `WFI` (docs/run-loop.md §4):
-/// every bit but [`WORK_RESCHED`]. The end of a time slice asks the vCPU to
-/// give its CPU away, which a `WFI` that blocks does anyway; it is none of
-/// the guest's WFI wake-up events (Arm ARM DDI 0487, "Wait For Interrupt":
-/// an interrupt it could take, a debug event, a reset), and ending the
-/// `WFI` for it returned the guest from `WFI` with nothing to take.
+/// a stop, and a doorbell (a vLPI is pending). A `WFI` ends on the guest's
+/// wake-up events (Arm ARM DDI 0487, "Wait For Interrupt": an interrupt it
+/// could take, a debug event, a reset); the host's own work is none of
+/// them. A time slice's end asks the vCPU to give its CPU away, which a
+/// blocking `WFI` does anyway; a notification (`WORK_NOTIFY`) says that
+/// something changed, and the check that follows it (an interrupt the
+/// guest can take, powered off) finds what did. Ending the `WFI` for
+/// either returned guests from `WFI` with nothing to take.
 pub const fn ends_wfi(bits: u32) -> bool {
-    bits & WORK_MASK & !WORK_RESCHED != 0
+    bits & (WORK_STOP | WORK_IRQ_PENDING) != 0
 }
 
 const MODE_OUTSIDE: u32 = 0;
@@ -746,20 +749,25 @@ mod tests {
     /// host tick taken in the exit's IRQ window) must not end the `WFI`:
     /// under `scripts/fuzz --seed 34 --ops 30000 --gic 4 --vcpus 4 --resets 2`
     /// the control VM's `timer: wfi` saw its `WFI` return after 193 us and
-    /// 1043 us of a 20 ms wait, with no interrupt pending.
+    /// 1043 us of a 20 ms wait, with no interrupt pending. Nor must a
+    /// notification with nothing behind it for the guest: at
+    /// `scripts/fuzz --seed 1004 --ops 1000000 --gic 4` the same check saw
+    /// 1287 us, with nothing pending and nothing taken after.
     #[test]
-    fn only_work_that_can_change_what_the_guest_takes_ends_a_wfi() {
+    fn only_a_stop_or_a_doorbell_ends_a_wfi() {
         assert!(!ends_wfi(0));
         assert!(!ends_wfi(WORK_RESCHED), "a time slice's end");
+        assert!(!ends_wfi(WORK_NOTIFY), "a notification");
+        assert!(!ends_wfi(WORK_NOTIFY | WORK_RESCHED));
         assert!(!ends_wfi(1 << 31), "an unknown bit");
-        for bit in [WORK_STOP, WORK_NOTIFY, WORK_IRQ_PENDING] {
+        for bit in [WORK_STOP, WORK_IRQ_PENDING] {
             assert!(ends_wfi(bit), "{bit:#x}");
-            assert!(ends_wfi(bit | WORK_RESCHED), "{bit:#x} with a time slice's end");
+            assert!(ends_wfi(bit | WORK_RESCHED | WORK_NOTIFY), "{bit:#x} with the others");
         }
         let e = VcpuEntry::new();
-        e.raise(WORK_RESCHED);
+        e.raise(WORK_RESCHED | WORK_NOTIFY);
         assert!(!ends_wfi(e.pending()));
-        e.raise(WORK_NOTIFY);
+        e.raise(WORK_STOP);
         assert!(ends_wfi(e.pending()));
     }
 

@@ -60,8 +60,8 @@ impl ExitHandler<'_> {
     pub fn wake_from_wfi(&self, ctx: &VcpuContext) -> bool {
         // The requests first, with acquire: a doorbell's `pending_last` is
         // published by its request (docs/interrupts.md §11), which `pending()` already
-        // covers; this is `VpeDoorbell::runnable` with every request bit
-        // but a time slice's end, which blocking honours (`ends_wfi`).
+        // covers; this is `VpeDoorbell::runnable` with the request bits
+        // that are wake-up events (`ends_wfi`).
         crate::sched::work::ends_wfi(self.vcpu.entry.pending())
             || self.vcpu.power.is_off()
             || self.vm.vgic.has_pending(self.vcpu.index, &ctx.vgic)
