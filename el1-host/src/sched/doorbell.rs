@@ -72,6 +72,17 @@ impl VpeDoorbell {
         self.ring_with(|| requests.make(WORK_IRQ_PENDING), wake);
     }
 
+    /// The host changed what the GIC may deliver to this non-resident vPE
+    /// (an `INV`, `INVALL`, `VMOVI` it forwarded): a vLPI may be pending now
+    /// that no doorbell announces, since the GIC rings one only when a vLPI
+    /// is made pending. The same as [`VpeDoorbell::ring`], not counted as a
+    /// ring: the vCPU runs (its vPE resident) and the GIC looks.
+    pub fn may_be_pending(&self, requests: &Requests, wake: impl FnOnce()) {
+        self.pending_last.store(true, Ordering::Relaxed);
+        requests.make(WORK_IRQ_PENDING);
+        wake();
+    }
+
     /// [`VpeDoorbell::ring`] with the request made by `make` (the loom models
     /// pass a request word they can also read without acquire).
     fn ring_with(&self, make: impl FnOnce(), wake: impl FnOnce()) {
@@ -132,6 +143,17 @@ mod tests {
     use super::*;
     use crate::sched::wakeup::{BlockDecision, BlockState};
     use core::cell::Cell;
+
+    #[test]
+    fn a_change_the_gic_announces_with_no_doorbell_wakes_like_one_uncounted() {
+        let d = VpeDoorbell::new();
+        let r = Requests::new();
+        let woken = Cell::new(0);
+        d.may_be_pending(&r, || woken.set(woken.get() + 1));
+        assert!(d.runnable(&r));
+        assert!(d.pending_last());
+        assert_eq!((woken.get(), d.rings()), (1, 0));
+    }
 
     #[test]
     fn ring_sets_pending_last_counts_makes_the_request_and_wakes_once() {

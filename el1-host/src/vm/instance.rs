@@ -495,7 +495,14 @@ impl LpiHost for Vm {
     /// vGIC lists them.
     fn apply_lpi_effects(&self, effects: &[Effect]) -> Kicks {
         if let Some(direct) = &self.direct {
-            return direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(&self.ram, vcpu, intid));
+            let kicks = direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(&self.ram, vcpu, intid));
+            // What they kick may have a vLPI pending in its table that no
+            // doorbell announces (an INV that enabled it): the vCPU must run,
+            // even out of a WFI, for the GIC to look (docs/interrupts.md §11).
+            for v in kicks.iter().filter_map(|i| self.vcpus.get(i)) {
+                v.doorbell.may_be_pending(v.entry.requests(), || crate::sched::kick(v));
+            }
+            return Kicks::default();
         }
         self.vgic.apply_its(&self.ram, effects)
     }
