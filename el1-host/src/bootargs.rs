@@ -1,5 +1,6 @@
 //! The host's own options in `/chosen/bootargs`.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use log::LevelFilter;
 
 /// `loglevel=off|error|warn|info|debug|trace`; `info` when absent or unknown.
@@ -31,6 +32,25 @@ pub fn build_check(bootargs: &str) -> bool {
     bootargs.split_ascii_whitespace().any(|w| w == "buildcheck")
 }
 
+/// `fastpath=off`: every interrupt goes through the host, as before el2
+/// delivered any itself (the virtual timer, docs/interrupts.md §6), for
+/// comparing the two. The hypercall and ID-register fast paths stay.
+pub fn fastpath_off(bootargs: &str) -> bool {
+    bootargs.split_ascii_whitespace().any(|w| w == "fastpath=off")
+}
+
+static FAST_PATHS: AtomicBool = AtomicBool::new(true);
+
+/// At boot, from [`fastpath_off`].
+pub fn set_fast_paths(on: bool) {
+    FAST_PATHS.store(on, Ordering::Relaxed);
+}
+
+/// Whether el2 may deliver interrupts itself (see [`fastpath_off`]).
+pub fn fast_paths() -> bool {
+    FAST_PATHS.load(Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +69,14 @@ mod tests {
         assert!(semihosting_exit("loglevel=info semihosting-exit"));
         assert!(!semihosting_exit("semihosting-exit=1"));
         assert!(!semihosting_exit(""));
+    }
+
+    #[test]
+    fn finds_fastpath_off() {
+        assert!(fastpath_off("loglevel=info fastpath=off"));
+        assert!(!fastpath_off("fastpath=on"));
+        assert!(!fastpath_off("fastpath"));
+        assert!(!fastpath_off(""));
     }
 
     #[test]

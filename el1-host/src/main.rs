@@ -81,6 +81,10 @@ mod host {
         let args = board.bootargs();
         console::init_log(args);
         board::set_semihosting_exit(bootargs::semihosting_exit(args));
+        bootargs::set_fast_paths(!bootargs::fastpath_off(args));
+        if !bootargs::fast_paths() {
+            log::info!("fastpath=off: every interrupt goes through the host");
+        }
 
         let memory = init_memory(&board, info, dtb);
         let gic_version = init_interrupts(&board, info);

@@ -14,8 +14,9 @@ const IF_NONE: u64 = 0;
 const IF_V3: u64 = 1;
 const IF_V2: u64 = 2;
 static INTERFACE: AtomicU64 = AtomicU64::new(IF_NONE);
-/// The GICH frame (GICv2).
+/// The GICH frame and the CPU interface (GICv2).
 static GICH: AtomicU64 = AtomicU64::new(0);
+static GICC: AtomicU64 = AtomicU64::new(0);
 static NR_LRS: AtomicU64 = AtomicU64::new(0);
 
 // GICH registers (GICv2 spec, table 5-1).
@@ -27,14 +28,116 @@ const GICH_ELRSR0: u64 = 0x030;
 const GICH_APR: u64 = 0x0f0;
 const GICH_LR0: u64 = 0x100;
 
+// GICC registers (GICv2 spec, table 4-2).
+const GICC_IAR: u64 = 0x00c;
+const GICC_EOIR: u64 = 0x010;
+const GICC_HPPIR: u64 = 0x018;
+
+// List register fields (IHI 0069 §12.4.8 ICH_LR<n>_EL2, IHI 0048 §5.3.9 GICH_LRn).
+const V3_VINTID: u64 = 0xffff_ffff;
+const V3_PINTID_SHIFT: u32 = 32;
+const V3_PINTID: u64 = 0x1fff;
+const V3_STATE_SHIFT: u32 = 62;
+const V2_VINTID: u64 = 0x3ff;
+const V2_PINTID_SHIFT: u32 = 10;
+const V2_PINTID: u64 = 0x3ff;
+const V2_STATE_SHIFT: u32 = 28;
+/// `ICC_IAR1_EL1.INTID` / `GICC_IAR.InterruptID`.
+const V3_IAR_INTID: u64 = 0xff_ffff;
+const V2_IAR_INTID: u64 = 0x3ff;
+
+/// What became of an IRQ exit that may be the guest's virtual timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HwIrq {
+    /// In a list register: back to the guest.
+    Injected,
+    /// Not the timer, or no list register for it: nothing acknowledged.
+    NotOurs,
+    /// Another interrupt came first: acknowledged (this `IAR` value), for
+    /// the host to finish.
+    Acked(u64),
+}
+
+/// An IRQ exit: if the interrupt is the guest's virtual timer and it can
+/// take it (`s.vtimer_lr` non-zero), acknowledge its physical PPI, drop the
+/// priority (EOImode 1 leaves it active for the guest's deactivation to
+/// end through HW = 1), and write `vtimer_lr` into the list register that
+/// held the same virtual INTID (now invalid, since the physical interrupt
+/// was inactive) or the next free one (docs/interrupts.md §6). Out of
+/// line, so that the hypercall fast path stays short.
+#[inline(never)]
+pub fn take_hw_irq(s: &mut VgicCpuState) -> HwIrq {
+    let lr = s.vtimer_lr;
+    if lr == 0 {
+        return HwIrq::NotOurs;
+    }
+    let v3 = match INTERFACE.load(Ordering::Relaxed) {
+        IF_V3 => true,
+        IF_V2 => false,
+        _ => return HwIrq::NotOurs,
+    };
+    let (vintid, pintid) = if v3 {
+        (lr & V3_VINTID, (lr >> V3_PINTID_SHIFT) & V3_PINTID)
+    } else {
+        (lr & V2_VINTID, (lr >> V2_PINTID_SHIFT) & V2_PINTID)
+    };
+    let hppir = if v3 { read_hppir1() & V3_IAR_INTID } else { u64::from(read_gicc(GICC_HPPIR)) & V2_IAR_INTID };
+    if hppir != pintid {
+        return HwIrq::NotOurs;
+    }
+    let nr = nr_lrs() as usize;
+    let used = (s.used_lrs as usize).min(nr);
+    let mut slot = used;
+    for i in 0..used {
+        let (cur, vmask, state) = if v3 {
+            (read_lr_v3(i), V3_VINTID, V3_STATE_SHIFT)
+        } else {
+            (u64::from(read_gich(lr_at(i))), V2_VINTID, V2_STATE_SHIFT)
+        };
+        if cur & vmask == vintid {
+            if (cur >> state) & 3 != 0 {
+                // Still pending or active in the guest: the host sorts it out.
+                return HwIrq::NotOurs;
+            }
+            slot = i;
+            break;
+        }
+    }
+    if slot >= nr {
+        return HwIrq::NotOurs;
+    }
+    let iar = if v3 { read_iar1() } else { u64::from(read_gicc(GICC_IAR)) };
+    let intid = iar & if v3 { V3_IAR_INTID } else { V2_IAR_INTID };
+    if intid != pintid {
+        return HwIrq::Acked(iar);
+    }
+    if v3 {
+        write_eoir1(iar);
+        write_lr_v3(slot, lr);
+    } else {
+        write_gicc(GICC_EOIR, iar as u32);
+        write_gich(lr_at(slot), lr as u32);
+    }
+    if slot == used {
+        s.used_lrs = used as u64 + 1;
+    }
+    s.el2_lrs |= 1 << slot;
+    HwIrq::Injected
+}
+
+const fn lr_at(i: usize) -> u64 {
+    GICH_LR0 + 4 * i as u64
+}
+
 /// Finds the virtual CPU interface on the boot CPU (before the host runs):
 /// the system registers when the GIC is a v3 and the CPU has them, else the
 /// device tree's GICH frame.
 pub fn init(gic: Option<GicDesc>) {
     let (kind, lrs) = match gic {
         Some(GicDesc::V3 { .. }) if crate::arch::regs::has_gic_sysregs() => (IF_V3, (ICH_VTR_EL2.get() & 0x1f) + 1),
-        Some(GicDesc::V2 { gich: Some(gich), .. }) => {
+        Some(GicDesc::V2 { gich: Some(gich), gicc, .. }) => {
             GICH.store(gich.base, Ordering::Relaxed);
+            GICC.store(gicc.base, Ordering::Relaxed);
             (IF_V2, (read_gich(GICH_VTR) as u64 & 0x3f) + 1)
         }
         _ => (IF_NONE, 0),
@@ -138,6 +241,42 @@ fn write_gich(offset: u64, value: u32) {
     let base = GICH.load(Ordering::Relaxed);
     // SAFETY: as for `read_gich`; GICH is el2's alone.
     unsafe { core::ptr::write_volatile((base + offset) as *mut u32, value) }
+}
+
+fn read_gicc(offset: u64) -> u32 {
+    let base = GICC.load(Ordering::Relaxed);
+    // SAFETY: `base` is the device tree's GICC frame (el2's identity map
+    // covers it as device memory), banked per CPU; only the acknowledge
+    // registers are read, for an interrupt el2 then finishes or hands over.
+    unsafe { core::ptr::read_volatile((base + offset) as *const u32) }
+}
+
+fn write_gicc(offset: u64, value: u32) {
+    let base = GICC.load(Ordering::Relaxed);
+    // SAFETY: as for `read_gicc`; the EOI of an interrupt this CPU just
+    // acknowledged.
+    unsafe { core::ptr::write_volatile((base + offset) as *mut u32, value) }
+}
+
+fn read_hppir1() -> u64 {
+    let v: u64;
+    // SAFETY: reading ICC_HPPIR1_EL1 has no side effects. Only on GICv3.
+    unsafe { core::arch::asm!("mrs {}, s3_0_c12_c12_2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+fn read_iar1() -> u64 {
+    let v: u64;
+    // SAFETY: acknowledging an interrupt changes only the GIC's state; the
+    // caller finishes it or hands it to the host (`HwIrq::Acked`).
+    unsafe { core::arch::asm!("mrs {}, s3_0_c12_c12_0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+fn write_eoir1(iar: u64) {
+    // SAFETY: the priority drop of the interrupt just acknowledged; with
+    // the host's EOImode 1 it stays active.
+    unsafe { core::arch::asm!("msr s3_0_c12_c12_1, {}", in(reg) iar, options(nomem, nostack, preserves_flags)) };
 }
 
 fn read_elrsr_v3() -> u64 {

@@ -12,6 +12,7 @@
 
 use crate::arch::boot;
 use crate::fastpath::{self, IdReg};
+use crate::vgic::HwIrq;
 use crate::{debug, pmu};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
@@ -369,7 +370,13 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
             2 => ExitReason::Fiq,
             _ => ExitReason::SError,
         };
-        ctx.exit = ExitInfo { reason: reason as u64, esr: ESR_EL2.get(), far: FAR_EL2.get(), hpfar: HPFAR_EL2.get() };
+        ctx.exit = ExitInfo {
+            reason: reason as u64,
+            esr: ESR_EL2.get(),
+            far: FAR_EL2.get(),
+            hpfar: HPFAR_EL2.get(),
+            acked: 0,
+        };
         if !fast_path(ctx, reason) {
             break reason;
         }
@@ -499,7 +506,20 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                 ctx.counters.fast_spurious += 1;
                 return true;
             }
-            false
+            if reason == ExitReason::Fiq {
+                return false;
+            }
+            match crate::vgic::take_hw_irq(&mut ctx.vgic) {
+                HwIrq::Injected => {
+                    ctx.counters.fast_vtimer += 1;
+                    true
+                }
+                HwIrq::NotOurs => false,
+                HwIrq::Acked(iar) => {
+                    ctx.exit.acked = ACKED_VALID | iar;
+                    false
+                }
+            }
         }
         ExitReason::SError => false,
         ExitReason::Sync => {

@@ -105,8 +105,21 @@ pub struct VgicCpuState {
     pub ap0r: [u64; 4],
     pub ap1r: [u64; 4],
     /// List registers `0..used_lrs` are loaded at entry and saved at exit.
+    /// el2 raises it when it fills one more itself.
     pub used_lrs: u64,
     pub lr: [u64; MAX_LIST_REGS],
+    /// The list register el2 writes when the guest's virtual timer fires
+    /// while it runs (docs/interrupts.md §6): pending, HW = 1, the physical
+    /// INTID, the guest's priority and group. The host writes it before
+    /// entry; 0 (the guest cannot take it now, or `fastpath=off`) leaves
+    /// the interrupt to the host.
+    pub vtimer_lr: u64,
+    /// List registers el2 filled beyond the host's (bit n: `lr[n]`). The
+    /// host folds them back at exit and clears this.
+    pub el2_lrs: u64,
+    /// The host's alone: the vGIC configuration `vtimer_lr` was worked out
+    /// from (0: never).
+    pub host_gen: u64,
 }
 
 /// The guest's PMUv3 (Arm ARM D13, "The Performance Monitors Extension"):
@@ -208,7 +221,15 @@ pub struct ExitInfo {
     pub esr: u64,
     pub far: u64,
     pub hpfar: u64,
+    /// An IRQ exit whose interrupt el2 acknowledged and could not finish:
+    /// [`ACKED_VALID`] with the `ICC_IAR1_EL1` / `GICC_IAR` value. The host
+    /// handles it as if it had acknowledged it itself (it is active, so it
+    /// is not signalled again).
+    pub acked: u64,
 }
+
+/// [`ExitInfo::acked`] holds an acknowledged interrupt.
+pub const ACKED_VALID: u64 = 1 << 63;
 
 /// Counters el2 keeps for this vCPU; the host only reads them.
 #[repr(C)]
@@ -222,6 +243,8 @@ pub struct El2Counters {
     pub fast_smccc: u64,
     pub fast_spurious: u64,
     pub fast_id_reg: u64,
+    /// The guest's virtual timer put in a list register by el2.
+    pub fast_vtimer: u64,
 }
 
 /// Everything el2 switches for one vCPU.

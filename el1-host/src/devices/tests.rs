@@ -212,7 +212,7 @@ proptest! {
         let stats = VmStats::default();
         for (n, a) in accesses.into_iter().enumerate() {
             let esr = 0x24 << 26 | 1 << 25 | a.iss;
-            let exit = ExitInfo { reason: 1, esr, far: a.far, hpfar: a.hpfar };
+            let exit = ExitInfo { reason: 1, esr, far: a.far, hpfar: a.hpfar, acked: 0 };
             let mut ctx = VcpuContext { exit, ..Default::default() };
             ctx.regs.x = a.x;
             ctx.regs.pc = PC;

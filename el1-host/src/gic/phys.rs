@@ -327,6 +327,18 @@ pub struct Ack {
     iar: u32,
 }
 
+impl Ack {
+    /// An interrupt el2 acknowledged on this CPU and left to the host
+    /// (`ExitInfo::acked`): `iar` is the `ICC_IAR1_EL1` or `GICC_IAR` value.
+    pub fn acked_by_el2(iar: u32) -> Self {
+        let intid = match version() {
+            Some(Version::V2) => iar & GICC_IAR_INTID,
+            _ => iar & 0xff_ffff,
+        };
+        Self { intid, iar }
+    }
+}
+
 const GICC_IAR: usize = 0xc;
 const GICC_EOIR: usize = 0x10;
 static GICC_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

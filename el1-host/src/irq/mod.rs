@@ -18,38 +18,53 @@ pub fn handle() {
         debug_assert!(false, "cpu{cpu}: IRQ taken in an RCU extended quiescent state");
     }
     while let Some(ack) = gic::acknowledge() {
-        let intid = ack.intid;
-        if (SPECIAL_BASE..LPI_BASE).contains(&intid) {
+        if !dispatch(ack) {
             break;
         }
-        let me = smp::this_cpu();
-        if intid == SGI_PING {
-            me.sgis.fetch_add(1, Ordering::Relaxed);
-        } else if intid == timer_intid() {
-            me.ticks.fetch_add(1, Ordering::Relaxed);
-            crate::sched::account_tick();
-            timer::arm_in_us(TICK_US);
-        } else if intid == vtimer_intid() {
-            // A guest's timer, hardware-linked: it stays active until the
-            // guest deactivates its virtual copy (`vcpu::timers`).
-            crate::vcpu::timers::physical_fired();
-            gic::drop_priority(ack);
-            continue;
-        } else if Some(intid) == pmu_intid() {
-            // A guest's PMU overflow, hardware-linked like the timer's.
-            crate::vcpu::pmu::physical_fired();
-            gic::drop_priority(ack);
-            continue;
-        } else if intid >= LPI_BASE {
-            if !gic::vlpi::handle_lpi(intid) {
-                log::warn!("unexpected LPI {intid}");
-            }
-        } else if intid == gic::maintenance_intid() {
-            // The exit it caused was the point: the run loop reads the list
-            // registers.
-        } else {
-            log::warn!("unexpected interrupt {intid}");
-        }
-        gic::end_of_interrupt(ack);
     }
+}
+
+/// An interrupt el2 acknowledged while a guest ran and left to the host
+/// (`ExitInfo::acked`), handled as if the host had acknowledged it.
+pub fn handle_acked(iar: u32) {
+    dispatch(gic::Ack::acked_by_el2(iar));
+}
+
+/// Handles and ends one acknowledged interrupt; false for a special INTID
+/// (nothing more is pending).
+fn dispatch(ack: gic::Ack) -> bool {
+    let intid = ack.intid;
+    if (SPECIAL_BASE..LPI_BASE).contains(&intid) {
+        return false;
+    }
+    let me = smp::this_cpu();
+    if intid == SGI_PING {
+        me.sgis.fetch_add(1, Ordering::Relaxed);
+    } else if intid == timer_intid() {
+        me.ticks.fetch_add(1, Ordering::Relaxed);
+        crate::sched::account_tick();
+        timer::arm_in_us(TICK_US);
+    } else if intid == vtimer_intid() {
+        // A guest's timer, hardware-linked: it stays active until the
+        // guest deactivates its virtual copy (`vcpu::timers`).
+        crate::vcpu::timers::physical_fired();
+        gic::drop_priority(ack);
+        return true;
+    } else if Some(intid) == pmu_intid() {
+        // A guest's PMU overflow, hardware-linked like the timer's.
+        crate::vcpu::pmu::physical_fired();
+        gic::drop_priority(ack);
+        return true;
+    } else if intid >= LPI_BASE {
+        if !gic::vlpi::handle_lpi(intid) {
+            log::warn!("unexpected LPI {intid}");
+        }
+    } else if intid == gic::maintenance_intid() {
+        // The exit it caused was the point: the run loop reads the list
+        // registers.
+    } else {
+        log::warn!("unexpected interrupt {intid}");
+    }
+    gic::end_of_interrupt(ack);
+    true
 }

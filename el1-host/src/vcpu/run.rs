@@ -12,7 +12,7 @@ use crate::vm::registry;
 use alloc::sync::Arc;
 use core::num::NonZeroU64;
 use core::sync::atomic::Ordering;
-use ferrovisor_shared::vcpu::{ExitReason, VcpuContext};
+use ferrovisor_shared::vcpu::{ExitReason, VcpuContext, ACKED_VALID};
 
 /// IRQ masking and the clock of the CPU the loop runs on.
 struct Hw;
@@ -186,7 +186,7 @@ impl GuestVcpu for Runner<'_> {
         // (List registers filled on an earlier pass that did not enter are
         // folded back by the flush itself.)
         vm.vgic.flush(vcpu.index, &mut ctx.vgic, nr_lrs());
-        super::timers::load(vm, vcpu);
+        super::timers::load(vm, vcpu, ctx);
         super::pmu::load(vm, vcpu, ctx);
         super::timers::arm_ptimer(&ctx.timer);
         if let Some(direct) = &vm.direct {
@@ -217,6 +217,13 @@ impl GuestVcpu for Runner<'_> {
         let vm = self.vm;
         let vcpu = self.vcpu;
         let ctx = self.ctx();
+        if ctx.exit.acked & ACKED_VALID != 0 {
+            // As from the IRQ vector: masked, the handlers are not re-entrant.
+            cpu::irq_disable();
+            crate::irq::handle_acked(ctx.exit.acked as u32);
+            cpu::irq_enable();
+        }
+        super::timers::note_el2_injection(ctx);
         vm.vgic.sync(vcpu.index, &mut ctx.vgic);
         vm.kick(vm.vgic.take_kicks());
         super::timers::sample(vm, vcpu, ctx);

@@ -80,8 +80,28 @@ pub fn link(vm: &Vm) {
 }
 
 /// Before entry, after the vGIC flush: the physical PPI is active exactly
-/// while this vCPU's virtual timer interrupt is pending or active.
-pub fn load(vm: &Vm, vcpu: &Vcpu) {
+/// while this vCPU's virtual timer interrupt is pending or active; and the
+/// list register el2 writes when it fires during the run (`vtimer_lr`),
+/// worked out again only when the vGIC's configuration changed.
+pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext) {
     let line = vcpu.ppi_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
     VTIMER.load(vm, vcpu, GUEST_VTIMER_INTID, crate::irq::ids::vtimer_intid, line);
+    if !crate::bootargs::fast_paths() {
+        ctx.vgic.vtimer_lr = 0;
+        return;
+    }
+    let gen = vm.vgic.config_gen();
+    if ctx.vgic.host_gen != gen {
+        ctx.vgic.vtimer_lr = vm.vgic.hw_lr(vcpu.index, GUEST_VTIMER_INTID);
+        ctx.vgic.host_gen = gen;
+    }
+}
+
+/// After exit, before the vGIC sync: el2 acknowledged the physical PPI for
+/// the list register it wrote (`el2_lrs`), so it is active on this CPU as
+/// if the host had acknowledged it.
+pub fn note_el2_injection(ctx: &VcpuContext) {
+    if ctx.vgic.el2_lrs != 0 {
+        VTIMER.fired();
+    }
 }

@@ -97,6 +97,14 @@ pub fn encode(model: Model, f: &LrFields) -> u64 {
     }
 }
 
+/// The virtual INTID of a raw list register.
+pub fn vintid(model: Model, lr: u64) -> u32 {
+    match model {
+        Model::V3 => (lr & v3::VINTID_MASK) as u32,
+        Model::V2 => (lr & v2::VINTID_MASK) as u32,
+    }
+}
+
 /// The state field (pending bit 0, active bit 1) of a raw list register.
 pub fn state_of(model: Model, lr: u64) -> u64 {
     match model {
@@ -191,7 +199,34 @@ impl State {
                 irq.lr_act_written = false;
             }
         }
+        self.fold_el2(vcpu, cpu_if, n);
         self.prune(vcpu);
+    }
+
+    /// The list registers el2 filled itself while the vCPU ran (a
+    /// hardware-linked interrupt whose physical INTID fired: `vtimer_lr`).
+    /// One that reused a list register of the last flush (`< n`, the same
+    /// interrupt) was folded with it; the others carry interrupts the host
+    /// did not put there, whose state (active, or still pending) comes back
+    /// here. A hardware interrupt's pending state is its line's, which the
+    /// host samples after this.
+    fn fold_el2(&mut self, vcpu: usize, cpu_if: &mut VgicCpuState, n: usize) {
+        let model = self.model;
+        let mut bits = core::mem::take(&mut cpu_if.el2_lrs);
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let Some(&lr) = cpu_if.lr.get(i).filter(|_| i >= n) else { continue };
+            let intid = vintid(model, lr);
+            // Only a private interrupt is ever linked this way.
+            if !(super::state::SGI_COUNT..super::state::PRIVATE_COUNT).contains(&intid) {
+                continue;
+            }
+            let Some(irq) = self.irq_mut(vcpu, intid) else { continue };
+            fold(model, irq, 0, state_of(model, lr));
+            // A private interrupt: no other vCPU to kick.
+            self.update(vcpu, intid, &mut super::Kicks::default());
+        }
     }
 
     /// See [`super::Vgic::has_pending`].

@@ -27,7 +27,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
@@ -172,6 +172,10 @@ pub struct Vgic {
     /// Some vCPU's `scan_pending` is set: `pending_table_effects` has work,
     /// so the other redistributor writes need not look.
     scan_pending: AtomicBool,
+    /// Bumped by every guest write to the distributor or a redistributor,
+    /// a hardware link and a reset: what [`Vgic::hw_lr`] computed from is
+    /// unchanged while this is (`vcpu::timers::load`).
+    config_gen: AtomicU64,
 }
 
 impl Vgic {
@@ -213,6 +217,7 @@ impl Vgic {
             listed: (0..count).map(|_| AtomicBool::new(true)).collect(),
             deferred: AtomicBool::new(false),
             scan_pending: AtomicBool::new(false),
+            config_gen: AtomicU64::new(1),
         })
     }
 
@@ -255,6 +260,7 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.dist_write(vcpu, offset, size, value, &mut kicks);
+        self.config_changed();
         self.mark(kicks)
     }
 
@@ -270,6 +276,7 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.redist_write(vcpu, offset, size, value, &mut kicks);
+        self.config_changed();
         if core::mem::take(&mut s.scan_requested) {
             self.scan_pending.store(true, Ordering::Relaxed);
         }
@@ -378,6 +385,41 @@ impl Vgic {
         if let Some(irq) = self.state.lock().irq_mut(vcpu, intid) {
             irq.hw = pintid;
         }
+        self.config_changed();
+    }
+
+    /// Called under the lock after a change [`Vgic::hw_lr`] depends on.
+    fn config_changed(&self) {
+        self.config_gen.fetch_add(1, Ordering::Release);
+    }
+
+    /// The configuration generation (see `config_gen`); never 0.
+    pub fn config_gen(&self) -> u64 {
+        self.config_gen.load(Ordering::Acquire)
+    }
+
+    /// The list register el2 may write for `vcpu`'s hardware-linked `intid`
+    /// when its physical interrupt fires while the vCPU runs: pending,
+    /// HW = 1, the physical INTID, the interrupt's priority and group. 0
+    /// when the guest could not take it (disabled, its group disabled in
+    /// the distributor, not linked): the host decides then, as for any
+    /// other interrupt.
+    pub fn hw_lr(&self, vcpu: usize, intid: u32) -> u64 {
+        let s = self.state.lock();
+        let Some(irq) = s.irq(vcpu, intid) else { return 0 };
+        let Some(pintid) = irq.hw.filter(|_| irq.enabled && s.group_enabled(irq)) else { return 0 };
+        lr::encode(
+            s.model,
+            &lr::LrFields {
+                intid,
+                state: lr::STATE_PENDING,
+                priority: irq.priority,
+                group1: irq.group1,
+                hw: Some(pintid),
+                eoi: false,
+                source: 0,
+            },
+        )
     }
 
     /// Whether `intid` (a PPI of `vcpu`, or an SPI) is pending or active for
@@ -415,8 +457,15 @@ impl Vgic {
             // Nothing was in flight (the last flush filled no list register).
             return;
         }
+        let el2_filled = cpu_if.el2_lrs != 0;
         let mut s = self.state.lock();
         s.sync(vcpu, cpu_if);
+        if el2_filled {
+            // What el2 put there may still be active: the next flush looks.
+            let mut k = Kicks::default();
+            k.add(vcpu);
+            self.mark(k);
+        }
         self.note_deferred(&s);
     }
 
@@ -446,7 +495,10 @@ impl Vgic {
     /// `SYSTEM_RESET`: every register back to its reset value. Hardware links
     /// and input line levels (the devices' wiring) stay.
     pub fn reset(&self) {
-        self.state.lock().reset();
+        let mut s = self.state.lock();
+        s.reset();
+        self.config_changed();
+        drop(s);
         for f in &self.listed {
             f.store(true, Ordering::Release);
         }

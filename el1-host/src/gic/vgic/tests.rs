@@ -737,6 +737,82 @@ fn hardware_linked_interrupts() {
     assert_eq!(lr27 & lr3::HW, 0);
 }
 
+/// The list register el2 writes for the virtual timer when its physical
+/// PPI fires during a run (docs/interrupts.md §6): the same as the host's
+/// flush would write, and none while the guest could not take it.
+#[test]
+fn el2s_timer_list_register_is_the_hosts_and_only_when_takeable() {
+    for (g, rd_base, model) in [(v3(2), sgi(1), Model::V3), (v2(2), 0, Model::V2)] {
+        let priority_at = |intid: u32| match model {
+            Model::V3 => rd_base + IPRIORITYR + u64::from(intid),
+            Model::V2 => IPRIORITYR + u64::from(intid),
+        };
+        let write = |off: u64, size: u8, value: u64| match model {
+            Model::V3 => g.redist_write(1, off, size, value),
+            Model::V2 => g.dist_write(1, off, size, value),
+        };
+        let gen0 = g.config_gen();
+        assert_eq!(g.hw_lr(1, 27), 0, "{model:?}: not linked yet");
+        g.set_hw(1, 27, Some(27));
+        assert_ne!(g.config_gen(), gen0, "a link changes what the list register is made of");
+        assert_eq!(g.hw_lr(1, 27), 0, "{model:?}: disabled (the reset value)");
+        write(if model == Model::V3 { rd_base + ISENABLER } else { ISENABLER }, 4, 1 << 27);
+        assert_eq!(g.hw_lr(1, 27), 0, "{model:?}: its group disabled in GICD_CTLR");
+        let gen1 = g.config_gen();
+        g.dist_write(0, CTLR, 4, 0b11);
+        assert_ne!(g.config_gen(), gen1);
+        write(priority_at(27), 1, 0xa0);
+        let lr = g.hw_lr(1, 27);
+        // What the host's flush writes for the same pending interrupt.
+        g.set_line(1, 27, true);
+        let mut c = VgicCpuState::default();
+        g.flush(1, &mut c, 4);
+        assert_eq!(lrs(&c), [lr], "{model:?}");
+        assert_eq!(state(model, lr), 1, "{model:?}: pending");
+        assert_eq!(g.hw_lr(0, 27), 0, "{model:?}: another vCPU's is not linked");
+        g.sync(1, &mut c);
+    }
+}
+
+/// What el2 put in a list register itself comes back at the next exit:
+/// the guest took the timer's interrupt (active) and the host's next flush
+/// gives it back to the guest to deactivate; once deactivated it is gone.
+#[test]
+fn list_registers_el2_filled_fold_back() {
+    for (g, model) in [(v3(1), Model::V3), (v2(1), Model::V2)] {
+        enable_groups(&g);
+        g.set_hw(0, 27, Some(27));
+        match model {
+            Model::V3 => rset(&g, 0, ISENABLER, 27),
+            Model::V2 => dset(&g, ISENABLER, 27),
+        };
+        let mut c = VgicCpuState::default();
+        g.flush(0, &mut c, 4);
+        assert_eq!(c.used_lrs, 0, "{model:?}: nothing pending");
+        // el2: the PPI fired; the guest acknowledged its copy before the exit.
+        c.lr[0] = with_state(model, g.hw_lr(0, 27), 2);
+        c.used_lrs = 1;
+        c.el2_lrs = 1;
+        g.sync(0, &mut c);
+        assert_eq!(c.el2_lrs, 0, "{model:?}: folded");
+        g.flush(0, &mut c, 4);
+        let lr = *lrs(&c).iter().find(|&&l| vintid(model, l) == 27).expect("active, so listed again");
+        assert_eq!(state(model, lr), 2, "{model:?}: active, not pending (its line is low)");
+        // The guest deactivates it: invalid at the next exit, and gone.
+        c.lr[0] = with_state(model, lr, 0);
+        g.sync(0, &mut c);
+        g.flush(0, &mut c, 4);
+        assert!(lrs(&c).iter().all(|&l| vintid(model, l) != 27), "{model:?}: {:x?}", lrs(&c));
+        // A bit for a list register past the array, or naming an SGI, is ignored.
+        c.el2_lrs = 1 << 40 | 1;
+        c.lr[0] = with_state(model, 3, 2);
+        c.used_lrs = 1;
+        g.sync(0, &mut c);
+        g.flush(0, &mut c, 4);
+        assert_eq!(c.used_lrs, 0, "{model:?}");
+    }
+}
+
 #[test]
 fn has_pending_honours_priority_mask_and_groups() {
     let g = v3(1);

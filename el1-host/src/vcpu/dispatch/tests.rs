@@ -173,7 +173,7 @@ const IL: u64 = 1 << 25;
 
 fn context(ec: u64, iss: u64, far: u64) -> VcpuContext {
     let mut ctx = VcpuContext {
-        exit: ExitInfo { reason: 1, esr: ec << 26 | IL | iss, far, hpfar: (far >> 12) << 4 },
+        exit: ExitInfo { reason: 1, esr: ec << 26 | IL | iss, far, hpfar: (far >> 12) << 4, acked: 0 },
         ..VcpuContext::default()
     };
     ctx.regs.pc = PC;
@@ -572,7 +572,7 @@ mod random {
             vm.oversubscribed = oversubscribed;
             vm.now.set(e.now);
             let mut ctx = VcpuContext {
-                exit: ExitInfo { reason: 1, esr: e.esr, far: e.far, hpfar: e.hpfar },
+                exit: ExitInfo { reason: 1, esr: e.esr, far: e.far, hpfar: e.hpfar, acked: 0 },
                 ..VcpuContext::default()
             };
             ctx.regs.x = e.x;
