@@ -24,6 +24,14 @@ pub fn software_vlpi(bootargs: &str) -> bool {
     bootargs.split_ascii_whitespace().any(|w| w == "vlpi=software")
 }
 
+/// `fastpath=off`: el2 finishes none of the guests' exits the host can
+/// handle that it did not before issue 16 (the constant GIC registers; the
+/// flag [`ferrovisor_shared::vcpu::CONFIG_NO_FASTPATH`]), so that
+/// `scripts/bench --fastpath off` measures the host's paths.
+pub fn fastpath_off(bootargs: &str) -> bool {
+    bootargs.split_ascii_whitespace().any(|w| w == "fastpath=off")
+}
+
 /// `buildcheck`: before the VMs start, build a small VM failing at each
 /// step in turn and check that every failure gave back all it took
 /// (`vm::buildcheck`).
@@ -56,6 +64,10 @@ mod tests {
         assert!(software_vlpi("loglevel=info vlpi=software"));
         assert!(!software_vlpi("vlpi=direct"));
         assert!(!software_vlpi(""));
+        assert!(fastpath_off("loglevel=info fastpath=off"));
+        assert!(!fastpath_off("fastpath=on"));
+        assert!(!fastpath_off("fastpath"));
+        assert!(!fastpath_off(""));
         assert!(build_check("loglevel=info buildcheck"));
         assert!(!build_check("buildcheck=1"));
     }

@@ -35,6 +35,7 @@ pub struct VmStats {
     fast_smccc: AtomicU64,
     fast_spurious: AtomicU64,
     fast_id_reg: AtomicU64,
+    fast_mmio_const: AtomicU64,
     el2_exits: AtomicU64,
     pub interrupted: AtomicU64,
     pub guest_ticks: AtomicU64,
@@ -65,6 +66,7 @@ impl VmStats {
         self.fast_smccc.fetch_add(c.fast_smccc, Relaxed);
         self.fast_spurious.fetch_add(c.fast_spurious, Relaxed);
         self.fast_id_reg.fetch_add(c.fast_id_reg, Relaxed);
+        self.fast_mmio_const.fetch_add(c.fast_mmio_const, Relaxed);
     }
 
     pub fn exits(&self, kind: ExitKind) -> u64 {
@@ -72,7 +74,10 @@ impl VmStats {
     }
 
     pub fn fast_paths(&self) -> u64 {
-        self.fast_smccc.load(Relaxed) + self.fast_spurious.load(Relaxed) + self.fast_id_reg.load(Relaxed)
+        self.fast_smccc.load(Relaxed)
+            + self.fast_spurious.load(Relaxed)
+            + self.fast_id_reg.load(Relaxed)
+            + self.fast_mmio_const.load(Relaxed)
     }
 
     /// The lines printed at the end, without the VM's name.
@@ -97,10 +102,11 @@ impl fmt::Display for Report<'_> {
         writeln!(f, ")")?;
         writeln!(
             f,
-            "fast paths {} (smccc {}, id-reg {}, spurious {}); runs {}, interrupted {}, doorbells {}",
+            "fast paths {} (smccc {}, id-reg {}, mmio-const {}, spurious {}); runs {}, interrupted {}, doorbells {}",
             s.fast_paths(),
             s.fast_smccc.load(Relaxed),
             s.fast_id_reg.load(Relaxed),
+            s.fast_mmio_const.load(Relaxed),
             s.fast_spurious.load(Relaxed),
             s.runs.load(Relaxed),
             s.interrupted.load(Relaxed),
@@ -129,13 +135,22 @@ mod tests {
         s.count(ExitKind::Mmio);
         s.count(ExitKind::Mmio);
         s.count(ExitKind::Hvc);
-        s.add_el2(&El2Counters { runs: 4, exits: 9, fast_smccc: 5, fast_spurious: 1, fast_id_reg: 0 });
+        s.add_el2(&El2Counters {
+            runs: 4,
+            exits: 9,
+            fast_smccc: 5,
+            fast_spurious: 1,
+            fast_id_reg: 0,
+            fast_mmio_const: 2,
+        });
         s.interrupted.fetch_add(1, Relaxed);
         s.doorbells.fetch_add(3, Relaxed);
         let text = alloc::format!("{}", s.report(CmoFigures { epochs: 2, regions: 4, bytes: 8192 }));
         assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
         assert!(
-            text.contains("fast paths 6 (smccc 5, id-reg 0, spurious 1); runs 4, interrupted 1, doorbells 3"),
+            text.contains(
+                "fast paths 8 (smccc 5, id-reg 0, mmio-const 2, spurious 1); runs 4, interrupted 1, doorbells 3"
+            ),
             "{text}"
         );
         assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
