@@ -81,10 +81,7 @@ mod host {
         let args = board.bootargs();
         console::init_log(args);
         board::set_semihosting_exit(bootargs::semihosting_exit(args));
-        bootargs::set_fast_paths(!bootargs::fastpath_off(args));
-        if !bootargs::fast_paths() {
-            log::info!("fastpath=off: every interrupt goes through the host");
-        }
+        vm::instance::set_fastpath(!bootargs::fastpath_off(args));
 
         let memory = init_memory(&board, info, dtb);
         let gic_version = init_interrupts(&board, info);

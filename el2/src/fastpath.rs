@@ -4,14 +4,15 @@
 //!
 //! Pure decisions; the world switch applies them.
 
-use ferrovisor_shared::esr::SysReg;
+use ferrovisor_shared::esr::{Esr, SysReg};
 use ferrovisor_shared::hypercall::{
-    guest_psci_features, is_psci, is_smccc_arch, PSCI_VERSION_1_1, SMCCC_NOT_SUPPORTED, SMCCC_VERSION,
-    SMCCC_VERSION_1_1,
+    guest_psci_features, is_psci, PSCI_VERSION_1_1, SMCCC_NOT_SUPPORTED, SMCCC_VERSION, SMCCC_VERSION_1_1,
 };
+use ferrovisor_shared::vcpu::ConstRegs;
 use smccc::psci::*;
 
 /// PSCI functions the host implements for guests: these exits go to the host.
+#[cfg(test)]
 const HOST_PSCI: [u32; 7] = [
     PSCI_CPU_ON_32,
     PSCI_CPU_ON_64,
@@ -22,29 +23,81 @@ const HOST_PSCI: [u32; 7] = [
     PSCI_SYSTEM_RESET,
 ];
 
+/// [`HOST_PSCI`] as a `match` (a few compares, not a table walk: this is on
+/// the hypercall round trip).
+fn is_host_psci(function: u32) -> bool {
+    matches!(
+        function,
+        PSCI_CPU_ON_32
+            | PSCI_CPU_ON_64
+            | PSCI_CPU_OFF
+            | PSCI_AFFINITY_INFO_32
+            | PSCI_AFFINITY_INFO_64
+            | PSCI_SYSTEM_OFF
+            | PSCI_SYSTEM_RESET
+    )
+}
+
 /// `MIGRATE_INFO_TYPE`: no Trusted OS needs migrating.
 const MIGRATE_INFO_NOT_PRESENT: i64 = 2;
 
 /// The answer to an SMCCC call from a guest (`HVC` or `SMC` with
 /// immediate `imm`) if el2 can give it, `None` if the host must. Only `#0`
 /// is SMCCC's (DEN0028 §2.5): other immediates get NOT_SUPPORTED, as on KVM.
+/// Every function outside PSCI's range but `SMCCC_VERSION` (the other
+/// architecture calls, `SMCCC_ARCH_FEATURES` and the workarounds: none
+/// offered; any other owner's) is NOT_SUPPORTED, decided first.
+#[inline(always)]
 pub fn smccc(imm: u16, function: u32, x1: u64) -> Option<i64> {
     if imm != 0 {
         return Some(SMCCC_NOT_SUPPORTED);
     }
-    if HOST_PSCI.contains(&function) {
-        return None;
+    if !is_psci(function) {
+        return Some(if function == SMCCC_VERSION { SMCCC_VERSION_1_1 } else { SMCCC_NOT_SUPPORTED });
     }
+    psci(function, x1)
+}
+
+/// The PSCI part of [`smccc`].
+#[inline(always)]
+fn psci(function: u32, x1: u64) -> Option<i64> {
     Some(match function {
-        SMCCC_VERSION => SMCCC_VERSION_1_1,
         PSCI_VERSION => PSCI_VERSION_1_1,
         PSCI_MIGRATE_INFO_TYPE => MIGRATE_INFO_NOT_PRESENT,
         PSCI_FEATURES => guest_psci_features(x1 as u32),
-        // SMCCC_ARCH_FEATURES and the workaround calls: none offered.
-        f if is_smccc_arch(f) => SMCCC_NOT_SUPPORTED,
-        f if is_psci(f) => SMCCC_NOT_SUPPORTED,
+        f if is_host_psci(f) => return None,
         _ => SMCCC_NOT_SUPPORTED,
     })
+}
+
+/// The bits of a data abort's syndrome that make it a load el2 may finish
+/// (Arm ARM D24.2.40, "ISS encoding for an exception from a Data Abort"):
+/// IL (a 32-bit instruction), ISV (the syndrome names the register and
+/// size), and clear: VNCR, FnV (FAR holds the address), EA (no external
+/// abort), CM (no cache maintenance), S1PTW (not a stage-1 walk), WnR (a
+/// read); DFSC a translation fault at level 0 to 3 (no stage-2 mapping: an
+/// emulated device).
+const PLAIN_LOAD_MASK: u64 = 1 << 25 | 1 << 24 | 1 << 13 | 1 << 10 | 1 << 9 | 1 << 8 | 1 << 7 | 1 << 6 | 0b11_1100;
+const PLAIN_LOAD: u64 = 1 << 25 | 1 << 24 | 0b00_0100;
+
+/// PSTATE.nRW (an AArch32 guest context) and PSTATE.BTYPE.
+const PSTATE_NRW: u64 = 1 << 4;
+pub const PSTATE_BTYPE: u64 = 0b11 << 10;
+
+/// The register and the value a stage-2 data abort loads when it is a
+/// plain load by an AArch64 guest of a register in `consts`; `None` (the
+/// host emulates it, as any other access) otherwise. The value is extended
+/// as the instruction asks (ISS.SSE, ISS.SF); register 31 is XZR.
+#[inline(always)]
+pub fn const_load(esr: Esr, hpfar: u64, far: u64, pstate: u64, consts: &ConstRegs) -> Option<(u8, u64)> {
+    if esr.0 & PLAIN_LOAD_MASK != PLAIN_LOAD || pstate & PSTATE_NRW != 0 {
+        return None;
+    }
+    let iss = esr.data_abort()?;
+    // HPFAR_EL2.FIPA is IPA bits 51:12 in bits 43:4; FAR_EL2 has the rest.
+    let ipa = ((hpfar & 0x0fff_ffff_ffff_fff0) << 8) | (far & 0xfff);
+    let value = consts.lookup(ipa, iss.access_size)?;
+    Some((iss.register, iss.load_value(value)))
 }
 
 /// Whether `reg` is one of the ID registers `HCR_EL2.TID3` traps
@@ -346,6 +399,92 @@ mod tests {
         for f in HOST_PSCI {
             assert_eq!(smccc(0, f, 0), None, "{f:#x}");
         }
+        // Exactly those, of PSCI's whole range (SMC32 and SMC64 ids).
+        for f in (0x8400_0000..0x8400_0020).chain(0xc400_0000..0xc400_0020) {
+            assert_eq!(smccc(0, f, 0).is_none(), HOST_PSCI.contains(&f), "{f:#x}");
+        }
+    }
+
+    #[test]
+    fn calls_outside_psci_are_not_supported_but_the_version() {
+        // DEN0028: SMCCC_ARCH_FEATURES, ARCH_SOC_ID, the workarounds, and
+        // other owners' calls, SMC32 and SMC64.
+        for f in [0x8000_0001, 0x8000_0002, 0x8000_7fff, 0x8000_8000, 0xc000_0000, 0x8200_0000, 0xc400_0020, 0x0] {
+            assert_eq!(smccc(0, f, 0), Some(-1), "{f:#x}");
+        }
+        assert_eq!(smccc(1, SMCCC_VERSION, 0), Some(-1), "HVC #1 is not SMCCC's");
+        assert_eq!(smccc(1, PSCI_CPU_ON_64, 0), Some(-1));
+    }
+
+    /// A data abort from a lower EL with this ISS (EC 0x24, IL).
+    fn dabt(iss: u64) -> Esr {
+        Esr(0x24 << 26 | 1 << 25 | iss)
+    }
+    const ISV: u64 = 1 << 24;
+    /// DFSC: translation fault, level 3 and level 1.
+    const L3: u64 = 0b00_0111;
+    const L1: u64 = 0b00_0101;
+
+    fn table() -> ConstRegs {
+        let mut t = ConstRegs::default();
+        assert!(t.push(0x0800_0008, 4, 0x4658, 1, 0));
+        assert!(t.push(0x080a_0008, 8, 0x8000_0000_0000_0010, 1, 0));
+        assert!(t.push(0x080a_ffe8, 4, 0x30, 2, 17));
+        t
+    }
+
+    fn load(esr: Esr, ipa: u64, t: &ConstRegs) -> Option<(u8, u64)> {
+        // FAR_EL2 is the guest's VA: only its low 12 bits are the IPA's.
+        const_load(esr, (ipa >> 12) << 4, 0xffff_0000_0000_0000 | ipa & 0xfff, 0x3c5, t)
+    }
+
+    #[test]
+    fn constant_loads_are_answered_as_the_instruction_asks() {
+        let t = table();
+        // ldr w3, [GICD_IIDR]: SAS 2 (word), SRT 3.
+        assert_eq!(load(dabt(ISV | 2 << 22 | 3 << 16 | L3), 0x0800_0008, &t), Some((3, 0x4658)));
+        // ldr x7 of the 64-bit GICR_TYPER: SAS 3, SF.
+        let typer = dabt(ISV | 3 << 22 | 7 << 16 | 1 << 15 | L1);
+        assert_eq!(load(typer, 0x080a_0008, &t), Some((7, 0x8000_0000_0000_0010)));
+        // ldrsw x1 of a word whose bit 31 is set: sign-extended (SSE, SF).
+        let mut t2 = t;
+        assert!(t2.push(0x0800_0004, 4, 0x8000_0001, 1, 0));
+        let ldrsw = dabt(ISV | 2 << 22 | 1 << 21 | 1 << 16 | 1 << 15 | L3);
+        assert_eq!(load(ldrsw, 0x0800_0004, &t2), Some((1, 0xffff_ffff_8000_0001)));
+        // ldr w1 of it: zero-extended.
+        assert_eq!(load(dabt(ISV | 2 << 22 | 1 << 16 | L3), 0x0800_0004, &t2), Some((1, 0x8000_0001)));
+        // ldr wzr: answered, the register is XZR (the world switch drops it).
+        assert_eq!(load(dabt(ISV | 2 << 22 | 31 << 16 | L3), 0x0800_0008, &t), Some((31, 0x4658)));
+        // The second redistributor's PIDR2.
+        assert_eq!(load(dabt(ISV | 2 << 22 | L3), 0x080c_ffe8, &t), Some((0, 0x30)));
+    }
+
+    #[test]
+    fn anything_but_a_plain_constant_load_goes_to_the_host() {
+        let t = table();
+        let word = ISV | 2 << 22 | 3 << 16 | L3;
+        assert!(load(dabt(word), 0x0800_0008, &t).is_some());
+        let refused: [(&str, Esr); 11] = [
+            ("ISV = 0: no syndrome (ldp, writeback)", dabt(word & !ISV)),
+            ("a store (WnR)", dabt(word | 1 << 6)),
+            ("on a stage-1 walk (S1PTW)", dabt(word | 1 << 7)),
+            ("cache maintenance (CM)", dabt(word | 1 << 8)),
+            ("an external abort (EA)", dabt(word | 1 << 9)),
+            ("FAR not valid (FnV)", dabt(word | 1 << 10)),
+            ("VNCR", dabt(word | 1 << 13)),
+            ("a permission fault", dabt(word & !0x3f | 0b00_1111)),
+            ("an access flag fault", dabt(word & !0x3f | 0b00_1011)),
+            ("a 16-bit instruction (IL = 0)", Esr(dabt(word).0 & !(1 << 25))),
+            ("a byte load of a word register", dabt(word & !(3 << 22))),
+        ];
+        for (why, esr) in refused {
+            assert_eq!(load(esr, 0x0800_0008, &t), None, "{why}");
+        }
+        assert_eq!(load(dabt(word), 0x0800_000c, &t), None, "a register not in the table");
+        assert_eq!(load(dabt(ISV | 3 << 22 | 1 << 15 | L3), 0x0800_0008, &t), None, "a 64-bit load of a word");
+        let aarch32 = const_load(dabt(word), (0x0800_0008 >> 12) << 4, 8, 0x10 | 0x3, &t);
+        assert_eq!(aarch32, None, "an AArch32 context (PSTATE.nRW)");
+        assert_eq!(load(dabt(word), 0x0800_0008, &ConstRegs::default()), None, "no table (fastpath=off)");
     }
 
     #[test]

@@ -361,8 +361,9 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
         // SAFETY: the guest's state is loaded and its stage 2 installed; the
         // assembly returns here on the guest's next exception.
         let vector = unsafe { el2_guest_enter(ctx) };
-        ctx.regs.pc = ELR_EL2.get();
-        ctx.regs.pstate = SPSR_EL2.get();
+        let (elr, spsr, esr) = read_exit_syndrome();
+        ctx.regs.pc = elr;
+        ctx.regs.pstate = spsr;
         ctx.counters.exits += 1;
         let reason = match vector & 3 {
             0 => ExitReason::Sync,
@@ -370,13 +371,9 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
             2 => ExitReason::Fiq,
             _ => ExitReason::SError,
         };
-        ctx.exit = ExitInfo {
-            reason: reason as u64,
-            esr: ESR_EL2.get(),
-            far: FAR_EL2.get(),
-            hpfar: HPFAR_EL2.get(),
-            acked: 0,
-        };
+        // FAR_EL2 and HPFAR_EL2 only where an abort may need them (`fast_path`).
+        ctx.exit.reason = reason as u64;
+        ctx.exit.esr = esr;
         if !fast_path(ctx, reason) {
             break reason;
         }
@@ -496,6 +493,77 @@ fn fast_sysreg(ctx: &mut VcpuContext, esr: Esr) -> bool {
     true
 }
 
+/// An SMCCC call el2 answers itself. Out of line although it is the
+/// hypercall round trip: inlined, the constants its decisions compare with
+/// are hoisted out of `run`'s loop and every other exit pays for them.
+#[inline(never)]
+fn fast_smccc(ctx: &mut VcpuContext, esr: Esr) -> bool {
+    let Some(answer) = fastpath::smccc(esr.imm16(), ctx.regs.x[0] as u32, ctx.regs.x[1]) else {
+        return false;
+    };
+    ctx.regs.x[0] = answer as u64;
+    if esr.class() == ExceptionClass::Smc64 {
+        // A trapped SMC returns to itself.
+        ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
+    }
+    ctx.counters.fast_smccc += 1;
+    true
+}
+
+/// A plain load of a constant device register (`ctx.config.consts`): the
+/// value lands in the register as the host's emulation would put it there
+/// and the PC steps. Out of line: the inline test of the fault's page
+/// against the table's range keeps other MMIO exits cheap.
+#[inline(never)]
+fn fast_mmio_const(ctx: &mut VcpuContext, esr: Esr) -> bool {
+    let e = &ctx.exit;
+    let Some((rt, value)) = fastpath::const_load(esr, e.hpfar, e.far, ctx.regs.pstate, &ctx.config.consts) else {
+        return false;
+    };
+    if rt < 31 {
+        ctx.regs.x[rt as usize] = value;
+    }
+    ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
+    ctx.regs.pstate &= !fastpath::PSTATE_BTYPE;
+    ctx.counters.fast_mmio_const += 1;
+    true
+}
+
+/// `FAR_EL2` and `HPFAR_EL2` into the exit: every synchronous exit but
+/// the SMCCC and system-register ones (whose syndromes say all) records
+/// them; for those and for interrupts the two fields are left as they were.
+#[inline(always)]
+fn read_fault_address(ctx: &mut VcpuContext) {
+    let (far, hpfar): (u64, u64);
+    // SAFETY: reading FAR_EL2 and HPFAR_EL2 has no side effects. One asm
+    // block, so that the two stores that follow can pair.
+    unsafe {
+        asm!("mrs {}, far_el2", "mrs {}, hpfar_el2", out(reg) far, out(reg) hpfar, options(nomem, nostack, preserves_flags))
+    };
+    ctx.exit.far = far;
+    ctx.exit.hpfar = hpfar;
+}
+
+/// `ELR_EL2`, `SPSR_EL2` and `ESR_EL2` at a guest exit, in one asm block
+/// so that the stores into the context pair.
+#[inline(always)]
+fn read_exit_syndrome() -> (u64, u64, u64) {
+    let (elr, spsr, esr): (u64, u64, u64);
+    // SAFETY: reading these registers has no side effects.
+    unsafe {
+        asm!(
+            "mrs {}, elr_el2",
+            "mrs {}, spsr_el2",
+            "mrs {}, esr_el2",
+            out(reg) elr,
+            out(reg) spsr,
+            out(reg) esr,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    (elr, spsr, esr)
+}
+
 /// Finishes an exit in el2 if it can; true means "re-enter the guest".
 #[inline(always)]
 fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
@@ -525,20 +593,19 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
         ExitReason::Sync => {
             let esr = Esr(ctx.exit.esr);
             match esr.class() {
-                ExceptionClass::Hvc64 | ExceptionClass::Smc64 => {
-                    let Some(answer) = fastpath::smccc(esr.imm16(), ctx.regs.x[0] as u32, ctx.regs.x[1]) else {
-                        return false;
-                    };
-                    ctx.regs.x[0] = answer as u64;
-                    if esr.class() == ExceptionClass::Smc64 {
-                        // A trapped SMC returns to itself.
-                        ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
-                    }
-                    ctx.counters.fast_smccc += 1;
-                    true
-                }
+                ExceptionClass::Hvc64 | ExceptionClass::Smc64 => fast_smccc(ctx, esr),
                 ExceptionClass::SysRegTrap => fast_sysreg(ctx, esr),
-                _ => false,
+                ExceptionClass::DataAbortLowerEl => {
+                    read_fault_address(ctx);
+                    // A store, or a page above every constant register's, is
+                    // the host's (tested inline: these are the emulated
+                    // devices' exits).
+                    !esr.is_write() && ctx.config.consts.below_limit(ctx.exit.hpfar) && fast_mmio_const(ctx, esr)
+                }
+                _ => {
+                    read_fault_address(ctx);
+                    false
+                }
             }
         }
     }

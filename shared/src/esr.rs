@@ -229,6 +229,26 @@ pub struct DataAbortIss {
     pub write: bool,
 }
 
+impl DataAbortIss {
+    /// What a load of `value` (the device's, possibly wider than the
+    /// access) leaves in its target register: the access's bits, sign- or
+    /// zero-extended as SSE says, and as a W register (the upper half zero)
+    /// unless SF is set (Arm ARM D24.2.40, ISS.SSE and ISS.SF).
+    #[inline(always)]
+    pub fn load_value(&self, value: u64) -> u64 {
+        // The access's bits to the top, then back down arithmetically
+        // (sign-extended) or logically (zero-extended). 56, 48, 32 or 0:
+        // 64 less the access's width in bits.
+        let shift = 64u32.wrapping_sub(u32::from(self.access_size) * 8) & 63;
+        let v = if self.sign_extend { (((value << shift) as i64) >> shift) as u64 } else { (value << shift) >> shift };
+        if self.sixty_four {
+            v
+        } else {
+            v & 0xffff_ffff
+        }
+    }
+}
+
 /// A system register by encoding (op0, op1, CRn, CRm, op2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SysReg {

@@ -202,6 +202,119 @@ pub struct VcpuConfig {
     pub mpidr: u64,
     /// `CONFIG_*` bits.
     pub flags: u64,
+    /// Device registers whose value cannot change while the VM runs, which
+    /// el2 answers plain loads of itself (empty: every access goes to the
+    /// host).
+    pub consts: ConstRegs,
+}
+
+/// Most entries a [`ConstRegs`] holds: el2 scans them all on a load from
+/// inside [`ConstRegs::hpfar_base`]'s range.
+pub const MAX_CONST_REGS: usize = 16;
+
+/// One constant register: `size` bytes at `ipa`, and when `frames` > 1 the
+/// same register at every `1 << stride_shift` bytes after it, `frames`
+/// times in all (one redistributor each).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConstReg {
+    pub ipa: u64,
+    /// What a load of exactly `size` bytes returns (zero-extended).
+    pub value: u64,
+    pub size: u16,
+    pub frames: u16,
+    pub stride_shift: u32,
+}
+
+/// A vCPU's table of constant device registers (the GIC's ID and type
+/// registers), filled by the host before the vCPU first runs and read by
+/// el2 on a stage-2 data abort. Nothing in it is trusted for el2's own
+/// safety: `count` is clamped, and a wrong entry only gives the guest a
+/// wrong value, as a wrong emulation would.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConstRegs {
+    /// `HPFAR_EL2` of the first page holding an entry, and the distance
+    /// past it of the last page + 1: a fault outside is not looked up.
+    pub hpfar_base: u64,
+    pub hpfar_span: u64,
+    /// `hpfar_base + hpfar_span` (0: empty).
+    pub hpfar_limit: u64,
+    pub count: u64,
+    pub regs: [ConstReg; MAX_CONST_REGS],
+}
+
+/// `HPFAR_EL2` for the page of `ipa` (FIPA, IPA bits 51:12, in bits 43:4).
+pub const fn hpfar_of(ipa: u64) -> u64 {
+    (ipa >> 12) << 4
+}
+
+impl ConstRegs {
+    /// Adds `size` bytes at `ipa` reading `value`, repeated `frames` times
+    /// `1 << stride_shift` apart. False (nothing added) when the table is full,
+    /// `size` is not 1, 2, 4 or 8, `frames` is 0 or the stride is 64 bits or
+    /// more.
+    pub fn push(&mut self, ipa: u64, size: u8, value: u64, frames: u16, stride_shift: u32) -> bool {
+        let n = self.count as usize;
+        if n >= MAX_CONST_REGS || !matches!(size, 1 | 2 | 4 | 8) || frames == 0 || stride_shift >= 64 {
+            return false;
+        }
+        let last = u64::from(frames - 1).checked_shl(stride_shift).and_then(|d| d.checked_add(ipa));
+        let Some(last) = last.and_then(|l| l.checked_add(u64::from(size) - 1)) else { return false };
+        self.regs[n] = ConstReg { ipa, value, size: size.into(), frames, stride_shift };
+        self.count += 1;
+        let (lo, hi) = (hpfar_of(ipa), hpfar_of(last) + 0x10);
+        if n == 0 {
+            self.hpfar_base = lo;
+            self.hpfar_span = hi - lo;
+        } else {
+            let end = (self.hpfar_base + self.hpfar_span).max(hi);
+            self.hpfar_base = self.hpfar_base.min(lo);
+            self.hpfar_span = end - self.hpfar_base;
+        }
+        self.hpfar_limit = self.hpfar_base + self.hpfar_span;
+        true
+    }
+
+    /// Whether a fault with this `HPFAR_EL2` may hit an entry.
+    #[inline(always)]
+    pub fn may_hold(&self, hpfar: u64) -> bool {
+        hpfar.wrapping_sub(self.hpfar_base) < self.hpfar_span
+    }
+
+    /// Whether a fault with this `HPFAR_EL2` is below the last entry's
+    /// page's end: el2's one-compare filter (a fault below the first
+    /// entry's page is looked up and not found; nothing under QEMU virt's
+    /// GIC frames is an emulated device).
+    #[inline(always)]
+    pub fn below_limit(&self, hpfar: u64) -> bool {
+        hpfar < self.hpfar_limit
+    }
+
+    /// The value of a `size`-byte load at `ipa`, if an entry has it.
+    #[inline]
+    pub fn lookup(&self, ipa: u64, size: u8) -> Option<u64> {
+        let n = (self.count as usize).min(MAX_CONST_REGS);
+        self.regs[..n].iter().find(|r| r.matches(ipa, size)).map(|r| r.value)
+    }
+
+    /// Every register the table answers for: (IPA, size, value).
+    pub fn each(&self) -> impl Iterator<Item = (u64, u8, u64)> + '_ {
+        let n = (self.count as usize).min(MAX_CONST_REGS);
+        self.regs[..n].iter().flat_map(|r| {
+            (0..u64::from(r.frames))
+                .map(move |f| (r.ipa.wrapping_add(f << (r.stride_shift & 63)), r.size as u8, r.value))
+        })
+    }
+}
+
+impl ConstReg {
+    #[inline(always)]
+    fn matches(&self, ipa: u64, size: u8) -> bool {
+        let Some(d) = ipa.checked_sub(self.ipa) else { return false };
+        let shift = self.stride_shift & 63;
+        self.size == u16::from(size) && d >> shift < u64::from(self.frames) && d & ((1 << shift) - 1) == 0
+    }
 }
 
 /// Trap guest `WFE` (when vCPUs share CPUs); `WFI` is always trapped.
@@ -211,6 +324,12 @@ pub const CONFIG_GICV3: u64 = 1 << 1;
 /// The guest has a PMUv3 (`ID_AA64DFR0_EL1.PMUVer`, [`PmuState`]); without
 /// it every PMU access is UNDEFINED for the guest.
 pub const CONFIG_PMU: u64 = 1 << 2;
+/// `fastpath=off`: el2 finishes none of this vCPU's exits that the host
+/// could (the figures of `scripts/bench --fastpath off` are the host's
+/// paths). The host publishes no [`ConstRegs`] either; fast paths that
+/// only el2 can take (a spurious IRQ, the ID registers, the SMCCC calls
+/// el2 answers, the lazy PMU and debug switches) stay.
+pub const CONFIG_NO_FASTPATH: u64 = 1 << 3;
 
 /// The last exit, as el2 saw it.
 #[repr(C)]
@@ -224,7 +343,7 @@ pub struct ExitInfo {
     /// An IRQ exit whose interrupt el2 acknowledged and could not finish:
     /// [`ACKED_VALID`] with the `ICC_IAR1_EL1` / `GICC_IAR` value. The host
     /// handles it as if it had acknowledged it itself (it is active, so it
-    /// is not signalled again).
+    /// is not signalled again), and clears this: el2 only ever sets it.
     pub acked: u64,
 }
 
@@ -243,6 +362,8 @@ pub struct El2Counters {
     pub fast_smccc: u64,
     pub fast_spurious: u64,
     pub fast_id_reg: u64,
+    /// Loads of a [`ConstRegs`] register.
+    pub fast_mmio_const: u64,
     /// The guest's virtual timer put in a list register by el2.
     pub fast_vtimer: u64,
 }
@@ -334,7 +455,13 @@ mod tests {
 
     #[test]
     fn reset_state_follows_the_boot_protocol() {
-        let cfg = VcpuConfig { stage2_root: 0x4100_0000, vmid: 3, mpidr: 0x8000_0001, flags: 0 };
+        let cfg = VcpuConfig {
+            stage2_root: 0x4100_0000,
+            vmid: 3,
+            mpidr: 0x8000_0001,
+            flags: 0,
+            consts: ConstRegs::default(),
+        };
         let c = VcpuContext::reset(0x4008_0000, 0x4400_0000, cfg, 7);
         assert_eq!(c.regs.pc, 0x4008_0000);
         assert_eq!(c.regs.x[0], 0x4400_0000);
@@ -361,6 +488,66 @@ mod tests {
         p.active = 0;
         assert!(!p.overflow_irq(), "a PMU never used has no state in hardware");
         assert_eq!(VcpuContext::reset(0, 0, VcpuConfig::default(), 0).pmu, PmuState::default());
+    }
+
+    #[test]
+    fn const_regs_answer_only_their_registers() {
+        let mut t = ConstRegs::default();
+        assert!(!t.may_hold(hpfar_of(0x0800_0000)), "an empty table holds nothing");
+        assert!(!t.below_limit(0));
+        assert_eq!(t.lookup(0, 4), None);
+        assert!(t.push(0x0800_0008, 4, 0x4658, 1, 0));
+        // Four redistributors 128 KiB apart.
+        assert!(t.push(0x080a_0004, 4, 0x4658, 4, 17));
+        assert!(t.push(0x080a_0008, 8, 0x1_0000_0010, 1, 0));
+        assert_eq!(t.lookup(0x0800_0008, 4), Some(0x4658));
+        assert_eq!(t.lookup(0x0800_0008, 2), None, "another size is another access");
+        assert_eq!(t.lookup(0x0800_0008, 8), None);
+        assert_eq!(t.lookup(0x0800_000c, 4), None);
+        assert_eq!(t.lookup(0x0800_0004, 4), None);
+        for f in 0..4 {
+            assert_eq!(t.lookup(0x080a_0004 + f * 0x2_0000, 4), Some(0x4658), "frame {f}");
+            assert_eq!(t.lookup(0x080a_0004 + f * 0x2_0000 + 0x1_0000, 4), None, "frame {f}'s SGI frame");
+        }
+        assert_eq!(t.lookup(0x080a_0004 + 4 * 0x2_0000, 4), None, "past the last frame");
+        assert_eq!(t.lookup(0x080a_0008, 8), Some(0x1_0000_0010));
+        assert_eq!(t.lookup(0x080c_0008, 8), None, "one frame only");
+        // The range: from GICD's page to the last redistributor's page.
+        assert!(t.may_hold(hpfar_of(0x0800_0000)));
+        assert!(t.may_hold(hpfar_of(0x080a_0004 + 3 * 0x2_0000)));
+        assert!(!t.may_hold(hpfar_of(0x080a_0004 + 3 * 0x2_0000 + 0x1000)));
+        assert!(!t.may_hold(hpfar_of(0x07ff_f000)));
+        assert!(!t.may_hold(hpfar_of(0x0a00_0000)), "virtio-mmio");
+        assert!(!t.below_limit(hpfar_of(0x0a00_0000)));
+        assert!(!t.below_limit(hpfar_of(0x080a_0004 + 3 * 0x2_0000 + 0x1000)));
+        assert!(t.below_limit(hpfar_of(0x080a_0004 + 3 * 0x2_0000)));
+        let all: std::vec::Vec<_> = t.each().collect();
+        assert_eq!(all.len(), 6);
+        assert!(all.contains(&(0x080a_0004 + 3 * 0x2_0000, 4, 0x4658)));
+    }
+
+    #[test]
+    fn const_regs_refuse_what_they_cannot_hold() {
+        let mut t = ConstRegs::default();
+        assert!(!t.push(0x1000, 3, 0, 1, 0), "size 3");
+        assert!(!t.push(0x1000, 4, 0, 0, 0), "no frames");
+        assert!(!t.push(0x1000, 4, 0, 2, 64), "a 64-bit stride");
+        assert!(!t.push(u64::MAX - 2, 4, 0, 1, 0), "past the end of the address space");
+        assert!(!t.push(u64::MAX - 0x1_ffff, 4, 0, 2, 17));
+        assert_eq!(t.count, 0);
+        for i in 0..MAX_CONST_REGS as u64 {
+            assert!(t.push(0x1000 + 8 * i, 4, i, 1, 0));
+        }
+        assert!(!t.push(0x2000, 4, 0, 1, 0), "full");
+        assert_eq!(t.lookup(0x1000 + 8 * 15, 4), Some(15));
+        // A count the host corrupted is clamped, never read past the table.
+        t.count = u64::MAX;
+        assert_eq!(t.lookup(0x1000 + 8 * 15, 4), Some(15));
+        assert_eq!(t.lookup(0x3000, 4), None);
+        assert_eq!(t.each().count(), MAX_CONST_REGS);
+        // A corrupt stride is masked, not a shift overflow.
+        t.regs[0].stride_shift = 200;
+        let _ = t.lookup(0x1000, 4);
     }
 
     #[test]

@@ -29,6 +29,9 @@ GICv3 and GICv4 lpi.
   --runs N     boot it N times (default: 5)
   --gic 2|3|4  the GIC version (default: 3)
   --bare       run the guest alone on QEMU, without the hypervisor (the floor)
+  --fastpath on|off
+               off boots the hypervisor with `fastpath=off`: el2 answers no
+               constant GIC register (the host's paths, for before/after figures)
   --no-build   use target/ferrovisor.img and target/guests/micro-bench.flat as they are
   --verbose    show the console as it comes
   --help       print this
@@ -81,6 +84,8 @@ pub struct Opts {
     pub runs: u32,
     pub gic: u8,
     pub bare: bool,
+    /// `--fastpath off`: the hypervisor's `fastpath=off`.
+    pub fastpath: bool,
     pub no_build: bool,
     pub verbose: bool,
 }
@@ -90,13 +95,20 @@ pub struct Opts {
 /// # Errors
 /// An unknown option, a missing or bad value.
 pub fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
-    let mut o = Opts { runs: DEFAULT_RUNS, gic: 3, bare: false, no_build: false, verbose: false };
+    let mut o = Opts { runs: DEFAULT_RUNS, gic: 3, bare: false, fastpath: true, no_build: false, verbose: false };
     let mut a = crate::Args::new(args);
     while let Some(opt) = a.next_opt()? {
         match opt.as_str() {
             "--help" | "-h" => return Ok(None),
             "--runs" => o.runs = a.number(&opt)?,
             "--gic" => o.gic = a.number(&opt)?,
+            "--fastpath" => {
+                o.fastpath = match a.value(&opt)?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(format!("--fastpath must be on or off, not `{v}`")),
+                }
+            }
             "--bare" | "--no-build" | "--verbose" | "-v" => {
                 a.flag(&opt)?;
                 match opt.as_str() {
@@ -320,7 +332,10 @@ fn prepare(root: &Path, o: &Opts, guest: &Path) -> Result<(Vec<String>, String),
     } else {
         crate::build(root, false)?
     };
-    let m = Machine { gic: o.gic, smp: SMP, ..Machine::default() };
+    let mut m = Machine { gic: o.gic, smp: SMP, ..Machine::default() };
+    if !o.fastpath {
+        m.append.push_str(" fastpath=off");
+    }
     let spec = GuestSpec {
         name: GUEST.into(),
         kernel: guest.to_path_buf(),
@@ -359,7 +374,11 @@ fn bench(o: &Opts) -> Result<(), (String, u8)> {
         runs.push(samples);
     }
     let rows = summarize(&runs).map_err(|e| (e, 1))?;
-    let how = if o.bare { "alone on QEMU (--bare)" } else { "as a VM under Ferrovisor" };
+    let how = match (o.bare, o.fastpath) {
+        (true, _) => "alone on QEMU (--bare)",
+        (false, true) => "as a VM under Ferrovisor",
+        (false, false) => "as a VM under Ferrovisor (fastpath=off)",
+    };
     println!("{GUEST} ({VCPUS} vCPUs) {how}, QEMU virt GICv{} -cpu max -smp {SMP}, {} runs", o.gic, o.runs);
     println!("ns_per_op (with -icount shift=0: instructions per operation)");
     println!();
@@ -404,9 +423,11 @@ mod tests {
     #[test]
     fn options() {
         let d = opts(&[]).unwrap().unwrap();
-        assert_eq!(d, Opts { runs: 5, gic: 3, bare: false, no_build: false, verbose: false });
+        assert_eq!(d, Opts { runs: 5, gic: 3, bare: false, fastpath: true, no_build: false, verbose: false });
         let o = opts(&["--runs", "9", "--gic=2", "--bare", "--no-build", "-v"]).unwrap().unwrap();
-        assert_eq!(o, Opts { runs: 9, gic: 2, bare: true, no_build: true, verbose: true });
+        assert_eq!(o, Opts { runs: 9, gic: 2, bare: true, fastpath: true, no_build: true, verbose: true });
+        assert!(!opts(&["--fastpath", "off"]).unwrap().unwrap().fastpath);
+        assert!(opts(&["--fastpath=on"]).unwrap().unwrap().fastpath);
         assert_eq!(opts(&["--help"]).unwrap(), None);
         for (args, msg) in [
             (&["--runs", "0"][..], "--runs must be 1 to 1000, not 0"),
@@ -414,6 +435,7 @@ mod tests {
             (&["--runs"], "--runs needs a value"),
             (&["--gic", "5"], "--gic must be 2, 3 or 4, not 5"),
             (&["--bare=1"], "--bare takes no value (got `1`)"),
+            (&["--fastpath", "maybe"], "--fastpath must be on or off, not `maybe`"),
             (&["--smp", "4"], "unknown option `--smp`"),
         ] {
             assert_eq!(opts(args).unwrap_err(), msg, "{args:?}");

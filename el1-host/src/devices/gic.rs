@@ -6,8 +6,13 @@ use super::bus::MmioDevice;
 use super::DeviceHost;
 use crate::gic::vgic::budget::Share;
 use crate::gic::vgic::its::{DropReason, Effect, GuestMemory, Its, ItsError};
-use crate::gic::vgic::Kicks;
+use crate::gic::vgic::{Kicks, Model, Vgic};
 use alloc::sync::Arc;
+use ferrovisor_shared::gic::{
+    GICD_IIDR, GICD_PIDR2_V2, GICD_PIDR2_V3, GICD_TYPER, GICD_TYPER2, GICR_IIDR, GICR_PIDR2, GICR_TYPER,
+};
+use ferrovisor_shared::its::{GITS_IIDR, GITS_PIDR2, GITS_TYPER};
+use ferrovisor_shared::vcpu::ConstRegs;
 
 /// What the redistributors and the ITS need beyond [`DeviceHost`]: the
 /// guest memory their tables live in, and the way LPIs go.
@@ -78,11 +83,70 @@ impl ItsFrame {
     pub fn reset(&self) {
         self.its.lock().reset();
     }
+
+    /// A read of the frame, as a guest's (which reads nothing else).
+    pub fn mmio_read(&self, offset: u64, size: u8) -> u64 {
+        self.its.lock().mmio_read(offset, size)
+    }
+}
+
+/// The GIC registers of a VM whose value nothing the guest or the host
+/// does changes (their emulation reads only what the VM was built with:
+/// the model, the vCPUs' MPIDRs, the SPI count, LPIs), as (frame, offset,
+/// size). `GICD_CTLR`, `GICR_WAKER`, `GICR_CTLR`, `GITS_CTLR` and the rest
+/// hold state and are never here.
+const GICD_CONSTS_V3: [(usize, u8); 4] = [(GICD_IIDR, 4), (GICD_TYPER, 4), (GICD_TYPER2, 4), (GICD_PIDR2_V3, 4)];
+const GICD_CONSTS_V2: [(usize, u8); 3] = [(GICD_IIDR, 4), (GICD_TYPER, 4), (GICD_PIDR2_V2, 4)];
+/// Every redistributor's (one entry covers them all).
+const GICR_CONSTS_ALL: [(usize, u8); 2] = [(GICR_IIDR, 4), (GICR_PIDR2, 4)];
+/// The vCPU's own redistributor's (`GICR_TYPER` differs between them; a
+/// read of another's goes to the host).
+const GICR_CONSTS_OWN: [(usize, u8); 3] = [(GICR_TYPER, 8), (GICR_TYPER, 4), (GICR_TYPER + 4, 4)];
+const GITS_CONSTS: [(usize, u8); 5] =
+    [(GITS_IIDR, 4), (GITS_TYPER, 8), (GITS_TYPER, 4), (GITS_TYPER + 4, 4), (GITS_PIDR2, 4)];
+
+/// The table el2 answers vCPU `vcpu`'s loads of constant GIC registers
+/// from (docs/exit.md §4), for a VM laid out as [`super::map`] with this
+/// vGIC and ITS. Each value is what the emulation reads now, so the two
+/// cannot disagree; the tests check that nothing the guest does changes them.
+pub fn const_regs(vgic: &Vgic, its: Option<&ItsFrame>, vcpu: usize) -> ConstRegs {
+    use super::map;
+    let mut t = ConstRegs::default();
+    let mut push = |ipa: u64, size: u8, value: u64, frames: u16, shift: u32| {
+        let added = t.push(ipa, size, value, frames, shift);
+        debug_assert!(added, "the constant GIC registers fit the table");
+    };
+    let gicd: &[(usize, u8)] = match vgic.model() {
+        Model::V3 => &GICD_CONSTS_V3,
+        Model::V2 => &GICD_CONSTS_V2,
+    };
+    for &(off, size) in gicd {
+        push(map::GIC_DIST + off as u64, size, vgic.dist_read(vcpu, off as u64, size), 1, 0);
+    }
+    if vgic.model() == Model::V3 {
+        const STRIDE_SHIFT: u32 = map::GIC_REDIST_STRIDE.trailing_zeros();
+        const _: () = assert!(1 << STRIDE_SHIFT == map::GIC_REDIST_STRIDE);
+        let frames = u16::try_from(vgic.nr_vcpus()).unwrap_or(u16::MAX);
+        for &(off, size) in &GICR_CONSTS_ALL {
+            push(map::GIC_REDIST + off as u64, size, vgic.redist_read(vcpu, off as u64, size), frames, STRIDE_SHIFT);
+        }
+        let own = map::GIC_REDIST_STRIDE * vcpu as u64;
+        for &(off, size) in &GICR_CONSTS_OWN {
+            let off = own + off as u64;
+            push(map::GIC_REDIST + off, size, vgic.redist_read(vcpu, off, size), 1, 0);
+        }
+    }
+    if let Some(its) = its {
+        for &(off, size) in &GITS_CONSTS {
+            push(map::GIC_ITS + off as u64, size, its.mmio_read(off as u64, size), 1, 0);
+        }
+    }
+    t
 }
 
 impl<H: LpiHost + ?Sized> MmioDevice<H> for ItsFrame {
     fn read(&self, _vm: &H, _vcpu: usize, offset: u64, size: u8) -> u64 {
-        self.its.lock().mmio_read(offset, size)
+        self.mmio_read(offset, size)
     }
 
     fn write(&self, vm: &H, _vcpu: usize, offset: u64, size: u8, value: u64) -> Kicks {

@@ -40,14 +40,7 @@ impl MmioAccess {
     /// Puts a load's value in the target register (sign- or zero-extended as
     /// the instruction asked) and steps past the instruction.
     pub fn complete_read(&self, ctx: &mut VcpuContext, value: u64) {
-        // The access's bits to the top, then back down arithmetically
-        // (sign-extended) or logically (zero-extended).
-        let shift = self.unused_bits();
-        let mut v =
-            if self.iss.sign_extend { (((value << shift) as i64) >> shift) as u64 } else { (value << shift) >> shift };
-        if !self.iss.sixty_four {
-            v &= 0xffff_ffff;
-        }
+        let v = self.iss.load_value(value);
         // A load to register 31 (XZR) is discarded.
         if let Some(x) = ctx.regs.x.get_mut(usize::from(self.iss.register)) {
             *x = v;

@@ -218,9 +218,10 @@ impl GuestVcpu for Runner<'_> {
         let vcpu = self.vcpu;
         let ctx = self.ctx();
         if ctx.exit.acked & ACKED_VALID != 0 {
+            let iar = core::mem::take(&mut ctx.exit.acked) as u32;
             // As from the IRQ vector: masked, the handlers are not re-entrant.
             cpu::irq_disable();
-            crate::irq::handle_acked(ctx.exit.acked as u32);
+            crate::irq::handle_acked(iar);
             cpu::irq_enable();
         }
         super::timers::note_el2_injection(ctx);

@@ -10,7 +10,7 @@ use super::sysreg;
 use crate::arch::aarch64::{cpu, timer};
 use crate::vm::instance::{Vcpu, Vm};
 use core::sync::atomic::Ordering;
-use ferrovisor_shared::vcpu::{TimerState, VcpuContext};
+use ferrovisor_shared::vcpu::{TimerState, VcpuContext, CONFIG_NO_FASTPATH};
 
 /// The guest's virtual timer PPI (PPI 11).
 pub const GUEST_VTIMER_INTID: u32 = 27;
@@ -86,7 +86,7 @@ pub fn link(vm: &Vm) {
 pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext) {
     let line = vcpu.ppi_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
     VTIMER.load(vm, vcpu, GUEST_VTIMER_INTID, crate::irq::ids::vtimer_intid, line);
-    if !crate::bootargs::fast_paths() {
+    if ctx.config.flags & CONFIG_NO_FASTPATH != 0 {
         ctx.vgic.vtimer_lr = 0;
         return;
     }

@@ -23,8 +23,17 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use ferrovisor_shared::vcpu::{VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_PMU};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use ferrovisor_shared::vcpu::{ConstRegs, VcpuConfig, VcpuContext, CONFIG_GICV3, CONFIG_NO_FASTPATH, CONFIG_PMU};
+
+/// The `fastpath=off` boot option, read before any VM is built.
+static FASTPATH: AtomicBool = AtomicBool::new(true);
+
+/// Whether VMs built from now on get el2's fast paths (`fastpath=off`:
+/// no; docs/exit.md §4).
+pub fn set_fastpath(on: bool) {
+    FASTPATH.store(on, Ordering::Relaxed);
+}
 
 pub use crate::vcpu::state::Vcpu;
 
@@ -209,11 +218,19 @@ impl Vm {
         let vcpus = (0..spec.vcpus as usize)
             .map(|i| {
                 let mpidr = mpidrs[i];
+                let fastpath = FASTPATH.load(Ordering::Relaxed);
                 let config = VcpuConfig {
                     stage2_root: stage2.root_pa(),
                     vmid: 0,
                     mpidr,
-                    flags: if gicv3 { CONFIG_GICV3 } else { 0 } | if pmu { CONFIG_PMU } else { 0 },
+                    flags: if gicv3 { CONFIG_GICV3 } else { 0 }
+                        | if pmu { CONFIG_PMU } else { 0 }
+                        | if fastpath { 0 } else { CONFIG_NO_FASTPATH },
+                    consts: if fastpath {
+                        devices::gic::const_regs(&vgic, guest_its.as_deref(), i)
+                    } else {
+                        ConstRegs::default()
+                    },
                 };
                 let ctx = VcpuContext::reset(entry, dtb_ipa, config, cntvoff);
                 Vcpu {

@@ -36,6 +36,7 @@ pub struct VmStats {
     fast_spurious: AtomicU64,
     fast_id_reg: AtomicU64,
     fast_vtimer: AtomicU64,
+    fast_mmio_const: AtomicU64,
     el2_exits: AtomicU64,
     pub interrupted: AtomicU64,
     pub guest_ticks: AtomicU64,
@@ -67,6 +68,7 @@ impl VmStats {
         self.fast_spurious.fetch_add(c.fast_spurious, Relaxed);
         self.fast_id_reg.fetch_add(c.fast_id_reg, Relaxed);
         self.fast_vtimer.fetch_add(c.fast_vtimer, Relaxed);
+        self.fast_mmio_const.fetch_add(c.fast_mmio_const, Relaxed);
     }
 
     pub fn exits(&self, kind: ExitKind) -> u64 {
@@ -74,7 +76,7 @@ impl VmStats {
     }
 
     pub fn fast_paths(&self) -> u64 {
-        [&self.fast_smccc, &self.fast_spurious, &self.fast_id_reg, &self.fast_vtimer]
+        [&self.fast_smccc, &self.fast_spurious, &self.fast_id_reg, &self.fast_mmio_const, &self.fast_vtimer]
             .iter()
             .map(|c| c.load(Relaxed))
             .sum()
@@ -102,10 +104,11 @@ impl fmt::Display for Report<'_> {
         writeln!(f, ")")?;
         writeln!(
             f,
-            "fast paths {} (smccc {}, id-reg {}, spurious {}, vtimer {}); runs {}, interrupted {}, doorbells {}",
+            "fast paths {} (smccc {}, id-reg {}, mmio-const {}, spurious {}, vtimer {}); runs {}, interrupted {}, doorbells {}",
             s.fast_paths(),
             s.fast_smccc.load(Relaxed),
             s.fast_id_reg.load(Relaxed),
+            s.fast_mmio_const.load(Relaxed),
             s.fast_spurious.load(Relaxed),
             s.fast_vtimer.load(Relaxed),
             s.runs.load(Relaxed),
@@ -135,13 +138,23 @@ mod tests {
         s.count(ExitKind::Mmio);
         s.count(ExitKind::Mmio);
         s.count(ExitKind::Hvc);
-        s.add_el2(&El2Counters { runs: 4, exits: 9, fast_smccc: 5, fast_spurious: 1, fast_id_reg: 0, fast_vtimer: 2 });
+        s.add_el2(&El2Counters {
+            runs: 4,
+            exits: 9,
+            fast_smccc: 5,
+            fast_spurious: 1,
+            fast_id_reg: 0,
+            fast_mmio_const: 2,
+            fast_vtimer: 3,
+        });
         s.interrupted.fetch_add(1, Relaxed);
         s.doorbells.fetch_add(3, Relaxed);
         let text = alloc::format!("{}", s.report(CmoFigures { epochs: 2, regions: 4, bytes: 8192 }));
         assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
         assert!(
-            text.contains("fast paths 8 (smccc 5, id-reg 0, spurious 1, vtimer 2); runs 4, interrupted 1, doorbells 3"),
+            text.contains(
+                "fast paths 11 (smccc 5, id-reg 0, mmio-const 2, spurious 1, vtimer 3); runs 4, interrupted 1, doorbells 3"
+            ),
             "{text}"
         );
         assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
