@@ -217,14 +217,9 @@ impl GuestVcpu for Runner<'_> {
         let vm = self.vm;
         let vcpu = self.vcpu;
         let ctx = self.ctx();
-        if ctx.exit.acked & ACKED_VALID != 0 {
-            let iar = core::mem::take(&mut ctx.exit.acked) as u32;
-            // As from the IRQ vector: masked, the handlers are not re-entrant.
-            cpu::irq_disable();
-            crate::irq::handle_acked(iar);
-            cpu::irq_enable();
+        if ctx.exit.acked | ctx.vgic.el2_lrs != 0 {
+            el2_delivered(ctx);
         }
-        super::timers::note_el2_injection(ctx);
         vm.vgic.sync(vcpu.index, &mut ctx.vgic);
         vm.kick(vm.vgic.take_kicks());
         super::timers::sample(vm, vcpu, ctx);
@@ -241,6 +236,21 @@ impl GuestVcpu for Runner<'_> {
             }
         }
     }
+}
+
+/// After an exit in a run in which el2 acknowledged an interrupt itself:
+/// one it left to the host, or the virtual timer's PPI it delivered.
+#[cold]
+#[inline(never)]
+fn el2_delivered(ctx: &mut VcpuContext) {
+    if ctx.exit.acked & ACKED_VALID != 0 {
+        let iar = core::mem::take(&mut ctx.exit.acked) as u32;
+        // As from the IRQ vector: masked, the handlers are not re-entrant.
+        cpu::irq_disable();
+        crate::irq::handle_acked(iar);
+        cpu::irq_enable();
+    }
+    super::timers::note_el2_injection(ctx);
 }
 
 /// Gives `vcpu`'s CPU away unless `runnable` (checked after announcing the

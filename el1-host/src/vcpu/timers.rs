@@ -83,18 +83,24 @@ pub fn link(vm: &Vm) {
 /// while this vCPU's virtual timer interrupt is pending or active; and the
 /// list register el2 writes when it fires during the run (`vtimer_lr`),
 /// worked out again only when the vGIC's configuration changed.
+#[inline(always)]
 pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext) {
     let line = vcpu.ppi_lines.load(Ordering::Relaxed) & VTIMER_LINE != 0;
     VTIMER.load(vm, vcpu, GUEST_VTIMER_INTID, crate::irq::ids::vtimer_intid, line);
-    if ctx.config.flags & CONFIG_NO_FASTPATH != 0 {
-        ctx.vgic.vtimer_lr = 0;
-        return;
-    }
     let gen = vm.vgic.config_gen();
     if ctx.vgic.host_gen != gen {
-        ctx.vgic.vtimer_lr = vm.vgic.hw_lr(vcpu.index, GUEST_VTIMER_INTID);
-        ctx.vgic.host_gen = gen;
+        refresh_vtimer_lr(vm, vcpu, ctx, gen);
     }
+}
+
+/// Out of line: the guest changed its GIC's configuration (or this is the
+/// vCPU's first entry since a reset, `host_gen` 0).
+#[cold]
+#[inline(never)]
+fn refresh_vtimer_lr(vm: &Vm, vcpu: &Vcpu, ctx: &mut VcpuContext, gen: u64) {
+    ctx.vgic.vtimer_lr =
+        if ctx.config.flags & CONFIG_NO_FASTPATH != 0 { 0 } else { vm.vgic.hw_lr(vcpu.index, GUEST_VTIMER_INTID) };
+    ctx.vgic.host_gen = gen;
 }
 
 /// After exit, before the vGIC sync: el2 acknowledged the physical PPI for
