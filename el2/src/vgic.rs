@@ -7,6 +7,7 @@
 use aarch64_cpu::registers::*;
 use core::sync::atomic::{AtomicU64, Ordering};
 use ferrovisor_shared::dt::GicDesc;
+use ferrovisor_shared::sgi::{self, SgiMailbox, SGI_EL2_POST};
 use ferrovisor_shared::vcpu::{VgicCpuState, MAX_LIST_REGS};
 
 /// Which virtual CPU interface this machine has, found at boot.
@@ -51,6 +52,8 @@ const V2_IAR_INTID: u64 = 0x3ff;
 pub enum HwIrq {
     /// In a list register: back to the guest.
     Injected,
+    /// `SGI_EL2_POST`: what other CPUs posted is in list registers.
+    Posted,
     /// Not the timer, or no list register for it: nothing acknowledged.
     NotOurs,
     /// Another interrupt came first: acknowledged (this `IAR` value), for
@@ -66,9 +69,9 @@ pub enum HwIrq {
 /// was inactive) or the next free one (docs/interrupts.md §6). Out of
 /// line, so that the hypercall fast path stays short.
 #[inline(never)]
-pub fn take_hw_irq(s: &mut VgicCpuState) -> HwIrq {
+pub fn take_hw_irq(s: &mut VgicCpuState, posts: Option<&SgiMailbox>) -> HwIrq {
     let lr = s.vtimer_lr;
-    if lr == 0 {
+    if lr == 0 && posts.is_none() {
         return HwIrq::NotOurs;
     }
     let v3 = match INTERFACE.load(Ordering::Relaxed) {
@@ -82,7 +85,18 @@ pub fn take_hw_irq(s: &mut VgicCpuState) -> HwIrq {
         (lr & V2_VINTID, (lr >> V2_PINTID_SHIFT) & V2_PINTID)
     };
     let hppir = if v3 { read_hppir1() & V3_IAR_INTID } else { u64::from(read_gicc(GICC_HPPIR)) & V2_IAR_INTID };
-    if hppir != pintid {
+    if let Some(mb) = posts.filter(|_| v3 && hppir == u64::from(SGI_EL2_POST)) {
+        let iar = read_iar1();
+        if iar & V3_IAR_INTID != u64::from(SGI_EL2_POST) {
+            return HwIrq::Acked(iar);
+        }
+        // el2's own: ended here (EOImode 1: drop, then deactivate).
+        write_eoir1(iar);
+        write_dir(iar);
+        take_posted(s, mb, sgi::take(&mb.pending));
+        return HwIrq::Posted;
+    }
+    if lr == 0 || hppir != pintid {
         return HwIrq::NotOurs;
     }
     let nr = nr_lrs() as usize;
@@ -124,6 +138,78 @@ pub fn take_hw_irq(s: &mut VgicCpuState) -> HwIrq {
     s.el2_lrs |= 1 << slot;
     HwIrq::Injected
 }
+
+/// Moves SGIs `bits` posted for this vCPU into list registers (GICv3): one
+/// already pending there stays as it is, one active there becomes pending
+/// and active, the others take the list register that held them or the
+/// next free one (noted in `el2_lrs`). What the guest cannot take now, or
+/// finds no list register, goes back to the mailbox, with the maintenance
+/// interrupt for "no pending list register" on, so that the guest exits
+/// soon and the host raises it in the vGIC.
+#[inline(never)]
+pub fn take_posted(s: &mut VgicCpuState, mb: &SgiMailbox, bits: u64) {
+    if bits == 0 || INTERFACE.load(Ordering::Relaxed) != IF_V3 {
+        if bits != 0 {
+            mb.pending.fetch_or(bits, Ordering::Relaxed);
+        }
+        return;
+    }
+    let takeable = mb.takeable.load(Ordering::Acquire);
+    let mut keep = bits & !takeable;
+    let mut todo = bits & takeable & 0xffff;
+    let nr = nr_lrs() as usize;
+    let mut used = (s.used_lrs as usize).min(nr);
+    while todo != 0 {
+        let n = u64::from(todo.trailing_zeros());
+        todo &= todo - 1;
+        let mut slot = used;
+        let mut done = false;
+        for i in 0..used {
+            let cur = read_lr_v3(i);
+            if cur & V3_VINTID != n {
+                continue;
+            }
+            match (cur >> V3_STATE_SHIFT) & 3 {
+                0 => slot = i,
+                2 => {
+                    write_lr_v3(i, cur | 1 << V3_STATE_SHIFT);
+                    s.el2_lrs |= 1 << i;
+                    done = true;
+                }
+                _ => done = true,
+            }
+            break;
+        }
+        if done {
+            continue;
+        }
+        if slot >= nr {
+            keep |= 1 << n | todo;
+            break;
+        }
+        write_lr_v3(slot, mb.lr_v3(n as u32, takeable));
+        s.el2_lrs |= 1 << slot;
+        if slot == used {
+            used += 1;
+        }
+    }
+    s.used_lrs = used as u64;
+    if keep != 0 {
+        mb.pending.fetch_or(keep, Ordering::Relaxed);
+        ICH_HCR_EL2.set(ICH_HCR_EL2.get() | ICH_HCR_NPIE);
+    }
+}
+
+/// Sends `SGI_EL2_POST` to the CPU `route` names (its `resident` bits).
+pub fn send_post_sgi(route: u64) {
+    let value = route | u64::from(SGI_EL2_POST) << sgi::SGI1R_INTID_SHIFT;
+    // SAFETY: a physical SGI to one CPU, which that CPU's el2 (or host)
+    // ends; ICC_SGI1R_EL1 has no other effect.
+    unsafe { core::arch::asm!("msr s3_0_c12_c11_5, {}", in(reg) value, options(nomem, nostack, preserves_flags)) };
+}
+
+/// `ICH_HCR_EL2.NPIE` (IHI 0069 §12.4.4).
+const ICH_HCR_NPIE: u64 = 1 << 3;
 
 const fn lr_at(i: usize) -> u64 {
     GICH_LR0 + 4 * i as u64
@@ -277,6 +363,12 @@ fn write_eoir1(iar: u64) {
     // SAFETY: the priority drop of the interrupt just acknowledged; with
     // the host's EOImode 1 it stays active.
     unsafe { core::arch::asm!("msr s3_0_c12_c12_1, {}", in(reg) iar, options(nomem, nostack, preserves_flags)) };
+}
+
+fn write_dir(iar: u64) {
+    // SAFETY: deactivates the interrupt just acknowledged and ended (el2's
+    // own SGI); ICC_DIR_EL1 has no other effect.
+    unsafe { core::arch::asm!("msr s3_0_c12_c11_1, {}", in(reg) iar, options(nomem, nostack, preserves_flags)) };
 }
 
 fn read_elrsr_v3() -> u64 {

@@ -16,8 +16,10 @@ use crate::vgic::HwIrq;
 use crate::{debug, pmu};
 use aarch64_cpu::registers::*;
 use core::arch::asm;
+use core::sync::atomic::Ordering;
 use ferrovisor_shared::boot::MAX_CPUS;
-use ferrovisor_shared::esr::{Esr, ExceptionClass};
+use ferrovisor_shared::esr::{Esr, ExceptionClass, SysReg};
+use ferrovisor_shared::sgi::{self, SgiMailbox, SgiTable, SGI_TABLE_VCPUS};
 use ferrovisor_shared::vcpu::*;
 
 /// What el2 keeps per CPU. `TPIDR_EL2` points at this CPU's; the vectors and
@@ -44,6 +46,12 @@ pub struct El2Cpu {
     pmu_counters: usize,
     /// Breakpoints and watchpoints (`debug::points`).
     debug_points: (usize, usize),
+    /// The `ICC_SGI1R_EL1` routing bits that reach this CPU (`sgi::route_of`).
+    sgi_route: u64,
+    /// For the run in progress: the VM's SGI table, checked (0: none).
+    sgi_table: u64,
+    /// The last SGI table `checked_sgi_table` found in RAM.
+    sgi_checked: u64,
 }
 
 pub const EL2CPU_GUEST: usize = core::mem::offset_of!(El2Cpu, guest);
@@ -95,6 +103,9 @@ const EL2CPU_INIT: El2Cpu = El2Cpu {
     pmuver: 0,
     pmu_counters: 0,
     debug_points: (0, 0),
+    sgi_route: 0,
+    sgi_table: 0,
+    sgi_checked: 0,
 };
 
 static EL2_CPUS: PerCpu = PerCpu([const { core::cell::UnsafeCell::new(EL2CPU_INIT) }; MAX_CPUS]);
@@ -125,6 +136,7 @@ pub fn init_cpu(index: usize) {
     c.pmuver = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
     c.pmu_counters = (c.host_mdcr & pmu::MDCR_HPMN) as usize;
     c.debug_points = debug::points(ID_AA64DFR0_EL1.get());
+    c.sgi_route = ferrovisor_shared::sgi::route_of(MPIDR_EL1.get());
     TPIDR_EL2.set(cpu as u64);
     crate::vgic::reset_cpu();
 }
@@ -347,6 +359,14 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     CNTHCTL_EL2.set(CNTHCTL_GUEST);
     HCR_EL2.set(guest_hcr(ctx.config.flags, cpu.pauth));
     crate::vgic::restore(&ctx.vgic);
+    cpu.sgi_table = checked_sgi_table(cpu, ctx);
+    if cpu.sgi_table != 0 {
+        let mb = mailbox(cpu.sgi_table, ctx.config.mpidr & 0xf);
+        let posted = sgi::enter(&mb.pending, &mb.resident, cpu.sgi_route);
+        if posted != 0 {
+            crate::vgic::take_posted(&mut ctx.vgic, mb, posted);
+        }
+    }
     isb();
     // After the ISB, so that MDCR_EL2.HPMD already keeps el2 out of the
     // counts the guest's PMCR_EL0.E starts.
@@ -397,6 +417,12 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     ctx.timer.cntv_cval = CNTV_CVAL_EL0.get();
     // The guest's timer must not interrupt the host.
     CNTV_CTL_EL0.set(0);
+    if cpu.sgi_table != 0 {
+        // Before the list registers go: from here on senders leave new SGIs
+        // to the host.
+        sgi::leave(&mailbox(cpu.sgi_table, ctx.config.mpidr & 0xf).resident);
+        cpu.sgi_table = 0;
+    }
     crate::vgic::save(&mut ctx.vgic);
 
     // Host in.
@@ -411,7 +437,9 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     ELR_EL2.set(cpu.host_elr);
     SPSR_EL2.set(cpu.host_spsr);
     isb();
-    reason as i64
+    // `reason`, or what a fast path made of it (`ExitReason::Kick`).
+    let _ = reason;
+    ctx.exit.reason as i64
 }
 
 /// `MDCR_EL2` for a guest: the host's, the PMU's traps or switches, and
@@ -476,6 +504,10 @@ fn fast_sysreg(ctx: &mut VcpuContext, esr: Esr) -> bool {
     if debug::is_debug_reg(access.reg) {
         return activate_debug(ctx);
     }
+    if !access.read && access.reg == ICC_SGI1R_EL1 {
+        let value = if access.register < 31 { ctx.regs.x[access.register as usize] } else { 0 };
+        return fast_sgi(ctx, value);
+    }
     if !access.read || !fastpath::is_id_reg(access.reg) {
         return false;
     }
@@ -490,6 +522,86 @@ fn fast_sysreg(ctx: &mut VcpuContext, esr: Esr) -> bool {
     }
     ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
     ctx.counters.fast_id_reg += 1;
+    true
+}
+
+/// `ICC_SGI1R_EL1` (IHI 0069 §12.2.21).
+const ICC_SGI1R_EL1: SysReg = SysReg::new(3, 0, 12, 11, 5);
+
+/// The VM's SGI table if the host gave one and it is sound: in RAM,
+/// aligned, and this vCPU in it (el2 trusts no address it did not check).
+/// The last table found in RAM is remembered (`sgi_checked`): every run of
+/// a VM's vCPUs names the same one.
+#[inline(always)]
+fn checked_sgi_table(cpu: &mut El2Cpu, ctx: &VcpuContext) -> u64 {
+    let t = ctx.config.sgi_table;
+    if t == 0 {
+        return 0;
+    }
+    if t != cpu.sgi_checked {
+        if !t.is_multiple_of(64) || !crate::hyp::in_ram(t, core::mem::size_of::<SgiTable>() as u64) {
+            return 0;
+        }
+        cpu.sgi_checked = t;
+    }
+    // SAFETY: checked above to be a whole, aligned SgiTable in RAM; its
+    // fields are atomics or read-only for el2 (`nr_vcpus`).
+    let nr = unsafe { (*(t as *const SgiTable)).nr_vcpus };
+    let me = ctx.config.mpidr & 0xff_ffff;
+    if me >= nr.min(SGI_TABLE_VCPUS as u64) {
+        return 0;
+    }
+    t
+}
+
+/// vCPU `index`'s mailbox in a table `checked_sgi_table` accepted.
+fn mailbox(table: u64, index: u64) -> &'static SgiMailbox {
+    // SAFETY: `table` passed `checked_sgi_table` for this run and the host
+    // keeps it while the VM lives; `index` is below SGI_TABLE_VCPUS.
+    unsafe { &(*(table as *const SgiTable)).vcpu[(index as usize) % SGI_TABLE_VCPUS] }
+}
+
+/// A trapped `ICC_SGI1R_EL1` write el2 delivers itself when every target is
+/// a vCPU of the SGI table, in guest mode now, and can take the SGI
+/// (docs/interrupts.md §5): posted in each mailbox, and the physical
+/// `SGI_EL2_POST` sent to where each runs. A target that left guest mode
+/// between the check and the post is the host's to kick (`ExitReason::Kick`).
+#[inline(never)]
+fn fast_sgi(ctx: &mut VcpuContext, value: u64) -> bool {
+    let table = this_cpu().sgi_table;
+    if table == 0 {
+        return false;
+    }
+    // SAFETY: as in `mailbox`.
+    let nr = unsafe { (*(table as *const SgiTable)).nr_vcpus };
+    let Some((targets, intid)) = sgi::table_targets(value, nr) else { return false };
+    let mut rest = targets;
+    while rest != 0 {
+        let t = rest.trailing_zeros();
+        rest &= rest - 1;
+        let mb = mailbox(table, t.into());
+        if mb.resident.load(Ordering::Relaxed) == 0 || !mb.can_take(intid) {
+            return false;
+        }
+    }
+    let mut kick = 0;
+    let mut rest = targets;
+    while rest != 0 {
+        let t = rest.trailing_zeros();
+        rest &= rest - 1;
+        let mb = mailbox(table, t.into());
+        match sgi::post(&mb.pending, &mb.resident, 1 << intid) {
+            Some(route) => crate::vgic::send_post_sgi(route),
+            None => kick |= 1 << t,
+        }
+    }
+    ctx.regs.pc = ctx.regs.pc.wrapping_add(4);
+    ctx.counters.fast_sgi += 1;
+    if kick != 0 {
+        ctx.exit.kick = kick;
+        ctx.exit.reason = ExitReason::Kick as u64;
+        return false;
+    }
     true
 }
 
@@ -577,11 +689,14 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
             if reason == ExitReason::Fiq {
                 return false;
             }
-            match crate::vgic::take_hw_irq(&mut ctx.vgic) {
+            let table = this_cpu().sgi_table;
+            let mb = (table != 0).then(|| mailbox(table, ctx.config.mpidr & 0xf));
+            match crate::vgic::take_hw_irq(&mut ctx.vgic, mb) {
                 HwIrq::Injected => {
                     ctx.counters.fast_vtimer += 1;
                     true
                 }
+                HwIrq::Posted => true,
                 HwIrq::NotOurs => false,
                 HwIrq::Acked(iar) => {
                     ctx.exit.acked = ACKED_VALID | iar;
@@ -589,7 +704,7 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                 }
             }
         }
-        ExitReason::SError => false,
+        ExitReason::SError | ExitReason::Kick => false,
         ExitReason::Sync => {
             let esr = Esr(ctx.exit.esr);
             match esr.class() {

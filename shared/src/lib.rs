@@ -19,6 +19,7 @@ pub mod hypercall;
 pub mod image;
 pub mod its;
 pub mod paging;
+pub mod sgi;
 pub mod trap;
 pub mod uart;
 pub mod vcpu;

@@ -206,6 +206,10 @@ pub struct VcpuConfig {
     /// el2 answers plain loads of itself (empty: every access goes to the
     /// host).
     pub consts: ConstRegs,
+    /// Physical address of the VM's [`crate::sgi::SgiTable`] (64-byte
+    /// aligned), through which el2 delivers SGIs between resident vCPUs; 0:
+    /// every SGI goes through the host.
+    pub sgi_table: u64,
 }
 
 /// Most entries a [`ConstRegs`] holds: el2 scans them all on a load from
@@ -345,6 +349,9 @@ pub struct ExitInfo {
     /// handles it as if it had acknowledged it itself (it is active, so it
     /// is not signalled again), and clears this: el2 only ever sets it.
     pub acked: u64,
+    /// [`ExitReason::Kick`]: the vCPUs (bit n, vCPU n) el2 posted SGIs for
+    /// that were not in guest mode.
+    pub kick: u64,
 }
 
 /// [`ExitInfo::acked`] holds an acknowledged interrupt.
@@ -364,6 +371,8 @@ pub struct El2Counters {
     pub fast_id_reg: u64,
     /// Loads of a [`ConstRegs`] register.
     pub fast_mmio_const: u64,
+    /// `ICC_SGI1R_EL1` writes el2 delivered itself.
+    pub fast_sgi: u64,
     /// The guest's virtual timer put in a list register by el2.
     pub fast_vtimer: u64,
 }
@@ -411,6 +420,9 @@ pub enum ExitReason {
     Fiq = 3,
     /// An SError from the guest.
     SError = 4,
+    /// el2 finished the exit (an SGI it posted) but its targets in
+    /// `exit.kick` were outside guest mode: the host must kick them.
+    Kick = 5,
 }
 
 impl ExitReason {
@@ -420,6 +432,7 @@ impl ExitReason {
             2 => Self::Irq,
             3 => Self::Fiq,
             4 => Self::SError,
+            5 => Self::Kick,
             _ => return None,
         })
     }
@@ -461,6 +474,7 @@ mod tests {
             mpidr: 0x8000_0001,
             flags: 0,
             consts: ConstRegs::default(),
+            sgi_table: 0,
         };
         let c = VcpuContext::reset(0x4008_0000, 0x4400_0000, cfg, 7);
         assert_eq!(c.regs.pc, 0x4008_0000);
@@ -552,7 +566,7 @@ mod tests {
 
     #[test]
     fn exit_reasons_round_trip() {
-        for r in [ExitReason::Sync, ExitReason::Irq, ExitReason::Fiq, ExitReason::SError] {
+        for r in [ExitReason::Sync, ExitReason::Irq, ExitReason::Fiq, ExitReason::SError, ExitReason::Kick] {
             assert_eq!(ExitReason::from_u64(r as u64), Some(r));
         }
         assert_eq!(ExitReason::from_u64(0), None);

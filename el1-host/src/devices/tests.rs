@@ -212,7 +212,7 @@ proptest! {
         let stats = VmStats::default();
         for (n, a) in accesses.into_iter().enumerate() {
             let esr = 0x24 << 26 | 1 << 25 | a.iss;
-            let exit = ExitInfo { reason: 1, esr, far: a.far, hpfar: a.hpfar, acked: 0 };
+            let exit = ExitInfo { reason: 1, esr, far: a.far, hpfar: a.hpfar, acked: 0, kick: 0 };
             let mut ctx = VcpuContext { exit, ..Default::default() };
             ctx.regs.x = a.x;
             ctx.regs.pc = PC;
@@ -304,7 +304,7 @@ fn load_through_bus(bus: &MmioBus<FakeVm>, vm: &FakeVm, vcpu: usize, ipa: u64, s
     let iss = 1 << 24 | sas << 22 | u64::from(sse) << 21 | u64::from(rt) << 16 | u64::from(sf) << 15 | 0b111;
     let esr = 0x24 << 26 | 1 << 25 | iss;
     let mut ctx = VcpuContext {
-        exit: ExitInfo { reason: 1, esr, far: ipa, hpfar: (ipa >> 12) << 4, acked: 0 },
+        exit: ExitInfo { reason: 1, esr, far: ipa, hpfar: (ipa >> 12) << 4, acked: 0, kick: 0 },
         ..Default::default()
     };
     ctx.regs.x = [0x5555_5555_5555_5555; 31];
@@ -400,7 +400,7 @@ proptest! {
         check_tables(&vm, &bus, &tables)?;
         let stats = VmStats::default();
         for a in accesses {
-            let exit = ExitInfo { reason: 1, esr: 0x24 << 26 | 1 << 25 | a.iss | 1 << 6, far: a.far, hpfar: a.hpfar, acked: 0 };
+            let exit = ExitInfo { reason: 1, esr: 0x24 << 26 | 1 << 25 | a.iss | 1 << 6, far: a.far, hpfar: a.hpfar, acked: 0, kick: 0 };
             let mut ctx = VcpuContext { exit, ..Default::default() };
             ctx.regs.x = a.x;
             ctx.regs.pstate = PSTATE;

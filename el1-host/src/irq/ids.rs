@@ -6,6 +6,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 /// SGI the self-check (and later the kick protocol) sends between CPUs.
 pub const SGI_PING: u32 = 1;
+/// SGI el2 sends a CPU when it posted a guest SGI for the vCPU running
+/// there (`ferrovisor_shared::sgi`); el2 ends it, or the host when the vCPU
+/// had left.
+pub use ferrovisor_shared::sgi::SGI_EL2_POST;
 /// The host's tick.
 pub const TICK_US: u64 = 10_000;
 

@@ -40,6 +40,9 @@ fn dispatch(ack: gic::Ack) -> bool {
     let me = smp::this_cpu();
     if intid == SGI_PING {
         me.sgis.fetch_add(1, Ordering::Relaxed);
+    } else if intid == SGI_EL2_POST {
+        // For a vCPU that left guest mode before it came: the host takes
+        // the SGIs posted for it at that exit (`Vgic::take_posted`).
     } else if intid == timer_intid() {
         me.ticks.fetch_add(1, Ordering::Relaxed);
         crate::sched::account_tick();

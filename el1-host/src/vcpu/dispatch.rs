@@ -89,7 +89,25 @@ pub fn handle(vm: &impl ExitVm, ctx: &mut VcpuContext, reason: ExitReason) -> Fl
             stop(vm, alloc::format!("SError from the guest (ESR {})", Esr(ctx.exit.esr)))
         }
         ExitReason::Sync => sync(vm, ctx),
+        // An ICC_SGI1R_EL1 write el2 delivered, some of whose targets had
+        // left guest mode: their SGIs wait in their mailboxes for them.
+        ExitReason::Kick => kick_targets(vm, ctx),
     }
+}
+
+/// Rare (a target left guest mode while el2 posted to it), so out of the
+/// common exits' line.
+#[cold]
+#[inline(never)]
+fn kick_targets(vm: &impl ExitVm, ctx: &mut VcpuContext) -> Flow {
+    vm.stats().count(ExitKind::Gic);
+    let mut bits = core::mem::take(&mut ctx.exit.kick);
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        vm.kick_vcpu(i);
+    }
+    Flow::Continue
 }
 
 #[inline]

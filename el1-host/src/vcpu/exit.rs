@@ -65,6 +65,7 @@ impl ExitHandler<'_> {
         crate::sched::work::ends_wfi(self.vcpu.entry.pending())
             || self.vcpu.power.is_off()
             || self.vm.vgic.has_pending(self.vcpu.index, &ctx.vgic)
+            || self.vm.vgic.has_posted(self.vcpu.index)
             || self.vcpu.doorbell.pending_last()
     }
 }

@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     fn exit(esr: u64, ipa: u64) -> ExitInfo {
-        ExitInfo { reason: 1, esr, far: ipa, hpfar: (ipa >> 12) << 4, acked: 0 }
+        ExitInfo { reason: 1, esr, far: ipa, hpfar: (ipa >> 12) << 4, acked: 0, kick: 0 }
     }
 
     const DABT: u64 = 0x24 << 26 | 1 << 25 | 1 << 24;
@@ -137,7 +137,7 @@ mod tests {
     fn ipa_comes_from_hpfar_and_far() {
         let e = exit(DABT, 0x0900_0018);
         assert_eq!(fault_ipa(&e), 0x0900_0018);
-        let e = ExitInfo { reason: 1, esr: DABT, far: 0xdead_b018, hpfar: 0x0a000 << 4, acked: 0 };
+        let e = ExitInfo { reason: 1, esr: DABT, far: 0xdead_b018, hpfar: 0x0a000 << 4, acked: 0, kick: 0 };
         assert_eq!(fault_ipa(&e), 0x0a00_0018);
     }
 
@@ -251,7 +251,7 @@ mod tests {
             ) {
                 // FAR_EL2 gives the offset in the page, HPFAR_EL2.FIPA the page (Arm ARM, HPFAR_EL2).
                 let far = far_noise & !0xfff | ipa & 0xfff;
-                let e = ExitInfo { reason: 1, esr: 0x24 << 26 | 1 << 25 | 1 << 24 | iss, far, hpfar: (ipa >> 12) << 4, acked: 0 };
+                let e = ExitInfo { reason: 1, esr: 0x24 << 26 | 1 << 25 | 1 << 24 | iss, far, hpfar: (ipa >> 12) << 4, acked: 0, kick: 0 };
                 let a = decode(&e).unwrap();
                 prop_assert_eq!(a.ipa, ipa);
                 let mut ctx = VcpuContext::default();

@@ -221,6 +221,7 @@ impl GuestVcpu for Runner<'_> {
             el2_delivered(ctx);
         }
         vm.vgic.sync(vcpu.index, &mut ctx.vgic);
+        vm.vgic.take_posted(vcpu.index);
         vm.kick(vm.vgic.take_kicks());
         super::timers::sample(vm, vcpu, ctx);
         super::pmu::sample(vm, vcpu, ctx);

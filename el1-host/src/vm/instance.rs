@@ -231,6 +231,7 @@ impl Vm {
                     } else {
                         ConstRegs::default()
                     },
+                    sgi_table: if fastpath { vgic.sgi_table_pa() } else { 0 },
                 };
                 let ctx = VcpuContext::reset(entry, dtb_ipa, config, cntvoff);
                 Vcpu {

@@ -37,6 +37,7 @@ pub struct VmStats {
     fast_id_reg: AtomicU64,
     fast_vtimer: AtomicU64,
     fast_mmio_const: AtomicU64,
+    fast_sgi: AtomicU64,
     el2_exits: AtomicU64,
     pub interrupted: AtomicU64,
     pub guest_ticks: AtomicU64,
@@ -69,6 +70,7 @@ impl VmStats {
         self.fast_id_reg.fetch_add(c.fast_id_reg, Relaxed);
         self.fast_vtimer.fetch_add(c.fast_vtimer, Relaxed);
         self.fast_mmio_const.fetch_add(c.fast_mmio_const, Relaxed);
+        self.fast_sgi.fetch_add(c.fast_sgi, Relaxed);
     }
 
     pub fn exits(&self, kind: ExitKind) -> u64 {
@@ -76,10 +78,17 @@ impl VmStats {
     }
 
     pub fn fast_paths(&self) -> u64 {
-        [&self.fast_smccc, &self.fast_spurious, &self.fast_id_reg, &self.fast_mmio_const, &self.fast_vtimer]
-            .iter()
-            .map(|c| c.load(Relaxed))
-            .sum()
+        [
+            &self.fast_smccc,
+            &self.fast_spurious,
+            &self.fast_id_reg,
+            &self.fast_mmio_const,
+            &self.fast_vtimer,
+            &self.fast_sgi,
+        ]
+        .iter()
+        .map(|c| c.load(Relaxed))
+        .sum()
     }
 
     /// The lines printed at the end, without the VM's name.
@@ -104,13 +113,14 @@ impl fmt::Display for Report<'_> {
         writeln!(f, ")")?;
         writeln!(
             f,
-            "fast paths {} (smccc {}, id-reg {}, mmio-const {}, spurious {}, vtimer {}); runs {}, interrupted {}, doorbells {}",
+            "fast paths {} (smccc {}, id-reg {}, mmio-const {}, spurious {}, vtimer {}, sgi {}); runs {}, interrupted {}, doorbells {}",
             s.fast_paths(),
             s.fast_smccc.load(Relaxed),
             s.fast_id_reg.load(Relaxed),
             s.fast_mmio_const.load(Relaxed),
             s.fast_spurious.load(Relaxed),
             s.fast_vtimer.load(Relaxed),
+            s.fast_sgi.load(Relaxed),
             s.runs.load(Relaxed),
             s.interrupted.load(Relaxed),
             s.doorbells.load(Relaxed)
@@ -146,6 +156,7 @@ mod tests {
             fast_id_reg: 0,
             fast_mmio_const: 2,
             fast_vtimer: 3,
+            fast_sgi: 4,
         });
         s.interrupted.fetch_add(1, Relaxed);
         s.doorbells.fetch_add(3, Relaxed);
@@ -153,7 +164,7 @@ mod tests {
         assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
         assert!(
             text.contains(
-                "fast paths 11 (smccc 5, id-reg 0, mmio-const 2, spurious 1, vtimer 3); runs 4, interrupted 1, doorbells 3"
+                "fast paths 15 (smccc 5, id-reg 0, mmio-const 2, spurious 1, vtimer 3, sgi 4); runs 4, interrupted 1, doorbells 3"
             ),
             "{text}"
         );

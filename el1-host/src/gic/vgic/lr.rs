@@ -204,26 +204,34 @@ impl State {
     }
 
     /// The list registers el2 filled itself while the vCPU ran (a
-    /// hardware-linked interrupt whose physical INTID fired: `vtimer_lr`).
-    /// One that reused a list register of the last flush (`< n`, the same
-    /// interrupt) was folded with it; the others carry interrupts the host
-    /// did not put there, whose state (active, or still pending) comes back
-    /// here. A hardware interrupt's pending state is its line's, which the
-    /// host samples after this.
+    /// hardware-linked interrupt whose physical INTID fired, `vtimer_lr`; a
+    /// GICv3 SGI another CPU posted, `ferrovisor_shared::sgi`). One of the
+    /// last flush's (`< n`, the same interrupt) was folded with it; the
+    /// others carry interrupts the host did not put there, whose state comes
+    /// back here. A pending SGI is latched again (el2 took it from the
+    /// mailbox); a hardware interrupt's pending state is its line's, which
+    /// the host samples after this.
     fn fold_el2(&mut self, vcpu: usize, cpu_if: &mut VgicCpuState, n: usize) {
         let model = self.model;
         let mut bits = core::mem::take(&mut cpu_if.el2_lrs);
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            let Some(&lr) = cpu_if.lr.get(i).filter(|_| i >= n) else { continue };
+            let Some(&lr) = cpu_if.lr.get(i) else { continue };
             let intid = vintid(model, lr);
-            // Only a private interrupt is ever linked this way.
-            if !(super::state::SGI_COUNT..super::state::PRIVATE_COUNT).contains(&intid) {
+            let state = state_of(model, lr);
+            // Only private interrupts are ever put there this way, and SGIs
+            // only on GICv3 (a GICv2 SGI carries its source).
+            if intid >= super::state::PRIVATE_COUNT || (intid < super::state::SGI_COUNT && model != Model::V3) {
                 continue;
             }
             let Some(irq) = self.irq_mut(vcpu, intid) else { continue };
-            fold(model, irq, 0, state_of(model, lr));
+            if i >= n {
+                fold(model, irq, 0, state);
+            }
+            if state & STATE_PENDING != 0 && irq.hw.is_none() {
+                irq.latch = true;
+            }
             // A private interrupt: no other vCPU to kick.
             self.update(vcpu, intid, &mut super::Kicks::default());
         }

@@ -24,10 +24,12 @@
 //! the host wrote wins over the list register's.
 #![cfg_attr(target_os = "none", allow(dead_code, reason = "introspection used by the tests"))]
 
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use ferrovisor_shared::sgi::{self, SgiTable, SGI_TABLE_VCPUS};
 use ferrovisor_shared::vcpu::VgicCpuState;
 use spin::Mutex;
 
@@ -40,6 +42,8 @@ mod lpi_tests;
 mod lr;
 mod mmio;
 mod regs;
+#[cfg(all(test, loom))]
+mod sgi_models;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -176,6 +180,8 @@ pub struct Vgic {
     /// a hardware link and a reset: what [`Vgic::hw_lr`] computed from is
     /// unchanged while this is (`vcpu::timers::load`).
     config_gen: AtomicU64,
+    /// GICv3: the vCPUs' SGI mailboxes el2 posts to (`ferrovisor_shared::sgi`).
+    sgi_table: Option<Box<SgiTable>>,
 }
 
 impl Vgic {
@@ -218,6 +224,11 @@ impl Vgic {
             deferred: AtomicBool::new(false),
             scan_pending: AtomicBool::new(false),
             config_gen: AtomicU64::new(1),
+            sgi_table: (cfg.model == Model::V3).then(|| {
+                let mut t = Box::<SgiTable>::default();
+                t.nr_vcpus = count.min(SGI_TABLE_VCPUS) as u64;
+                t
+            }),
         })
     }
 
@@ -260,7 +271,7 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.dist_write(vcpu, offset, size, value, &mut kicks);
-        self.config_changed();
+        self.config_changed(&s);
         self.mark(kicks)
     }
 
@@ -276,7 +287,7 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.redist_write(vcpu, offset, size, value, &mut kicks);
-        self.config_changed();
+        self.config_changed(&s);
         if core::mem::take(&mut s.scan_requested) {
             self.scan_pending.store(true, Ordering::Relaxed);
         }
@@ -382,15 +393,73 @@ impl Vgic {
         if pintid.is_some_and(|p| !(16..1020).contains(&p)) || intid < state::SGI_COUNT {
             return;
         }
-        if let Some(irq) = self.state.lock().irq_mut(vcpu, intid) {
+        let mut s = self.state.lock();
+        if let Some(irq) = s.irq_mut(vcpu, intid) {
             irq.hw = pintid;
         }
-        self.config_changed();
+        self.config_changed(&s);
     }
 
-    /// Called under the lock after a change [`Vgic::hw_lr`] depends on.
-    fn config_changed(&self) {
+    /// Called under the lock after a change [`Vgic::hw_lr`] or the SGI
+    /// mailboxes' `takeable` depend on.
+    fn config_changed(&self, s: &State) {
         self.config_gen.fetch_add(1, Ordering::Release);
+        let Some(t) = &self.sgi_table else { return };
+        for (i, mb) in t.vcpu.iter().enumerate().take(t.nr_vcpus as usize) {
+            let (mut takeable, mut group1, mut priority) = (0u16, 0u16, [0u8; 16]);
+            for n in 0..state::SGI_COUNT {
+                let Some(irq) = s.irq(i, n) else { continue };
+                if irq.enabled && s.group_enabled(irq) {
+                    takeable |= 1 << n;
+                }
+                if irq.group1 {
+                    group1 |= 1 << n;
+                }
+                priority[n as usize] = irq.priority;
+            }
+            mb.publish(takeable, group1, &priority);
+        }
+    }
+
+    /// The physical address of the SGI mailboxes for el2 (0: none; the
+    /// host's memory is identity-mapped).
+    pub fn sgi_table_pa(&self) -> u64 {
+        self.sgi_table.as_deref().map_or(0, |t| t as *const SgiTable as u64)
+    }
+
+    /// After exit (after el2 left the mailbox, so no sender posts to it
+    /// without seeing that): raises the SGIs el2 posted for `vcpu` that are
+    /// not in its list registers yet.
+    #[inline(always)]
+    pub fn take_posted(&self, vcpu: usize) {
+        let Some(mb) = self.sgi_table.as_deref().and_then(|t| t.vcpu.get(vcpu)) else { return };
+        let bits = sgi::take(&mb.pending);
+        if bits != 0 {
+            self.raise_posted(vcpu, bits);
+        }
+    }
+
+    #[inline(never)]
+    fn raise_posted(&self, vcpu: usize, mut bits: u64) {
+        let mut kicks = Kicks::default();
+        let mut s = self.state.lock();
+        while bits != 0 {
+            let n = bits.trailing_zeros();
+            bits &= bits - 1;
+            if n < state::SGI_COUNT {
+                s.raise_sgi(vcpu, n, vcpu, &mut kicks);
+            }
+        }
+        drop(s);
+        self.mark(kicks);
+    }
+
+    /// Whether SGIs wait in `vcpu`'s mailbox (a vCPU in `WFI` wakes on it).
+    pub fn has_posted(&self, vcpu: usize) -> bool {
+        self.sgi_table
+            .as_deref()
+            .and_then(|t| t.vcpu.get(vcpu))
+            .is_some_and(|mb| mb.pending.load(Ordering::Acquire) != 0)
     }
 
     /// The configuration generation (see `config_gen`); never 0.
@@ -497,7 +566,7 @@ impl Vgic {
     pub fn reset(&self) {
         let mut s = self.state.lock();
         s.reset();
-        self.config_changed();
+        self.config_changed(&s);
         drop(s);
         for f in &self.listed {
             f.store(true, Ordering::Release);

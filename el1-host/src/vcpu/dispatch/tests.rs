@@ -173,7 +173,7 @@ const IL: u64 = 1 << 25;
 
 fn context(ec: u64, iss: u64, far: u64) -> VcpuContext {
     let mut ctx = VcpuContext {
-        exit: ExitInfo { reason: 1, esr: ec << 26 | IL | iss, far, hpfar: (far >> 12) << 4, acked: 0 },
+        exit: ExitInfo { reason: 1, esr: ec << 26 | IL | iss, far, hpfar: (far >> 12) << 4, acked: 0, kick: 0 },
         ..VcpuContext::default()
     };
     ctx.regs.pc = PC;
@@ -282,6 +282,20 @@ fn a_data_abort_goes_to_the_device_at_its_address() {
         [Event::DeviceRead(0x10, 4), Event::DeviceWrite(0x20, 8, 0xfeed), Event::Kick(Kicks(0b10))]
     );
     assert_eq!(vm.stats.exits(ExitKind::Mmio), 2);
+}
+
+/// An SGI el2 posted to vCPUs that had left guest mode: the host kicks
+/// each (a vCPU waiting in `WFI` looks at its mailbox only when woken) and
+/// does nothing else; the guest's instruction is done already.
+#[test]
+fn a_kick_exit_kicks_the_targets_and_nothing_else() {
+    let vm = Fake::new();
+    let mut ctx = context(0, 0, 0);
+    ctx.exit.kick = 0b1010;
+    assert_eq!(handle(&vm, &mut ctx, ExitReason::Kick), Flow::Continue);
+    assert_eq!(vm.events(), [Event::KickVcpu(1), Event::KickVcpu(3)]);
+    assert_eq!((ctx.regs.pc, ctx.exit.kick), (PC, 0));
+    assert_eq!(vm.stats.exits(ExitKind::Gic), 1);
 }
 
 #[test]
@@ -513,6 +527,7 @@ mod random {
             1 => Just(ExitReason::Irq),
             1 => Just(ExitReason::Fiq),
             1 => Just(ExitReason::SError),
+            1 => Just(ExitReason::Kick),
         ]
     }
 
@@ -572,7 +587,7 @@ mod random {
             vm.oversubscribed = oversubscribed;
             vm.now.set(e.now);
             let mut ctx = VcpuContext {
-                exit: ExitInfo { reason: 1, esr: e.esr, far: e.far, hpfar: e.hpfar, acked: 0 },
+                exit: ExitInfo { reason: 1, esr: e.esr, far: e.far, hpfar: e.hpfar, acked: 0, kick: 0 },
                 ..VcpuContext::default()
             };
             ctx.regs.x = e.x;
@@ -592,6 +607,10 @@ mod random {
                     prop_assert_eq!((ctx.regs.pc, ctx.regs.pstate), (PC, e.pstate));
                 }
                 ExitReason::SError => prop_assert_eq!(flow, Flow::Stop),
+                ExitReason::Kick => {
+                    prop_assert_eq!(flow, Flow::Continue);
+                    prop_assert_eq!((ctx.regs.x, ctx.regs.pc), (before.regs.x, PC), "el2 finished the instruction");
+                }
                 ExitReason::Sync => {
                     let vectors = [0, 0x200, 0x400, 0x600].map(|v| (e.vbar & !0x7ff).wrapping_add(v));
                     let pc = ctx.regs.pc;
