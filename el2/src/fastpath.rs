@@ -80,6 +80,21 @@ fn psci(function: u32, x1: u64) -> Option<i64> {
 const PLAIN_LOAD_MASK: u64 = 1 << 25 | 1 << 24 | 1 << 13 | 1 << 10 | 1 << 9 | 1 << 8 | 1 << 7 | 1 << 6 | 0b11_1100;
 const PLAIN_LOAD: u64 = 1 << 25 | 1 << 24 | 0b00_0100;
 
+/// The same for a store (WnR set).
+const PLAIN_STORE: u64 = PLAIN_LOAD | 1 << 6;
+
+/// The IPA, register and bytes of a stage-2 data abort that is a plain
+/// store by an AArch64 guest (see [`PLAIN_LOAD_MASK`]); `None` otherwise.
+#[inline(always)]
+pub fn plain_store(esr: Esr, hpfar: u64, far: u64, pstate: u64) -> Option<(u64, u8, u8)> {
+    if esr.0 & PLAIN_LOAD_MASK != PLAIN_STORE || pstate & PSTATE_NRW != 0 {
+        return None;
+    }
+    let iss = esr.data_abort()?;
+    let ipa = ((hpfar & 0x0fff_ffff_ffff_fff0) << 8) | (far & 0xfff);
+    Some((ipa, iss.register, iss.access_size))
+}
+
 /// PSTATE.nRW (an AArch32 guest context) and PSTATE.BTYPE.
 const PSTATE_NRW: u64 = 1 << 4;
 pub const PSTATE_BTYPE: u64 = 0b11 << 10;
@@ -485,6 +500,19 @@ mod tests {
         let aarch32 = const_load(dabt(word), (0x0800_0008 >> 12) << 4, 8, 0x10 | 0x3, &t);
         assert_eq!(aarch32, None, "an AArch32 context (PSTATE.nRW)");
         assert_eq!(load(dabt(word), 0x0800_0008, &ConstRegs::default()), None, "no table (fastpath=off)");
+    }
+
+    /// The GICv2 `GICD_SGIR` fast path takes only a plain word store.
+    #[test]
+    fn plain_stores_are_recognised() {
+        const WNR: u64 = 1 << 6;
+        let str_w5 = dabt(ISV | 2 << 22 | 5 << 16 | WNR | L3);
+        let at = |esr: Esr, pstate: u64| plain_store(esr, (0x0800_0f00 >> 12) << 4, 0xffff_0000_0000_0f00, pstate);
+        assert_eq!(at(str_w5, 0x3c5), Some((0x0800_0f00, 5, 4)));
+        assert_eq!(at(dabt(ISV | 2 << 22 | 5 << 16 | L3), 0x3c5), None, "a load");
+        assert_eq!(at(dabt(2 << 22 | 5 << 16 | WNR | L3), 0x3c5), None, "no syndrome");
+        assert_eq!(at(Esr(str_w5.0 | 1 << 8), 0x3c5), None, "cache maintenance");
+        assert_eq!(at(str_w5, 0x10), None, "AArch32");
     }
 
     #[test]

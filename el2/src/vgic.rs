@@ -18,6 +18,8 @@ static INTERFACE: AtomicU64 = AtomicU64::new(IF_NONE);
 /// The GICH frame and the CPU interface (GICv2).
 static GICH: AtomicU64 = AtomicU64::new(0);
 static GICC: AtomicU64 = AtomicU64::new(0);
+/// GICv2: the distributor, for el2's own SGIs (`GICD_SGIR`).
+static GICD: AtomicU64 = AtomicU64::new(0);
 static NR_LRS: AtomicU64 = AtomicU64::new(0);
 
 // GICH registers (GICv2 spec, table 5-1).
@@ -33,6 +35,10 @@ const GICH_LR0: u64 = 0x100;
 const GICC_IAR: u64 = 0x00c;
 const GICC_EOIR: u64 = 0x010;
 const GICC_HPPIR: u64 = 0x018;
+const GICC_DIR: u64 = 0x1000;
+// GICD registers (GICv2 spec, table 4-1).
+const GICD_ITARGETSR0: u64 = 0x800;
+const GICD_SGIR: u64 = 0xf00;
 
 // List register fields (IHI 0069 §12.4.8 ICH_LR<n>_EL2, IHI 0048 §5.3.9 GICH_LRn).
 const V3_VINTID: u64 = 0xffff_ffff;
@@ -85,14 +91,19 @@ pub fn take_hw_irq(s: &mut VgicCpuState, posts: Option<&SgiMailbox>) -> HwIrq {
         (lr & V2_VINTID, (lr >> V2_PINTID_SHIFT) & V2_PINTID)
     };
     let hppir = if v3 { read_hppir1() & V3_IAR_INTID } else { u64::from(read_gicc(GICC_HPPIR)) & V2_IAR_INTID };
-    if let Some(mb) = posts.filter(|_| v3 && hppir == u64::from(SGI_EL2_POST)) {
-        let iar = read_iar1();
-        if iar & V3_IAR_INTID != u64::from(SGI_EL2_POST) {
+    if let Some(mb) = posts.filter(|_| hppir == u64::from(SGI_EL2_POST)) {
+        let iar = if v3 { read_iar1() } else { u64::from(read_gicc(GICC_IAR)) };
+        if iar & if v3 { V3_IAR_INTID } else { V2_IAR_INTID } != u64::from(SGI_EL2_POST) {
             return HwIrq::Acked(iar);
         }
         // el2's own: ended here (EOImode 1: drop, then deactivate).
-        write_eoir1(iar);
-        write_dir(iar);
+        if v3 {
+            write_eoir1(iar);
+            write_dir(iar);
+        } else {
+            write_gicc(GICC_EOIR, iar as u32);
+            write_gicc(GICC_DIR, iar as u32);
+        }
         take_posted(s, mb, sgi::take(&mb.pending));
         return HwIrq::Posted;
     }
@@ -148,31 +159,50 @@ pub fn take_hw_irq(s: &mut VgicCpuState, posts: Option<&SgiMailbox>) -> HwIrq {
 /// soon and the host raises it in the vGIC.
 #[inline(never)]
 pub fn take_posted(s: &mut VgicCpuState, mb: &SgiMailbox, bits: u64) {
-    if bits == 0 || INTERFACE.load(Ordering::Relaxed) != IF_V3 {
-        if bits != 0 {
+    let v3 = match INTERFACE.load(Ordering::Relaxed) {
+        IF_V3 => true,
+        IF_V2 => false,
+        _ => {
             mb.pending.fetch_or(bits, Ordering::Relaxed);
+            return;
         }
-        return;
-    }
+    };
     let takeable = mb.takeable.load(Ordering::Acquire);
-    let mut keep = bits & !takeable;
-    let mut todo = bits & takeable & 0xffff;
+    let mut keep = 0;
+    let mut todo = bits;
     let nr = nr_lrs() as usize;
     let mut used = (s.used_lrs as usize).min(nr);
     while todo != 0 {
-        let n = u64::from(todo.trailing_zeros());
-        todo &= todo - 1;
+        let k = todo.trailing_zeros();
+        let bit = 1u64 << k;
+        todo &= !bit;
+        // GICv3: bit n is SGI n; GICv2: bit 8n + source.
+        let (n, source) = if v3 { (k, 0) } else { (k / 8, k % 8) };
+        if n >= 16 || takeable & (1 << n) == 0 {
+            keep |= bit;
+            continue;
+        }
+        let (want, id_mask, state_shift) = if v3 {
+            (u64::from(n), V3_VINTID, V3_STATE_SHIFT)
+        } else {
+            (u64::from(n) | u64::from(source) << 10, V2_VINTID | 7 << 10, V2_STATE_SHIFT)
+        };
         let mut slot = used;
         let mut done = false;
         for i in 0..used {
-            let cur = read_lr_v3(i);
-            if cur & V3_VINTID != n {
+            let cur = if v3 { read_lr_v3(i) } else { u64::from(read_gich(lr_at(i))) };
+            if cur & id_mask != want {
                 continue;
             }
-            match (cur >> V3_STATE_SHIFT) & 3 {
+            match (cur >> state_shift) & 3 {
                 0 => slot = i,
                 2 => {
-                    write_lr_v3(i, cur | 1 << V3_STATE_SHIFT);
+                    let lr = cur | 1 << state_shift;
+                    if v3 {
+                        write_lr_v3(i, lr);
+                    } else {
+                        write_gich(lr_at(i), lr as u32);
+                    }
                     s.el2_lrs |= 1 << i;
                     done = true;
                 }
@@ -184,10 +214,14 @@ pub fn take_posted(s: &mut VgicCpuState, mb: &SgiMailbox, bits: u64) {
             continue;
         }
         if slot >= nr {
-            keep |= 1 << n | todo;
+            keep |= bit | todo;
             break;
         }
-        write_lr_v3(slot, mb.lr_v3(n as u32, takeable));
+        if v3 {
+            write_lr_v3(slot, mb.lr_v3(n, takeable));
+        } else {
+            write_gich(lr_at(slot), mb.lr_v2(n, source, takeable) as u32);
+        }
         s.el2_lrs |= 1 << slot;
         if slot == used {
             used += 1;
@@ -196,12 +230,41 @@ pub fn take_posted(s: &mut VgicCpuState, mb: &SgiMailbox, bits: u64) {
     s.used_lrs = used as u64;
     if keep != 0 {
         mb.pending.fetch_or(keep, Ordering::Relaxed);
-        ICH_HCR_EL2.set(ICH_HCR_EL2.get() | ICH_HCR_NPIE);
+        if v3 {
+            ICH_HCR_EL2.set(ICH_HCR_EL2.get() | ICH_HCR_NPIE);
+        } else {
+            write_gich(GICH_HCR, read_gich(GICH_HCR) | ICH_HCR_NPIE as u32);
+        }
+    }
+}
+
+/// The routing bits el2's own SGI needs to reach this CPU (never 0 where
+/// it can be sent): GICv3 `ICC_SGI1R_EL1`'s affinity fields, GICv2
+/// `GICD_SGIR`'s CPUTargetList (this CPU's interface, from the banked
+/// `GICD_ITARGETSR0`; 0 on a uniprocessor GICv2, where it reads as zero).
+pub fn this_cpu_route() -> u64 {
+    match INTERFACE.load(Ordering::Relaxed) {
+        IF_V3 => sgi::route_of(MPIDR_EL1.get()),
+        IF_V2 => {
+            let base = GICD.load(Ordering::Relaxed);
+            // SAFETY: the device tree's distributor (device memory in el2's
+            // map); reading ITARGETSR0 has no side effect.
+            let mask = unsafe { core::ptr::read_volatile((base + GICD_ITARGETSR0) as *const u32) } & 0xff;
+            u64::from(mask) << 16
+        }
+        _ => 0,
     }
 }
 
 /// Sends `SGI_EL2_POST` to the CPU `route` names (its `resident` bits).
 pub fn send_post_sgi(route: u64) {
+    if INTERFACE.load(Ordering::Relaxed) == IF_V2 {
+        let base = GICD.load(Ordering::Relaxed);
+        // SAFETY: GICD_SGIR of the device tree's distributor, filter 0 (the
+        // list): a physical SGI to one CPU, which its el2 (or host) ends.
+        unsafe { core::ptr::write_volatile((base + GICD_SGIR) as *mut u32, (route as u32) | SGI_EL2_POST) };
+        return;
+    }
     let value = route | u64::from(SGI_EL2_POST) << sgi::SGI1R_INTID_SHIFT;
     // SAFETY: a physical SGI to one CPU, which that CPU's el2 (or host)
     // ends; ICC_SGI1R_EL1 has no other effect.
@@ -221,9 +284,10 @@ const fn lr_at(i: usize) -> u64 {
 pub fn init(gic: Option<GicDesc>) {
     let (kind, lrs) = match gic {
         Some(GicDesc::V3 { .. }) if crate::arch::regs::has_gic_sysregs() => (IF_V3, (ICH_VTR_EL2.get() & 0x1f) + 1),
-        Some(GicDesc::V2 { gich: Some(gich), gicc, .. }) => {
+        Some(GicDesc::V2 { gich: Some(gich), gicc, gicd, .. }) => {
             GICH.store(gich.base, Ordering::Relaxed);
             GICC.store(gicc.base, Ordering::Relaxed);
+            GICD.store(gicd.base, Ordering::Relaxed);
             (IF_V2, (read_gich(GICH_VTR) as u64 & 0x3f) + 1)
         }
         _ => (IF_NONE, 0),

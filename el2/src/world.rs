@@ -136,7 +136,7 @@ pub fn init_cpu(index: usize) {
     c.pmuver = ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer);
     c.pmu_counters = (c.host_mdcr & pmu::MDCR_HPMN) as usize;
     c.debug_points = debug::points(ID_AA64DFR0_EL1.get());
-    c.sgi_route = ferrovisor_shared::sgi::route_of(MPIDR_EL1.get());
+    c.sgi_route = crate::vgic::this_cpu_route();
     TPIDR_EL2.set(cpu as u64);
     crate::vgic::reset_cpu();
 }
@@ -575,6 +575,41 @@ fn fast_sgi(ctx: &mut VcpuContext, value: u64) -> bool {
     // SAFETY: as in `mailbox`.
     let nr = unsafe { (*(table as *const SgiTable)).nr_vcpus };
     let Some((targets, intid)) = sgi::table_targets(value, nr) else { return false };
+    post_all(ctx, table, targets, intid, 1 << intid) && ctx.exit.reason != ExitReason::Kick as u64
+}
+
+/// A GICv2 guest's `GICD_SGIR` write, delivered as `fast_sgi` delivers
+/// `ICC_SGI1R_EL1`: each target's mailbox gets bit 8n + source.
+#[inline(never)]
+fn fast_sgir(ctx: &mut VcpuContext, esr: Esr) -> bool {
+    let table = this_cpu().sgi_table;
+    // SAFETY: as in `mailbox`.
+    let t = unsafe { &*(table as *const SgiTable) };
+    let sgir = t.sgir_ipa.load(Ordering::Relaxed);
+    if sgir == 0 {
+        return false;
+    }
+    let e = &ctx.exit;
+    let Some((ipa, rt, 4)) = fastpath::plain_store(esr, e.hpfar, e.far, ctx.regs.pstate) else { return false };
+    if ipa != sgir {
+        return false;
+    }
+    let value = if rt < 31 { ctx.regs.x[rt as usize] as u32 } else { 0 };
+    let me = (ctx.config.mpidr & 0xf) as u32;
+    let Some((targets, intid)) = sgi::sgir_targets(value, me, t.nr_vcpus) else { return false };
+    if !post_all(ctx, table, targets, intid, 1 << (8 * intid + me)) {
+        return false;
+    }
+    ctx.regs.pstate &= !fastpath::PSTATE_BTYPE;
+    ctx.exit.reason != ExitReason::Kick as u64
+}
+
+/// Posts `bit` for SGI `intid` to every vCPU in `targets` when all run in
+/// guest mode and can take it, and steps past the instruction; false
+/// (nothing done) otherwise. Targets that left meanwhile are in
+/// `exit.kick`, with the exit's reason `Kick`.
+#[inline(always)]
+fn post_all(ctx: &mut VcpuContext, table: u64, targets: u16, intid: u32, bit: u64) -> bool {
     let mut rest = targets;
     while rest != 0 {
         let t = rest.trailing_zeros();
@@ -590,7 +625,7 @@ fn fast_sgi(ctx: &mut VcpuContext, value: u64) -> bool {
         let t = rest.trailing_zeros();
         rest &= rest - 1;
         let mb = mailbox(table, t.into());
-        match sgi::post(&mb.pending, &mb.resident, 1 << intid) {
+        match sgi::post(&mb.pending, &mb.resident, bit) {
             Some(route) => crate::vgic::send_post_sgi(route),
             None => kick |= 1 << t,
         }
@@ -600,7 +635,6 @@ fn fast_sgi(ctx: &mut VcpuContext, value: u64) -> bool {
     if kick != 0 {
         ctx.exit.kick = kick;
         ctx.exit.reason = ExitReason::Kick as u64;
-        return false;
     }
     true
 }
@@ -712,6 +746,9 @@ fn fast_path(ctx: &mut VcpuContext, reason: ExitReason) -> bool {
                 ExceptionClass::SysRegTrap => fast_sysreg(ctx, esr),
                 ExceptionClass::DataAbortLowerEl => {
                     read_fault_address(ctx);
+                    if esr.is_write() {
+                        return this_cpu().sgi_table != 0 && fast_sgir(ctx, esr);
+                    }
                     // A store, or a page above every constant register's, is
                     // the host's (tested inline: these are the emulated
                     // devices' exits).

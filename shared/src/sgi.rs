@@ -56,7 +56,36 @@ pub struct SgiMailbox {
 pub struct SgiTable {
     /// vCPUs `0..nr_vcpus` (at most [`SGI_TABLE_VCPUS`]) have a mailbox.
     pub nr_vcpus: u64,
+    /// GICv2: the IPA of the VM's `GICD_SGIR`, whose writes el2 delivers;
+    /// 0 on GICv3 (`ICC_SGI1R_EL1`). On GICv2 a mailbox's `pending` bit
+    /// `8 * n + source` is SGI n (0-7) from vCPU `source`: each source is
+    /// its own interrupt there (IHI 0048 §3.2.3).
+    pub sgir_ipa: AtomicU64,
     pub vcpu: [SgiMailbox; SGI_TABLE_VCPUS],
+}
+
+/// GICv2 SGIs el2 delivers: 0-7 (one byte of sources each in `pending`).
+pub const V2_SGIS: u32 = 8;
+
+/// The vCPUs a GICv2 `GICD_SGIR` write from vCPU `me` names (IHI 0048
+/// §4.3.15: TargetListFilter [25:24], CPUTargetList [23:16], SGIINTID
+/// [3:0]) and its SGI, if el2 may deliver it: SGI 0-7, filter 0-2, and
+/// targets among the table's `nr_vcpus`.
+pub const fn sgir_targets(value: u32, me: u32, nr_vcpus: u64) -> Option<(u16, u32)> {
+    let nr = if nr_vcpus > 8 { 8 } else { nr_vcpus };
+    let all = (1u32 << nr) - 1;
+    let list = (value >> 16) & 0xff;
+    let targets = match (value >> 24) & 3 {
+        0 => list,
+        1 => all & !(1 << me),
+        2 => 1 << me,
+        _ => return None,
+    };
+    let intid = value & 0xf;
+    if intid >= V2_SGIS || targets == 0 || targets & !all != 0 || me >= nr as u32 {
+        return None;
+    }
+    Some((targets as u16, intid))
 }
 
 /// The atomic word operations the protocol uses, so that the host's loom
@@ -206,6 +235,16 @@ impl SgiMailbox {
         u64::from(n) | prio << 48 | group << 60 | 1 << 62
     }
 
+    /// The GICv2 list register for SGI `intid` from `source`, pending (IHI
+    /// 0048 §5.3.9 GICH_LRn: VirtualID [9:0], CPUID [12:10], Priority
+    /// [27:23], State [29:28], Grp1 [30]).
+    pub fn lr_v2(&self, intid: u32, source: u32, takeable: u64) -> u64 {
+        let n = intid & 0xf;
+        let prio = (self.priority[(n / 8) as usize].load(Ordering::Relaxed) >> (8 * (n % 8))) & 0xff;
+        let group = (takeable >> (16 + n)) & 1;
+        u64::from(n) | u64::from(source & 7) << 10 | (prio >> 3) << 23 | 1 << 28 | group << 30
+    }
+
     /// The host, under the vGIC's lock: what the guest can take now.
     pub fn publish(&self, takeable: u16, group1: u16, priority: &[u8; 16]) {
         let word = |half: &[u8]| half.iter().enumerate().fold(0u64, |w, (i, &p)| w | u64::from(p) << (8 * i));
@@ -250,6 +289,29 @@ mod tests {
         assert!(m.can_take(3) && m.can_take(12) && !m.can_take(4));
         assert_eq!(m.lr_v3(3, t), 3 | 0xa0 << 48 | 1 << 62);
         assert_eq!(m.lr_v3(12, t), 12 | 0x40 << 48 | 1 << 60 | 1 << 62);
+    }
+
+    #[test]
+    fn gicv2_sgir_writes_el2_delivers() {
+        // IHI 0048 §4.3.15: filter 0 the list, 1 all but me, 2 me.
+        assert_eq!(sgir_targets(0b0110 << 16 | 3, 0, 4), Some((0b0110, 3)));
+        assert_eq!(sgir_targets(1 << 24 | 5, 1, 4), Some((0b1101, 5)));
+        assert_eq!(sgir_targets(2 << 24 | 7, 2, 4), Some((0b0100, 7)));
+        assert_eq!(sgir_targets(3 << 24 | 1, 0, 4), None, "reserved filter");
+        assert_eq!(sgir_targets(0b1 << 16 | 8, 0, 4), None, "SGI 8-15: the host's");
+        assert_eq!(sgir_targets(0b10000 << 16 | 1, 0, 4), None, "no vCPU 4");
+        assert_eq!(sgir_targets(1, 0, 4), None, "no target");
+        assert_eq!(sgir_targets(1 << 24 | 1, 0, 1), None, "all but me, alone");
+    }
+
+    #[test]
+    fn the_gicv2_list_register_carries_the_source() {
+        let m = SgiMailbox::default();
+        let mut prio = [0u8; 16];
+        prio[6] = 0xa8;
+        m.publish(1 << 6, 1 << 6, &prio);
+        let t = m.takeable.load(Ordering::Relaxed);
+        assert_eq!(m.lr_v2(6, 3, t), 6 | 3 << 10 | 0x15 << 23 | 1 << 28 | 1 << 30);
     }
 
     #[test]

@@ -171,6 +171,8 @@ impl Vm {
             share: share.clone(),
         })
         .map_err(|e| alloc::format!("virtual GIC: {e}"))?;
+        // GICD_SGIR (IHI 0048 §4.3.15) in the guest's distributor.
+        vgic.set_sgir_ipa(fdt::GIC_DIST_BASE + 0xf00);
         steps.after("virtual GIC")?;
         let initrd_len = spec.initrd.as_ref().map(|i| i.len() as u64);
         let layout =

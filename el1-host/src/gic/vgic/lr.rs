@@ -220,17 +220,22 @@ impl State {
             let Some(&lr) = cpu_if.lr.get(i) else { continue };
             let intid = vintid(model, lr);
             let state = state_of(model, lr);
-            // Only private interrupts are ever put there this way, and SGIs
-            // only on GICv3 (a GICv2 SGI carries its source).
-            if intid >= super::state::PRIVATE_COUNT || (intid < super::state::SGI_COUNT && model != Model::V3) {
+            // Only private interrupts are ever put there this way.
+            if intid >= super::state::PRIVATE_COUNT {
                 continue;
             }
+            // A GICv2 SGI's list register names its source (CPUID).
+            let source = if model == Model::V2 { ((lr >> v2::CPUID_SHIFT) & v2::CPUID_MASK) as u8 } else { 0 };
             let Some(irq) = self.irq_mut(vcpu, intid) else { continue };
             if i >= n {
-                fold(model, irq, 0, state);
+                fold(model, irq, source, state);
             }
             if state & STATE_PENDING != 0 && irq.hw.is_none() {
-                irq.latch = true;
+                if model == Model::V2 && irq.is_sgi() {
+                    irq.sgi_pend |= 1 << source;
+                } else {
+                    irq.latch = true;
+                }
             }
             // A private interrupt: no other vCPU to kick.
             self.update(vcpu, intid, &mut super::Kicks::default());

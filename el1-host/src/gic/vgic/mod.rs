@@ -224,7 +224,7 @@ impl Vgic {
             deferred: AtomicBool::new(false),
             scan_pending: AtomicBool::new(false),
             config_gen: AtomicU64::new(1),
-            sgi_table: (cfg.model == Model::V3).then(|| {
+            sgi_table: Some({
                 let mut t = Box::<SgiTable>::default();
                 t.nr_vcpus = count.min(SGI_TABLE_VCPUS) as u64;
                 t
@@ -421,10 +421,22 @@ impl Vgic {
         }
     }
 
-    /// The physical address of the SGI mailboxes for el2 (0: none; the
-    /// host's memory is identity-mapped).
+    /// The physical address of the SGI mailboxes for el2 (the host's memory
+    /// is identity-mapped): on GICv3 always, on GICv2 once the guest's
+    /// `GICD_SGIR` is known ([`Vgic::set_sgir_ipa`]); 0 otherwise.
     pub fn sgi_table_pa(&self) -> u64 {
-        self.sgi_table.as_deref().map_or(0, |t| t as *const SgiTable as u64)
+        self.sgi_table
+            .as_deref()
+            .filter(|t| self.model == Model::V3 || t.sgir_ipa.load(Ordering::Relaxed) != 0)
+            .map_or(0, |t| t as *const SgiTable as u64)
+    }
+
+    /// GICv2: where the guest's distributor puts `GICD_SGIR`, whose writes
+    /// el2 delivers (before the VM runs).
+    pub fn set_sgir_ipa(&self, ipa: u64) {
+        if let Some(t) = self.sgi_table.as_deref().filter(|_| self.model == Model::V2) {
+            t.sgir_ipa.store(ipa, Ordering::Relaxed);
+        }
     }
 
     /// After exit (after el2 left the mailbox, so no sender posts to it
@@ -444,10 +456,15 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         while bits != 0 {
-            let n = bits.trailing_zeros();
+            let k = bits.trailing_zeros();
             bits &= bits - 1;
+            // GICv3: bit n is SGI n; GICv2: bit 8n + source (`SgiTable`).
+            let (n, source) = match self.model {
+                Model::V3 => (k, vcpu),
+                Model::V2 => (k / 8, (k % 8) as usize),
+            };
             if n < state::SGI_COUNT {
-                s.raise_sgi(vcpu, n, vcpu, &mut kicks);
+                s.raise_sgi(vcpu, n, source, &mut kicks);
             }
         }
         drop(s);

@@ -33,6 +33,8 @@ const SGI_FRAME: u64 = GICR_SGI_BASE as u64;
 
 const SPI: u32 = 40;
 const PRIO_HIGH_PMR: u64 = 0xff;
+/// GICv2 GICD_SPENDSGIRn (IHI 0048 §4.3.20).
+const GICD_SPENDSGIR_BASE: u64 = 0xf20;
 
 fn mpidr(i: usize) -> u64 {
     (1 << 31) | i as u64
@@ -803,17 +805,31 @@ fn list_registers_el2_filled_fold_back() {
         g.sync(0, &mut c);
         g.flush(0, &mut c, 4);
         assert!(lrs(&c).iter().all(|&l| vintid(model, l) != 27), "{model:?}: {:x?}", lrs(&c));
-        // A bit for a list register past the array is ignored, and so is an
-        // SGI on GICv2 (el2 posts none there: a GICv2 SGI carries its source).
-        if model == Model::V2 {
-            c.el2_lrs = 1 << 40 | 1;
-            c.lr[0] = with_state(model, 3, 2);
-            c.used_lrs = 1;
-            g.sync(0, &mut c);
-            g.flush(0, &mut c, 4);
-            assert_eq!(c.used_lrs, 0, "{model:?}");
-        }
     }
+}
+
+/// GICv2 SGIs el2 posted carry their source in the list register (CPUID):
+/// one still pending comes back pending from that source alone (IHI 0048
+/// §4.3.20, GICD_SPENDSGIRn: a bit per source), one taken is active.
+#[test]
+fn gicv2_sgis_el2_posted_fold_back_with_their_source() {
+    let g = v2(4);
+    enable_groups(&g);
+    let mut c = VgicCpuState::default();
+    g.flush(2, &mut c, 4);
+    // SGI 6 from vCPU 1 pending, SGI 6 from vCPU 3 taken.
+    c.lr[0] = 6 | 1 << 10 | 1 << 28;
+    c.lr[1] = 6 | 3 << 10 | 2 << 28;
+    c.used_lrs = 2;
+    c.el2_lrs = 0b11;
+    g.sync(2, &mut c);
+    let spendsgir = g.dist_read(2, GICD_SPENDSGIR_BASE + 4, 4);
+    assert_eq!((spendsgir >> 16) & 0xff, 1 << 1, "SGI 6 pending from vCPU 1 alone");
+    g.flush(2, &mut c, 4);
+    let mut got: alloc::vec::Vec<(u64, u64)> = lrs(&c).iter().map(|&l| ((l >> 10) & 7, state(Model::V2, l))).collect();
+    got.sort();
+    assert_eq!(got, [(1, 1), (3, 2)], "from vCPU 1 pending, from vCPU 3 active");
+    assert_eq!(g.dist_read(0, GICD_SPENDSGIR_BASE + 4, 4), 0, "vCPU 0 saw none of it");
 }
 
 /// GICv3 SGIs el2 moved from a mailbox into list registers
@@ -878,7 +894,10 @@ fn the_sgi_mailboxes_follow_the_configuration() {
     assert_eq!(t.vcpu[1].lr_v3(3, taken), 3 | 0x60 << 48 | lr3::GROUP | 1 << 62);
     g.reset();
     assert!(!t.vcpu[1].can_take(3), "reset: groups off again");
-    assert_eq!(v2(2).sgi_table_pa(), 0, "GICv2 SGIs go through the host");
+    let g2 = v2(2);
+    assert_eq!(g2.sgi_table_pa(), 0, "GICv2: none until GICD_SGIR's address is known");
+    g2.set_sgir_ipa(0x0800_0f00);
+    assert_ne!(g2.sgi_table_pa(), 0);
 }
 
 #[test]
