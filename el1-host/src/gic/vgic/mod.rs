@@ -160,6 +160,15 @@ impl core::ops::BitOr for Kicks {
     }
 }
 
+/// Whether a write at `offset` of the distributor (or of a redistributor's
+/// SGI frame, which has the same layout for them) may change what el2 is
+/// told of the private interrupts (`config_changed`): `GICD_CTLR`'s group
+/// enables, and the group, enable and priority registers of INTIDs 0-31.
+/// Every other write (SGIR, pending and active state, SPIs) leaves it.
+const fn private_config(offset: u64) -> bool {
+    matches!(offset, 0x000..=0x003 | 0x080..=0x083 | 0x100..=0x103 | 0x180..=0x183 | 0x400..=0x41f)
+}
+
 /// One VM's virtual GIC.
 pub struct Vgic {
     model: Model,
@@ -271,7 +280,9 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.dist_write(vcpu, offset, size, value, &mut kicks);
-        self.config_changed(&s);
+        if private_config(offset) {
+            self.config_changed(&s);
+        }
         self.mark(kicks)
     }
 
@@ -287,7 +298,11 @@ impl Vgic {
         let mut kicks = Kicks::default();
         let mut s = self.state.lock();
         s.redist_write(vcpu, offset, size, value, &mut kicks);
-        self.config_changed(&s);
+        let frame = offset % REDIST_STRIDE;
+        let sgi_frame = ferrovisor_shared::gic::GICR_SGI_BASE as u64;
+        if frame >= sgi_frame && private_config(frame - sgi_frame) {
+            self.config_changed(&s);
+        }
         if core::mem::take(&mut s.scan_requested) {
             self.scan_pending.store(true, Ordering::Relaxed);
         }

@@ -898,6 +898,16 @@ fn the_sgi_mailboxes_follow_the_configuration() {
     assert_eq!(g2.sgi_table_pa(), 0, "GICv2: none until GICD_SGIR's address is known");
     g2.set_sgir_ipa(0x0800_0f00);
     assert_ne!(g2.sgi_table_pa(), 0);
+    // SAFETY: as above.
+    let t2 = unsafe { &*(g2.sgi_table_pa() as *const ferrovisor_shared::sgi::SgiTable) };
+    enable_groups(&g2);
+    let gen = g2.config_gen();
+    g2.dist_write(1, 0xf00, 4, 2 << 24 | 3);
+    assert_eq!(g2.config_gen(), gen, "an SGI write changes no configuration");
+    g2.dist_write(1, IPRIORITYR + 3, 1, 0x88);
+    assert_ne!(g2.config_gen(), gen);
+    let taken = t2.vcpu[1].takeable.load(Relaxed);
+    assert_eq!(t2.vcpu[1].lr_v2(3, 0, taken) >> 23 & 0x1f, 0x88 >> 3, "GICD_IPRIORITYR is banked per CPU for SGIs");
 }
 
 #[test]
