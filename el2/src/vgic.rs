@@ -7,6 +7,7 @@
 use aarch64_cpu::registers::*;
 use core::sync::atomic::{AtomicU64, Ordering};
 use ferrovisor_shared::dt::GicDesc;
+use ferrovisor_shared::gic::{lr_v2, lr_v3};
 use ferrovisor_shared::sgi::{self, SgiMailbox, SGI_EL2_POST};
 use ferrovisor_shared::vcpu::{VgicCpuState, MAX_LIST_REGS};
 
@@ -40,15 +41,14 @@ const GICC_DIR: u64 = 0x1000;
 const GICD_ITARGETSR0: u64 = 0x800;
 const GICD_SGIR: u64 = 0xf00;
 
-// List register fields (IHI 0069 §12.4.8 ICH_LR<n>_EL2, IHI 0048 §5.3.9 GICH_LRn).
-const V3_VINTID: u64 = 0xffff_ffff;
-const V3_PINTID_SHIFT: u32 = 32;
-const V3_PINTID: u64 = 0x1fff;
-const V3_STATE_SHIFT: u32 = 62;
-const V2_VINTID: u64 = 0x3ff;
-const V2_PINTID_SHIFT: u32 = 10;
-const V2_PINTID: u64 = 0x3ff;
-const V2_STATE_SHIFT: u32 = 28;
+const V3_VINTID: u64 = lr_v3::VINTID_MASK;
+const V3_PINTID_SHIFT: u32 = lr_v3::PINTID_SHIFT;
+const V3_PINTID: u64 = lr_v3::PINTID_MASK;
+const V3_STATE_SHIFT: u32 = lr_v3::STATE_SHIFT;
+const V2_VINTID: u64 = lr_v2::VINTID_MASK;
+const V2_PINTID_SHIFT: u32 = lr_v2::PINTID_SHIFT;
+const V2_PINTID: u64 = lr_v2::PINTID_MASK;
+const V2_STATE_SHIFT: u32 = lr_v2::STATE_SHIFT;
 /// `ICC_IAR1_EL1.INTID` / `GICC_IAR.InterruptID`.
 const V3_IAR_INTID: u64 = 0xff_ffff;
 const V2_IAR_INTID: u64 = 0x3ff;
@@ -185,7 +185,11 @@ pub fn take_posted(s: &mut VgicCpuState, mb: &SgiMailbox, bits: u64) {
         let (want, id_mask, state_shift) = if v3 {
             (u64::from(n), V3_VINTID, V3_STATE_SHIFT)
         } else {
-            (u64::from(n) | u64::from(source) << 10, V2_VINTID | 7 << 10, V2_STATE_SHIFT)
+            (
+                u64::from(n) | u64::from(source) << lr_v2::CPUID_SHIFT,
+                V2_VINTID | lr_v2::CPUID_MASK << lr_v2::CPUID_SHIFT,
+                V2_STATE_SHIFT,
+            )
         };
         let mut slot = used;
         let mut done = false;

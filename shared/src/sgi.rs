@@ -23,6 +23,7 @@
 //! (`gic::vgic::sgi_models`) check this, and that without the fences an SGI
 //! is lost.
 
+use crate::gic::{lr_v2, lr_v3};
 use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// The physical SGI el2 sends a target's CPU when it posted an SGI for a
@@ -232,7 +233,7 @@ impl SgiMailbox {
         let n = intid & 0xf;
         let prio = (self.priority[(n / 8) as usize].load(Ordering::Relaxed) >> (8 * (n % 8))) & 0xff;
         let group = (takeable >> (16 + n)) & 1;
-        u64::from(n) | prio << 48 | group << 60 | 1 << 62
+        u64::from(n) | prio << lr_v3::PRIORITY_SHIFT | group * lr_v3::GROUP | 1 << lr_v3::STATE_SHIFT
     }
 
     /// The GICv2 list register for SGI `intid` from `source`, pending (IHI
@@ -242,7 +243,11 @@ impl SgiMailbox {
         let n = intid & 0xf;
         let prio = (self.priority[(n / 8) as usize].load(Ordering::Relaxed) >> (8 * (n % 8))) & 0xff;
         let group = (takeable >> (16 + n)) & 1;
-        u64::from(n) | u64::from(source & 7) << 10 | (prio >> 3) << 23 | 1 << 28 | group << 30
+        u64::from(n)
+            | (u64::from(source) & lr_v2::CPUID_MASK) << lr_v2::CPUID_SHIFT
+            | (prio >> 3) << lr_v2::PRIORITY_SHIFT
+            | 1 << lr_v2::STATE_SHIFT
+            | group * lr_v2::GROUP1
     }
 
     /// The host, under the vGIC's lock: what the guest can take now.

@@ -16,35 +16,7 @@ pub const HCR_UIE: u64 = 1 << 1;
 pub const STATE_PENDING: u64 = 0b01;
 pub const STATE_ACTIVE: u64 = 0b10;
 
-/// GICv3 `ICH_LR<n>_EL2` fields.
-pub mod v3 {
-    pub const VINTID_MASK: u64 = 0xffff_ffff;
-    pub const PINTID_SHIFT: u32 = 32;
-    pub const PINTID_MASK: u64 = 0x1fff;
-    /// With HW == 0: maintenance interrupt when the guest deactivates it.
-    pub const EOI: u64 = 1 << 41;
-    pub const PRIORITY_SHIFT: u32 = 48;
-    pub const GROUP: u64 = 1 << 60;
-    pub const HW: u64 = 1 << 61;
-    pub const STATE_SHIFT: u32 = 62;
-}
-
-/// GICv2 `GICH_LR<n>` fields.
-pub mod v2 {
-    pub const VINTID_MASK: u64 = 0x3ff;
-    pub const PINTID_SHIFT: u32 = 10;
-    pub const PINTID_MASK: u64 = 0x3ff;
-    /// With HW == 0: the SGI's source CPU.
-    pub const CPUID_SHIFT: u32 = 10;
-    pub const CPUID_MASK: u64 = 0x7;
-    /// With HW == 0: maintenance interrupt when the guest deactivates it.
-    pub const EOI: u64 = 1 << 19;
-    /// Priority [27:23]: the top five bits of the 8-bit priority.
-    pub const PRIORITY_SHIFT: u32 = 23;
-    pub const STATE_SHIFT: u32 = 28;
-    pub const GROUP1: u64 = 1 << 30;
-    pub const HW: u64 = 1 << 31;
-}
+pub use ferrovisor_shared::gic::{lr_v2 as v2, lr_v3 as v3};
 
 /// One list register's contents, before encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
