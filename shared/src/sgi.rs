@@ -233,7 +233,7 @@ impl SgiMailbox {
         let n = intid & 0xf;
         let prio = (self.priority[(n / 8) as usize].load(Ordering::Relaxed) >> (8 * (n % 8))) & 0xff;
         let group = (takeable >> (16 + n)) & 1;
-        u64::from(n) | prio << lr_v3::PRIORITY_SHIFT | group * lr_v3::GROUP | 1 << lr_v3::STATE_SHIFT
+        u64::from(n) | prio << lr_v3::PRIORITY_SHIFT | (group * lr_v3::GROUP) | 1 << lr_v3::STATE_SHIFT
     }
 
     /// The GICv2 list register for SGI `intid` from `source`, pending (IHI
@@ -247,7 +247,7 @@ impl SgiMailbox {
             | (u64::from(source) & lr_v2::CPUID_MASK) << lr_v2::CPUID_SHIFT
             | (prio >> 3) << lr_v2::PRIORITY_SHIFT
             | 1 << lr_v2::STATE_SHIFT
-            | group * lr_v2::GROUP1
+            | (group * lr_v2::GROUP1)
     }
 
     /// The host, under the vGIC's lock: what the guest can take now.
