@@ -1,7 +1,6 @@
 //! Interrupt dispatch on the host: acknowledge, handle, end, until nothing is
 //! pending. The INTIDs it dispatches on are in [`ids`].
 
-use crate::arch::aarch64::timer;
 use crate::{gic, smp};
 use core::sync::atomic::Ordering;
 use ferrovisor_shared::gic::{LPI_BASE, SPECIAL_BASE};
@@ -25,10 +24,10 @@ pub fn handle() {
         let me = smp::this_cpu();
         if intid == SGI_PING {
             me.sgis.fetch_add(1, Ordering::Relaxed);
+            crate::sched::sgi_taken();
         } else if intid == timer_intid() {
             me.ticks.fetch_add(1, Ordering::Relaxed);
-            crate::sched::account_tick();
-            timer::arm_in_us(TICK_US);
+            crate::sched::timer_fired();
         } else if intid == vtimer_intid() {
             // A guest's timer, hardware-linked: it stays active until the
             // guest deactivates its virtual copy (`vcpu::timers`).

@@ -10,6 +10,7 @@
 
 pub mod doorbell;
 pub mod slot;
+pub mod tick;
 pub mod wakeup;
 pub mod work;
 

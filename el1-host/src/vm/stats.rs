@@ -37,7 +37,10 @@ pub struct VmStats {
     fast_id_reg: AtomicU64,
     el2_exits: AtomicU64,
     pub interrupted: AtomicU64,
+    /// Host ticks taken as guest exits (time-slicing only: a vCPU with a CPU
+    /// to itself takes none, docs/run-loop.md §9).
     pub guest_ticks: AtomicU64,
+    /// Guest time measured from the counter at each entry and exit.
     pub guest_time_us: AtomicU64,
     /// GICv4 doorbells rung for its vPEs.
     pub doorbells: AtomicU64,
@@ -109,7 +112,7 @@ impl fmt::Display for Report<'_> {
         writeln!(f, "{}", s.logs.report())?;
         write!(
             f,
-            "cmo: {} epochs, {} regions, {} KiB cleaned; guest time {} ms ({} ticks)",
+            "cmo: {} epochs, {} regions, {} KiB cleaned; guest time {} ms ({} tick exits)",
             self.cmo.epochs,
             self.cmo.regions,
             self.cmo.bytes >> 10,
@@ -132,13 +135,15 @@ mod tests {
         s.add_el2(&El2Counters { runs: 4, exits: 9, fast_smccc: 5, fast_spurious: 1, fast_id_reg: 0 });
         s.interrupted.fetch_add(1, Relaxed);
         s.doorbells.fetch_add(3, Relaxed);
+        s.guest_ticks.fetch_add(7, Relaxed);
+        s.guest_time_us.fetch_add(12_345, Relaxed);
         let text = alloc::format!("{}", s.report(CmoFigures { epochs: 2, regions: 4, bytes: 8192 }));
         assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
         assert!(
             text.contains("fast paths 6 (smccc 5, id-reg 0, spurious 1); runs 4, interrupted 1, doorbells 3"),
             "{text}"
         );
-        assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
+        assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned; guest time 12 ms (7 tick exits)"), "{text}");
         assert!(text.contains("\nlog lines suppressed 0\n"), "{text}");
         assert_eq!(s.exits(ExitKind::Mmio), 2);
     }
