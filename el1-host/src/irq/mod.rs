@@ -27,7 +27,9 @@ pub fn handle() {
             crate::sched::sgi_taken();
         } else if intid == timer_intid() {
             me.ticks.fetch_add(1, Ordering::Relaxed);
-            crate::sched::timer_fired();
+            if crate::sched::timer_fired() {
+                crate::sched::wake_due_sleepers();
+            }
         } else if intid == vtimer_intid() {
             // A guest's timer, hardware-linked: it stays active until the
             // guest deactivates its virtual copy (`vcpu::timers`).

@@ -8,6 +8,7 @@
 use super::tick::{self, CpuTick};
 use crate::arch::aarch64::{cpu, timer};
 use crate::rcu::RCU;
+use crate::sched::wakeup::take_idle_cpu;
 use crate::sched::work::{VcpuEntry, WORK_RESCHED};
 use crate::vcpu::state::Vcpu;
 use crate::{gic, irq::ids, smp};
@@ -159,13 +160,18 @@ pub fn note_deadline(deadline: u64) {
 
 /// From the host timer's interrupt handler (IRQs masked). If it was the
 /// tick, it counts as one taken by this CPU's vCPU if that is in its
-/// guest-time window, and ends its time slice when others wait; a sleeper's
-/// deadline passed ends it too, so the schedulers' scan wakes the sleeper.
-/// Then the timer is armed for the next tick or deadline
+/// guest-time window, and ends its time slice when others wait (as a
+/// sleeper's deadline passed does then, so the sleeper runs soon). Sleepers
+/// whose deadline passed are woken by the handler and idle CPUs told: a CPU
+/// whose vCPU has it to itself, or waits in `WFI` on it, does not go back to
+/// the schedulers' scan. Then the timer is armed for the next tick or deadline
 /// ([`tick::plan`]), or turned off: a CPU that runs one vCPU with nobody
 /// waiting takes no tick (the run loop arms its own deadlines again before
-/// the next entry or wait).
-pub fn timer_fired() {
+/// the next entry or wait). True if a sleeper's deadline has passed: the
+/// caller then wakes the sleepers due (`sched::wake_due_sleepers`), whose
+/// later deadlines are armed again as they are noted.
+#[must_use = "true: the sleepers due must be woken"]
+pub fn timer_fired() -> bool {
     let t = this_timer();
     let now = timer::now();
     let was_tick = tick::is_tick(Some(t.tick_at.load(Ordering::Relaxed)).filter(|&t| t != u64::MAX), now);
@@ -177,17 +183,19 @@ pub fn timer_fired() {
         if was_tick {
             entry.account_tick();
         }
-        if (was_tick && oversubscribed()) || next_wake() <= now {
+        if (was_tick || next_wake() <= now) && oversubscribed() {
             // This CPU runs it: the run loop sees the bit before it enters.
             entry.raise(WORK_RESCHED);
         }
     }
+    let sleepers_due = next_wake() <= now;
     let plan = t.tick.settle(|| tick_inputs(t));
     t.tick_at.store(plan.tick.unwrap_or(u64::MAX), Ordering::Relaxed);
     match plan.at {
         Some(at) => timer::arm_at(at),
         None => timer::disarm(),
     }
+    sleepers_due
 }
 
 /// Makes the vCPU look at its work: an SGI to the CPU running it ends its
@@ -218,7 +226,9 @@ pub fn offer(vcpu: &Vcpu) {
     }
 }
 
-fn wake_an_idle_cpu(affinity: Option<usize>) {
+/// Tells an idle CPU (or the one `affinity` pins the vCPU to) that a vCPU
+/// can run.
+pub(super) fn wake_an_idle_cpu(affinity: Option<usize>) {
     WAKE_SEQ.fetch_add(1, Ordering::AcqRel);
     // Pairs with the idle CPU's fence after it marks itself idle: it sees
     // the count change and scans again, or this sees it idle.
@@ -226,7 +236,7 @@ fn wake_an_idle_cpu(affinity: Option<usize>) {
     let me = cpu::current();
     let target = match affinity {
         Some(c) => Some(c),
-        None => (0..MAX_CPUS).find(|&c| smp::CPUS[c].idle.load(Ordering::Acquire)),
+        None => take_idle_cpu(smp::CPUS.iter().map(|c| &c.idle).enumerate().filter(|&(c, _)| c != me)),
     };
     if let Some(c) = target.filter(|&c| c != me && c < MAX_CPUS) {
         gic::send_sgi(ids::SGI_PING, c);

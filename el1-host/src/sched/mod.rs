@@ -17,7 +17,7 @@ pub mod work;
 #[cfg(target_os = "none")]
 mod cpu_loop;
 #[cfg(target_os = "none")]
-pub use cpu_loop::cpu_main;
+pub use cpu_loop::{cpu_main, wake_due_sleepers};
 #[cfg(target_os = "none")]
 mod cpus;
 #[cfg(target_os = "none")]
