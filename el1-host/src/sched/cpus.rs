@@ -12,7 +12,7 @@ use crate::sched::wakeup::take_idle_cpu;
 use crate::sched::work::{VcpuEntry, WORK_RESCHED};
 use crate::vcpu::state::Vcpu;
 use crate::{gic, irq::ids, smp};
-use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 
 /// Sets `bits` in the vCPU's work word (release) and kicks it.
@@ -59,10 +59,13 @@ static WAKE_SEQ: AtomicU64 = AtomicU64::new(0);
 struct CpuTimer {
     tick: CpuTick,
     tick_at: AtomicU64,
+    /// The vCPU this CPU runs needs the tick to exit ([`poll_exits`]).
+    poll: AtomicBool,
 }
 
 static TIMERS: [CpuTimer; MAX_CPUS] =
-    [const { CpuTimer { tick: CpuTick::new(), tick_at: AtomicU64::new(u64::MAX) } }; MAX_CPUS];
+    [const { CpuTimer { tick: CpuTick::new(), tick_at: AtomicU64::new(u64::MAX), poll: AtomicBool::new(false) } };
+        MAX_CPUS];
 
 /// Records which vCPU this CPU runs (`None`: none). A turn that starts
 /// settles the CPU's timer: under oversubscription it needs the tick.
@@ -70,6 +73,20 @@ pub fn set_current(entry: Option<&VcpuEntry>) {
     let p = entry.map_or(core::ptr::null_mut(), |e| e as *const VcpuEntry as *mut VcpuEntry);
     smp::this_cpu().current_vcpu.store(p, Ordering::Release);
     if entry.is_some() {
+        settle_here();
+    } else {
+        // The next vCPU asks again; the tick goes at the next one taken.
+        this_timer().poll.store(false, Ordering::Relaxed);
+    }
+}
+
+/// From the run loop before each entry (IRQs masked): whether the vCPU it
+/// runs needs a tick to exit at all (a PMU overflow the host sees only at
+/// an exit, `vcpu::pmu`). Turning it on arms the tick now; it stays on for
+/// the rest of the turn.
+pub fn poll_exits(on: bool) {
+    let t = this_timer();
+    if on && !t.poll.swap(true, Ordering::Relaxed) {
         settle_here();
     }
 }
@@ -85,6 +102,7 @@ fn tick_inputs(t: &CpuTimer) -> tick::Inputs {
         period: timer::ticks_from_us(ids::TICK_US),
         oversubscribed: oversubscribed(),
         running: !smp::this_cpu().current_vcpu.load(Ordering::Acquire).is_null(),
+        poll: t.poll.load(Ordering::Relaxed),
         sleeper: next_wake(),
         armed_tick: Some(t.tick_at.load(Ordering::Relaxed)).filter(|&t| t != u64::MAX),
     }

@@ -31,6 +31,11 @@ pub struct Inputs {
     pub oversubscribed: bool,
     /// This CPU runs a vCPU (in its turn, guest or host side).
     pub running: bool,
+    /// The vCPU it runs needs exits to be seen at all: its PMU counts and
+    /// the board's overflow interrupt reaches the host as nothing it can
+    /// link to the guest's (the Pi 4's SPIs), so an overflow shows only at
+    /// an exit (`vcpu::pmu`).
+    pub poll: bool,
     /// The earliest deadline of a sleeping vCPU ([`u64::MAX`]: none).
     pub sleeper: u64,
     /// The tick this CPU armed and has not taken yet, if any: a deadline
@@ -49,12 +54,12 @@ pub struct Plan {
     pub at: Option<u64>,
 }
 
-/// The decision. A CPU needs the tick only to time-slice: it runs a vCPU and
-/// others wait for CPUs. A sleeper's deadline already passed is not armed
+/// The decision. A CPU needs the tick only to time-slice (it runs a vCPU and
+/// others wait for CPUs) or to make a vCPU that needs polling exit. A sleeper's deadline already passed is not armed
 /// (the timer would fire at once, over and over): the caller makes the
 /// schedulers' scan run instead (`WORK_RESCHED`, or the idle loop's scan).
 pub fn plan(i: Inputs) -> Plan {
-    let tick = (i.oversubscribed && i.running).then(|| match i.armed_tick {
+    let tick = ((i.oversubscribed || i.poll) && i.running).then(|| match i.armed_tick {
         Some(t) if t > i.now => t,
         _ => i.now.saturating_add(i.period.max(1)),
     });
@@ -132,7 +137,7 @@ mod tests {
     const PERIOD: u64 = 625_000; // 10 ms at 62.5 MHz
 
     fn inputs(oversubscribed: bool, running: bool, sleeper: u64) -> Inputs {
-        Inputs { now: 1_000, period: PERIOD, oversubscribed, running, sleeper, armed_tick: None }
+        Inputs { now: 1_000, period: PERIOD, oversubscribed, running, poll: false, sleeper, armed_tick: None }
     }
 
     #[test]
@@ -147,6 +152,13 @@ mod tests {
         assert_eq!(plan(inputs(true, true, u64::MAX)), Plan { tick: t, at: t });
         // An idle CPU has nobody to preempt; a wake-up's SGI brings it back.
         assert_eq!(plan(inputs(true, false, u64::MAX)), Plan { tick: None, at: None });
+    }
+
+    #[test]
+    fn a_vcpu_that_needs_polling_ticks_on_a_cpu_of_its_own() {
+        let t = Some(1_000 + PERIOD);
+        assert_eq!(plan(Inputs { poll: true, ..inputs(false, true, u64::MAX) }), Plan { tick: t, at: t });
+        assert_eq!(plan(Inputs { poll: true, ..inputs(false, false, u64::MAX) }).tick, None, "idle");
     }
 
     #[test]
@@ -234,6 +246,7 @@ mod loom_tests {
             period: 10,
             oversubscribed: g.live.load(Ordering::Relaxed) > CPUS,
             running: true,
+            poll: false,
             sleeper: g.next_wake.load(Ordering::Relaxed),
             armed_tick: None,
         }
