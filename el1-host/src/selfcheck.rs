@@ -15,15 +15,16 @@ pub fn run(info: &BootInfo, lpis: bool) -> bool {
     let count = info.cpu_count as usize;
     let start_sgis: [u64; ferrovisor_shared::boot::MAX_CPUS] =
         core::array::from_fn(|i| CPUS[i].sgis.load(Ordering::Relaxed));
-    let start_ticks: [u64; ferrovisor_shared::boot::MAX_CPUS] =
-        core::array::from_fn(|i| CPUS[i].ticks.load(Ordering::Relaxed));
     for (cpu, c) in CPUS.iter().enumerate().take(count) {
         if c.online.load(Ordering::Acquire) {
             gic::send_sgi(ids::SGI_PING, cpu);
         }
     }
     let sgi_ok = |i: usize| CPUS[i].sgis.load(Ordering::Relaxed) > start_sgis[i];
-    let tick_ok = |i: usize| CPUS[i].ticks.load(Ordering::Relaxed) > start_ticks[i];
+    // The tick each CPU armed when it came up (`per_cpu_init`): with no
+    // vCPUs to time-slice it is the only one, and may come before this check
+    // starts (docs/run-loop.md §9).
+    let tick_ok = |i: usize| CPUS[i].ticks.load(Ordering::Relaxed) > 0;
     let deadline = timer::now() + timer::ticks_from_us(TIMEOUT_US);
     while timer::now() < deadline && !(0..count).all(|i| sgi_ok(i) && tick_ok(i)) {
         // Polls rather than WFI: a wedged GIC must end in FAIL, not a hang.

@@ -1,7 +1,6 @@
 //! Interrupt dispatch on the host: acknowledge, handle, end, until nothing is
 //! pending. The INTIDs it dispatches on are in [`ids`].
 
-use crate::arch::aarch64::timer;
 use crate::{gic, smp};
 use core::sync::atomic::Ordering;
 use ferrovisor_shared::gic::{LPI_BASE, SPECIAL_BASE};
@@ -40,13 +39,15 @@ fn dispatch(ack: gic::Ack) -> bool {
     let me = smp::this_cpu();
     if intid == SGI_PING {
         me.sgis.fetch_add(1, Ordering::Relaxed);
+        crate::sched::sgi_taken();
     } else if intid == SGI_EL2_POST {
         // For a vCPU that left guest mode before it came: the host takes
         // the SGIs posted for it at that exit (`Vgic::take_posted`).
     } else if intid == timer_intid() {
         me.ticks.fetch_add(1, Ordering::Relaxed);
-        crate::sched::account_tick();
-        timer::arm_in_us(TICK_US);
+        if crate::sched::timer_fired() {
+            crate::sched::wake_due_sleepers();
+        }
     } else if intid == vtimer_intid() {
         // A guest's timer, hardware-linked: it stays active until the
         // guest deactivates its virtual copy (`vcpu::timers`).

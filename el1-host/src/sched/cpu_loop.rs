@@ -9,7 +9,7 @@
 //! request wakes it, and so does its timer, through [`note_deadline`] and the
 //! schedulers' scan. Otherwise a blocked vCPU waits on its own CPU in `WFI`.
 
-use super::cpus::{idle_wait, next_wake, note_deadline, reset_next_wake};
+use super::cpus::{idle_wait, next_wake, note_deadline, reset_next_wake, wake_an_idle_cpu, wake_seq};
 use super::slot::Due;
 use crate::arch::aarch64::{cpu, timer};
 use crate::rcu::RCU;
@@ -18,7 +18,7 @@ use crate::vcpu::run::Turn;
 use crate::vm::instance;
 use crate::vm::registry;
 use alloc::sync::Arc;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{fence, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 
 /// Wakes the sleeping vCPUs whose deadline has passed and recomputes the
@@ -29,11 +29,25 @@ fn wake_due(vms: &[Arc<instance::Vm>], now: u64) {
     }
     reset_next_wake();
     for v in vms.iter().flat_map(|vm| vm.vcpus.iter()) {
-        // A woken vCPU is picked up by this scan or the next CPU's.
-        if let Due::At(at) = v.slot.wake_if_due(now) {
-            note_deadline(at);
+        match v.slot.wake_if_due(now) {
+            // An idle CPU is told, as for any wake-up: this scan claims at
+            // most one of several woken at once, and no tick brings the
+            // scan that would find the others.
+            Due::Woken => wake_an_idle_cpu(v.slot.affinity()),
+            Due::At(at) => note_deadline(at),
+            Due::No => {}
         }
     }
+}
+
+/// From the host timer's interrupt handler, when a sleeper's deadline has
+/// passed: the sleepers due are woken here, whatever this CPU was doing (a
+/// dedicated vCPU's guest, its `WFI` wait on this CPU, idle), since no CPU
+/// may be ticking to scan for them.
+pub fn wake_due_sleepers() {
+    let me = cpu::current();
+    let guard = RCU.read_lock(me);
+    wake_due(registry::list().read(&guard), timer::now());
 }
 
 /// Every CPU's last stop: runs runnable vCPUs in turn, idles otherwise.
@@ -44,6 +58,8 @@ pub fn cpu_main() -> ! {
     // list of every VM's vCPUs).
     let mut cursor = 0usize;
     loop {
+        // Read before the scan: a wake-up after it changes the count.
+        let seq = wake_seq();
         let next = {
             let guard = RCU.read_lock(me);
             let vms = registry::list().read(&guard);
@@ -73,17 +89,25 @@ pub fn cpu_main() -> ! {
                 let turn = crate::vcpu::run::run(Arc::clone(&vm), index);
                 if turn != Turn::Stopped {
                     vcpu.slot.release();
+                    super::cpus::offer(vcpu);
                 }
             }
             None => {
                 RCU.note_quiescent(me);
                 cpu::irq_disable();
                 smp::CPUS[me % MAX_CPUS].idle.store(true, Ordering::SeqCst);
-                let deadline = next_wake();
-                if deadline != u64::MAX {
-                    timer::arm_no_later_than(deadline);
+                // Pairs with the waker's fence (`wake_an_idle_cpu`): a vCPU
+                // woken after the scan is seen here, or the waker sees this
+                // CPU idle and its SGI ends the wait. No tick comes to rescue
+                // a wait that missed it.
+                fence(Ordering::SeqCst);
+                if wake_seq() == seq {
+                    let deadline = next_wake();
+                    if deadline != u64::MAX {
+                        timer::arm_no_later_than(deadline);
+                    }
+                    idle_wait();
                 }
-                idle_wait();
                 smp::CPUS[me % MAX_CPUS].idle.store(false, Ordering::Relaxed);
                 cpu::irq_enable();
             }

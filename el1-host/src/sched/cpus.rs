@@ -1,15 +1,18 @@
 //! What the rest of the host asks of the schedulers, apart from their loop
 //! (`cpu_loop`): requests and kicks, bringing vCPUs out of guest mode, which
 //! vCPU a CPU runs, the count of live vCPUs and the earliest deadline of a
-//! sleeping one, the tick's time-slicing, and idling. It depends on the
-//! vCPU's state alone, never on the VMs or the run loop.
+//! sleeping one, the host timer (a tick only where time-slicing needs one,
+//! `sched::tick`), and idling. It depends on the vCPU's state alone, never
+//! on the VMs or the run loop.
 
+use super::tick::{self, CpuTick};
 use crate::arch::aarch64::{cpu, timer};
 use crate::rcu::RCU;
+use crate::sched::wakeup::take_idle_cpu;
 use crate::sched::work::{VcpuEntry, WORK_RESCHED};
 use crate::vcpu::state::Vcpu;
 use crate::{gic, irq::ids, smp};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use ferrovisor_shared::boot::MAX_CPUS;
 
 /// Sets `bits` in the vCPU's work word (release) and kicks it.
@@ -46,15 +49,111 @@ static LIVE_VCPUS: AtomicUsize = AtomicUsize::new(0);
 /// The earliest deadline of a sleeping vCPU's timers (physical count).
 static NEXT_WAKE: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Records which vCPU this CPU runs (`None`: none).
+/// Counts wake-ups that found a vCPU a CPU (docs/run-loop.md §9): an idle
+/// CPU that sees it change after marking itself idle scans again.
+static WAKE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// One CPU's host timer: its side of the tick's kick pairing, and the tick
+/// it armed ([`u64::MAX`]: none). Only the CPU itself writes `tick_at`, with
+/// IRQs masked.
+struct CpuTimer {
+    tick: CpuTick,
+    tick_at: AtomicU64,
+    /// The vCPU this CPU runs needs the tick to exit ([`poll_exits`]).
+    poll: AtomicBool,
+}
+
+static TIMERS: [CpuTimer; MAX_CPUS] =
+    [const { CpuTimer { tick: CpuTick::new(), tick_at: AtomicU64::new(u64::MAX), poll: AtomicBool::new(false) } };
+        MAX_CPUS];
+
+/// Records which vCPU this CPU runs (`None`: none). A turn that starts
+/// settles the CPU's timer: under oversubscription it needs the tick.
 pub fn set_current(entry: Option<&VcpuEntry>) {
     let p = entry.map_or(core::ptr::null_mut(), |e| e as *const VcpuEntry as *mut VcpuEntry);
     smp::this_cpu().current_vcpu.store(p, Ordering::Release);
+    if entry.is_some() {
+        settle_here();
+    } else {
+        // The next vCPU asks again; the tick goes at the next one taken.
+        this_timer().poll.store(false, Ordering::Relaxed);
+    }
+}
+
+/// From the run loop before each entry (IRQs masked): whether the vCPU it
+/// runs needs a tick to exit at all (a PMU overflow the host sees only at
+/// an exit, `vcpu::pmu`). Turning it on arms the tick now; it stays on for
+/// the rest of the turn.
+pub fn poll_exits(on: bool) {
+    let t = this_timer();
+    if on && !t.poll.swap(true, Ordering::Relaxed) {
+        settle_here();
+    }
+}
+
+fn this_timer() -> &'static CpuTimer {
+    &TIMERS[cpu::current() % MAX_CPUS]
+}
+
+/// The tick's inputs on this CPU now.
+fn tick_inputs(t: &CpuTimer) -> tick::Inputs {
+    tick::Inputs {
+        now: timer::now(),
+        period: timer::ticks_from_us(ids::TICK_US),
+        oversubscribed: oversubscribed(),
+        running: !smp::this_cpu().current_vcpu.load(Ordering::Acquire).is_null(),
+        poll: t.poll.load(Ordering::Relaxed),
+        sleeper: next_wake(),
+        armed_tick: Some(t.tick_at.load(Ordering::Relaxed)).filter(|&t| t != u64::MAX),
+    }
+}
+
+/// Outside the timer's handler (at an SGI, at a turn's start): the timer
+/// may be armed for a deadline of the run loop's, so it is only brought
+/// forward, never put back or off.
+fn settle_here() {
+    let masked = !cpu::irqs_enabled();
+    cpu::irq_disable();
+    let t = this_timer();
+    let plan = t.tick.settle(|| tick_inputs(t));
+    if let Some(at) = plan.tick {
+        t.tick_at.store(at, Ordering::Relaxed);
+    }
+    if let Some(at) = plan.at {
+        timer::arm_no_later_than(at);
+    }
+    if !masked {
+        cpu::irq_enable();
+    }
+}
+
+/// The global state changed in a way a tickless CPU must see (vCPUs now
+/// outnumber CPUs, a sleeper's deadline came earlier): every other tickless
+/// CPU gets an SGI and settles again there (`sched::tick`'s kick pairing),
+/// and this one settles now.
+fn tickless_cpus_look_again() {
+    tick::changed();
+    let me = cpu::current();
+    for (c, t) in TIMERS.iter().enumerate() {
+        if c != me && smp::CPUS[c].online.load(Ordering::Acquire) && t.tick.tickless() {
+            gic::send_sgi(ids::SGI_PING, c);
+        }
+    }
+    settle_here();
+}
+
+/// From the SGI handler: whoever sent it may have changed what this CPU's
+/// timer must do.
+pub fn sgi_taken() {
+    settle_here();
 }
 
 /// `n` vCPUs join the schedulers' lists.
 pub fn vcpus_added(n: usize) {
     LIVE_VCPUS.fetch_add(n, Ordering::AcqRel);
+    if oversubscribed() {
+        tickless_cpus_look_again();
+    }
 }
 
 /// A vCPU stopped for good.
@@ -68,25 +167,53 @@ pub fn oversubscribed() -> bool {
     LIVE_VCPUS.load(Ordering::Acquire) > smp::online_count()
 }
 
-/// A sleeping vCPU must run again by physical count `deadline`.
+/// A sleeping vCPU must run again by physical count `deadline`. An earlier
+/// deadline than any noted reaches the tickless CPUs (one of them, idle or
+/// not, then arms its timer for it).
 pub fn note_deadline(deadline: u64) {
-    NEXT_WAKE.fetch_min(deadline, Ordering::AcqRel);
+    if NEXT_WAKE.fetch_min(deadline, Ordering::AcqRel) > deadline {
+        tickless_cpus_look_again();
+    }
 }
 
-/// From the tick handler: counts the tick as guest time if this CPU's vCPU
-/// is in its guest-time window, and ends its time slice when others wait.
-pub fn account_tick() {
+/// From the host timer's interrupt handler (IRQs masked). If it was the
+/// tick, it counts as one taken by this CPU's vCPU if that is in its
+/// guest-time window, and ends its time slice when others wait (as a
+/// sleeper's deadline passed does then, so the sleeper runs soon). Sleepers
+/// whose deadline passed are woken by the handler and idle CPUs told: a CPU
+/// whose vCPU has it to itself, or waits in `WFI` on it, does not go back to
+/// the schedulers' scan. Then the timer is armed for the next tick or deadline
+/// ([`tick::plan`]), or turned off: a CPU that runs one vCPU with nobody
+/// waiting takes no tick (the run loop arms its own deadlines again before
+/// the next entry or wait). True if a sleeper's deadline has passed: the
+/// caller then wakes the sleepers due (`sched::wake_due_sleepers`), whose
+/// later deadlines are armed again as they are noted.
+#[must_use = "true: the sleepers due must be woken"]
+pub fn timer_fired() -> bool {
+    let t = this_timer();
+    let now = timer::now();
+    let was_tick = tick::is_tick(Some(t.tick_at.load(Ordering::Relaxed)).filter(|&t| t != u64::MAX), now);
     let p = smp::this_cpu().current_vcpu.load(Ordering::Acquire);
     // SAFETY: set by `set_current` from the vCPU's own loop on this CPU, which
-    // clears it before the vCPU (and its VM) can go away; the tick runs on
+    // clears it before the vCPU (and its VM) can go away; the handler runs on
     // the same CPU with that loop interrupted.
     if let Some(entry) = unsafe { p.as_ref() } {
-        entry.account_tick();
-        if oversubscribed() || NEXT_WAKE.load(Ordering::Acquire) <= timer::now() {
+        if was_tick {
+            entry.account_tick();
+        }
+        if (was_tick || next_wake() <= now) && oversubscribed() {
             // This CPU runs it: the run loop sees the bit before it enters.
             entry.raise(WORK_RESCHED);
         }
     }
+    let sleepers_due = next_wake() <= now;
+    let plan = t.tick.settle(|| tick_inputs(t));
+    t.tick_at.store(plan.tick.unwrap_or(u64::MAX), Ordering::Relaxed);
+    match plan.at {
+        Some(at) => timer::arm_at(at),
+        None => timer::disarm(),
+    }
+    sleepers_due
 }
 
 /// Makes the vCPU look at its work: an SGI to the CPU running it ends its
@@ -105,11 +232,29 @@ pub fn kick(vcpu: &Vcpu) {
     }
 }
 
-fn wake_an_idle_cpu(affinity: Option<usize>) {
+/// A CPU released `vcpu` while it can run (preempted, or woken before it
+/// left): an idle CPU is told, as for a wake-up. The fence orders the
+/// release before the look at its state, against a waker's fence after its
+/// wake-up: one of them tells an idle CPU. Without it the vCPU would wait
+/// for a scan that no tick brings any more.
+pub fn offer(vcpu: &Vcpu) {
+    core::sync::atomic::fence(Ordering::SeqCst);
+    if vcpu.slot.claimable() {
+        wake_an_idle_cpu(vcpu.slot.affinity());
+    }
+}
+
+/// Tells an idle CPU (or the one `affinity` pins the vCPU to) that a vCPU
+/// can run.
+pub(super) fn wake_an_idle_cpu(affinity: Option<usize>) {
+    WAKE_SEQ.fetch_add(1, Ordering::AcqRel);
+    // Pairs with the idle CPU's fence after it marks itself idle: it sees
+    // the count change and scans again, or this sees it idle.
+    fence(Ordering::SeqCst);
     let me = cpu::current();
     let target = match affinity {
         Some(c) => Some(c),
-        None => (0..MAX_CPUS).find(|&c| smp::CPUS[c].idle.load(Ordering::Acquire)),
+        None => take_idle_cpu(smp::CPUS.iter().map(|c| &c.idle).enumerate().filter(|&(c, _)| c != me)),
     };
     if let Some(c) = target.filter(|&c| c != me && c < MAX_CPUS) {
         gic::send_sgi(ids::SGI_PING, c);
@@ -123,6 +268,11 @@ pub fn idle_wait() {
     RCU.eqs_enter(me);
     cpu::wait_for_interrupt();
     RCU.eqs_exit(me);
+}
+
+/// Wake-ups so far; see [`wake_an_idle_cpu`].
+pub fn wake_seq() -> u64 {
+    WAKE_SEQ.load(Ordering::Acquire)
 }
 
 /// The earliest deadline noted since the last scan ([`u64::MAX`]: none).

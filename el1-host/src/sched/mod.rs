@@ -10,13 +10,14 @@
 
 pub mod doorbell;
 pub mod slot;
+pub mod tick;
 pub mod wakeup;
 pub mod work;
 
 #[cfg(target_os = "none")]
 mod cpu_loop;
 #[cfg(target_os = "none")]
-pub use cpu_loop::cpu_main;
+pub use cpu_loop::{cpu_main, wake_due_sleepers};
 #[cfg(target_os = "none")]
 mod cpus;
 #[cfg(target_os = "none")]

@@ -106,6 +106,12 @@ impl VcpuSlot {
         self.block.wake()
     }
 
+    /// Whether a scheduler could claim it now (affinity aside): not stopped,
+    /// not asleep, not claimed.
+    pub fn claimable(&self) -> bool {
+        !self.stopped.load(Ordering::Acquire) && !self.block.is_blocked() && self.running_on().is_none()
+    }
+
     #[cfg(test)]
     pub fn is_asleep(&self) -> bool {
         self.block.is_blocked()
@@ -157,9 +163,12 @@ mod tests {
         assert!(s.sleep(None, |_| {}, || false));
         s.release();
         assert!(s.is_asleep() && !s.try_claim(1), "asleep: skipped until woken");
+        assert!(!s.claimable());
         assert!(s.wake(), "the wake ends a committed sleep");
         assert!(!s.wake(), "once");
+        assert!(s.claimable(), "woken and released");
         assert!(s.try_claim(1));
+        assert!(!s.claimable(), "claimed");
         s.resume();
         assert!(!s.is_asleep());
     }

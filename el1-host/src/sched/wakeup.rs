@@ -53,7 +53,7 @@
 //! bit and still read a stale payload. The loom models below show it, and the
 //! lost wake-up that either missing fence causes.
 
-use crate::rcu::sync::{const_unless_loom, fence, AtomicU32, Ordering};
+use crate::rcu::sync::{const_unless_loom, fence, AtomicBool, AtomicU32, Ordering};
 
 /// Request bits of one vCPU: set by anyone (release), tested and cleared by
 /// the vCPU (acquire).
@@ -260,6 +260,20 @@ impl BlockState {
     }
 }
 
+/// A waker that must find a CPU for a vCPU it woke takes one idle CPU of
+/// `idle` (a CPU's flag, set while it waits in idle with nothing to run) for
+/// itself, clearing its flag, and returns its index for the SGI. Taking it
+/// (a CAS, not a look) is what lets several vCPUs woken at once each reach a
+/// CPU of its own: with a plain load they would all tell the first idle CPU,
+/// which runs one of them, and the others would wait for a scan no tick
+/// brings. `None`: no CPU idles; the vCPU waits for a CPU that finishes its
+/// turn (and scans), or for time-slicing's tick.
+pub fn take_idle_cpu<'a>(idle: impl IntoIterator<Item = (usize, &'a AtomicBool)>) -> Option<usize> {
+    idle.into_iter()
+        .find(|(_, flag)| flag.compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+        .map(|(c, _)| c)
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -268,6 +282,16 @@ mod tests {
     use std::thread;
     use std::time::{Duration, Instant};
     use std::vec::Vec;
+
+    #[test]
+    fn each_waker_takes_an_idle_cpu_of_its_own() {
+        let idle = [AtomicBool::new(false), AtomicBool::new(true), AtomicBool::new(true)];
+        let all = || idle.iter().enumerate();
+        assert_eq!(take_idle_cpu(all()), Some(1));
+        assert_eq!(take_idle_cpu(all()), Some(2), "cpu1 was told already");
+        assert_eq!(take_idle_cpu(all()), None, "no idle CPU left");
+        assert!(idle.iter().all(|f| !f.load(Ordering::Relaxed)));
+    }
 
     const REQ: u32 = 1 << 3;
     const OTHER: u32 = 1 << 0;
@@ -629,5 +653,36 @@ mod loom_tests {
             }
             assert_eq!(v.block.resume(), trues == 1);
         });
+    }
+
+    /// Two vCPUs woken at once while two CPUs idle: each waker reaches a CPU
+    /// of its own (`take_idle_cpu`'s CAS), so both vCPUs run.
+    fn two_wakers(take: fn(&[AtomicBool; 2]) -> Option<usize>) {
+        loom::model(move || {
+            let idle = Arc::new([AtomicBool::new(true), AtomicBool::new(true)]);
+            let other = {
+                let idle = idle.clone();
+                thread::spawn(move || take(&idle))
+            };
+            let mine = take(&idle);
+            let theirs = other.join().unwrap();
+            assert!(
+                mine.is_some() && theirs.is_some() && mine != theirs,
+                "one idle CPU told twice: {mine:?} {theirs:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_wake_two_wakers_reach_two_idle_cpus() {
+        two_wakers(|idle| take_idle_cpu(idle.iter().enumerate()));
+    }
+
+    /// A waker that only looks for an idle CPU (the first version): both tell
+    /// cpu0.
+    #[test]
+    #[should_panic(expected = "told twice")]
+    fn loom_wake_looking_without_taking_tells_one_cpu_twice() {
+        two_wakers(|idle| idle.iter().position(|f| f.load(Ordering::Acquire)));
     }
 }

@@ -158,7 +158,8 @@ pub struct RunStats {
     /// Time between start and stop of guest-time accounting, in
     /// [`EntryHw::now`] units.
     pub guest_time: u64,
-    /// Timer ticks taken while guest time was being accounted.
+    /// Host ticks (time-slicing's, not the timer's other deadlines) taken
+    /// while guest time was being accounted: the guest exits they caused.
     pub guest_ticks: u64,
 }
 
@@ -246,8 +247,10 @@ impl VcpuEntry {
         self.in_guest_time.load(Relaxed)
     }
 
-    /// For the timer-tick handler of the CPU that runs this vCPU: counts the
-    /// tick as guest time and returns `true` if guest time is being accounted.
+    /// For the timer's handler of the CPU that runs this vCPU, when the
+    /// interrupt was the tick: counts it as one the guest exited for, and
+    /// returns `true`, if guest time is being accounted. (Guest time itself
+    /// is the counter's, read at entry and exit, so it needs no tick.)
     pub fn account_tick(&self) -> bool {
         let guest = self.in_guest_time();
         if guest {

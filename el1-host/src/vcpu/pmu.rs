@@ -61,6 +61,9 @@ pub fn load(vm: &Vm, vcpu: &Vcpu, ctx: &VcpuContext) {
     if ctx.pmu.active == 0 {
         return;
     }
+    // Without a linked PPI an overflow shows only at an exit: the host tick
+    // makes one on a CPU that would otherwise take none.
+    crate::sched::poll_exits(crate::irq::ids::pmu_intid().is_none());
     if let Some(p) = crate::irq::ids::pmu_intid() {
         let line = vcpu.ppi_lines.load(Ordering::Relaxed) & PMU_LINE != 0;
         PHYS.load(vm, vcpu, GUEST_PMU_INTID, || p, line);

@@ -40,7 +40,10 @@ pub struct VmStats {
     fast_sgi: AtomicU64,
     el2_exits: AtomicU64,
     pub interrupted: AtomicU64,
+    /// Host ticks taken as guest exits (time-slicing only: a vCPU with a CPU
+    /// to itself takes none, docs/run-loop.md §9).
     pub guest_ticks: AtomicU64,
+    /// Guest time measured from the counter at each entry and exit.
     pub guest_time_us: AtomicU64,
     /// GICv4 doorbells rung for its vPEs.
     pub doorbells: AtomicU64,
@@ -128,7 +131,7 @@ impl fmt::Display for Report<'_> {
         writeln!(f, "{}", s.logs.report())?;
         write!(
             f,
-            "cmo: {} epochs, {} regions, {} KiB cleaned; guest time {} ms ({} ticks)",
+            "cmo: {} epochs, {} regions, {} KiB cleaned; guest time {} ms ({} tick exits)",
             self.cmo.epochs,
             self.cmo.regions,
             self.cmo.bytes >> 10,
@@ -160,6 +163,8 @@ mod tests {
         });
         s.interrupted.fetch_add(1, Relaxed);
         s.doorbells.fetch_add(3, Relaxed);
+        s.guest_ticks.fetch_add(7, Relaxed);
+        s.guest_time_us.fetch_add(12_345, Relaxed);
         let text = alloc::format!("{}", s.report(CmoFigures { epochs: 2, regions: 4, bytes: 8192 }));
         assert!(text.contains("exits 9 (to the host 3: hvc 1 smc 0 mmio 2"), "{text}");
         assert!(
@@ -168,7 +173,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned"), "{text}");
+        assert!(text.contains("cmo: 2 epochs, 4 regions, 8 KiB cleaned; guest time 12 ms (7 tick exits)"), "{text}");
         assert!(text.contains("\nlog lines suppressed 0\n"), "{text}");
         assert_eq!(s.exits(ExitKind::Mmio), 2);
     }

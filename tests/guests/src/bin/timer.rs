@@ -39,8 +39,8 @@ mod guest {
     const DEADLINE_MS: u64 = 10;
     /// A bound that catches a timer left for some later event (or none), not
     /// a latency target (that is micro-bench's): emulated CPUs on a busy
-    /// machine, QEMU raspi4b's single-threaded TCG most of all, can lose
-    /// the host CPU for over 100 ms of guest time.
+    /// machine (QEMU's TCG on 2 shared cores; raspi4b's single-threaded TCG
+    /// once saw 170 ms) can lose the host CPU for over 100 ms of guest time.
     const LATE_MS: u64 = 1000;
     const WFI_MS: u64 = 20;
 
