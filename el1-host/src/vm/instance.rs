@@ -332,6 +332,17 @@ impl Vm {
         (self.boot.layout.entry_ipa, self.boot.layout.dtb_ipa)
     }
 
+    /// The vCPUs in `kicks` may have a vLPI pending in their vPE's table
+    /// that no doorbell announces (an INV that enabled it): each must run,
+    /// even out of a WFI, for the GIC to look (docs/interrupts.md §11).
+    #[cold]
+    #[inline(never)]
+    fn vpes_may_have_pending(&self, kicks: Kicks) {
+        for v in kicks.iter().filter_map(|i| self.vcpus.get(i)) {
+            v.doorbell.may_be_pending(v.entry.requests(), || crate::sched::kick(v));
+        }
+    }
+
     /// Makes the vCPUs in `kicks` look at their interrupts.
     pub fn kick(&self, kicks: Kicks) {
         let mut bits = kicks.0;
@@ -516,11 +527,8 @@ impl LpiHost for Vm {
     fn apply_lpi_effects(&self, effects: &[Effect]) -> Kicks {
         if let Some(direct) = &self.direct {
             let kicks = direct.apply(effects, &mut |vcpu, intid| self.vgic.lpi_property(&self.ram, vcpu, intid));
-            // What they kick may have a vLPI pending in its table that no
-            // doorbell announces (an INV that enabled it): the vCPU must run,
-            // even out of a WFI, for the GIC to look (docs/interrupts.md §11).
-            for v in kicks.iter().filter_map(|i| self.vcpus.get(i)) {
-                v.doorbell.may_be_pending(v.entry.requests(), || crate::sched::kick(v));
+            if !kicks.is_empty() {
+                self.vpes_may_have_pending(kicks);
             }
             return Kicks::default();
         }
