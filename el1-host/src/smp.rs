@@ -57,8 +57,12 @@ pub fn this_cpu() -> &'static PerCpu {
     &CPUS[cpu::current() % MAX_CPUS]
 }
 
+/// CPUs marked online (they never go offline): a counter, since the
+/// schedulers ask at every wait and tick (`sched::oversubscribed`).
+static ONLINE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
 pub fn online_count() -> usize {
-    CPUS.iter().filter(|c| c.online.load(Ordering::Acquire)).count()
+    ONLINE.load(Ordering::Acquire)
 }
 
 const START_TIMEOUT_US: u64 = 1_000_000;
@@ -94,5 +98,7 @@ pub fn start_secondaries(info: &BootInfo) -> usize {
 
 /// Marks the running CPU online (after its GIC and timer set-up).
 pub fn mark_online() {
-    this_cpu().online.store(true, Ordering::Release);
+    if !this_cpu().online.swap(true, Ordering::AcqRel) {
+        ONLINE.fetch_add(1, Ordering::AcqRel);
+    }
 }
