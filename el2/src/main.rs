@@ -12,6 +12,7 @@
 mod cpus;
 mod debug;
 mod fastpath;
+mod hostregs;
 mod pmu;
 mod psci;
 

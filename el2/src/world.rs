@@ -52,6 +52,9 @@ pub struct El2Cpu {
     sgi_table: u64,
     /// The last SGI table `checked_sgi_table` found in RAM.
     sgi_checked: u64,
+    /// Whether `host_el1` holds the host's boot-constant registers
+    /// (`save_host_el1`): set by the first run on this CPU since `init_cpu`.
+    host_consts_saved: bool,
 }
 
 pub const EL2CPU_GUEST: usize = core::mem::offset_of!(El2Cpu, guest);
@@ -106,6 +109,7 @@ const EL2CPU_INIT: El2Cpu = El2Cpu {
     sgi_route: 0,
     sgi_table: 0,
     sgi_checked: 0,
+    host_consts_saved: false,
 };
 
 static EL2_CPUS: PerCpu = PerCpu([const { core::cell::UnsafeCell::new(EL2CPU_INIT) }; MAX_CPUS]);
@@ -137,6 +141,8 @@ pub fn init_cpu(index: usize) {
     c.pmu_counters = (c.host_mdcr & pmu::MDCR_HPMN) as usize;
     c.debug_points = debug::points(ID_AA64DFR0_EL1.get());
     c.sgi_route = crate::vgic::this_cpu_route();
+    // A CPU brought up again may come back with other host values.
+    c.host_consts_saved = false;
     TPIDR_EL2.set(cpu as u64);
     crate::vgic::reset_cpu();
 }
@@ -249,6 +255,47 @@ fn save_el1(r: &mut El1SysRegs) {
     r.mdscr = MDSCR_EL1.get();
 }
 
+/// The host's side of `save_el1`. The registers `crate::hostregs` lists
+/// are written by the host only while it brings a CPU up, before its first
+/// run, so they are read once per CPU (per `init_cpu`) rather than per
+/// run; the rest at every run. `hostregs`'s test keeps the host to that,
+/// and a debug build of el2 checks it at every run.
+fn save_host_el1(cpu: &mut El2Cpu) {
+    let r = &mut cpu.host_el1;
+    if !cpu.host_consts_saved {
+        save_el1(r);
+        cpu.host_consts_saved = true;
+        return;
+    }
+    debug_assert!(
+        r.sctlr == SCTLR_EL1.get()
+            && r.actlr == ACTLR_EL1.get()
+            && r.cpacr == CPACR_EL1.get()
+            && r.ttbr0 == TTBR0_EL1.get()
+            && r.ttbr1 == TTBR1_EL1.get()
+            && r.tcr == TCR_EL1.get()
+            && r.mair == MAIR_EL1.get()
+            && r.amair == AMAIR_EL1.get()
+            && r.vbar == VBAR_EL1.get()
+            && r.tpidr_el1 == TPIDR_EL1.get(),
+        "the host changed a boot-constant EL1 register"
+    );
+    r.contextidr = CONTEXTIDR_EL1.get();
+    r.tpidr_el0 = TPIDR_EL0.get();
+    r.tpidrro_el0 = TPIDRRO_EL0.get();
+    r.sp_el1 = SP_EL1.get();
+    r.elr_el1 = ELR_EL1.get();
+    r.spsr_el1 = SPSR_EL1.get();
+    r.esr_el1 = ESR_EL1.get();
+    r.far_el1 = FAR_EL1.get();
+    r.afsr0 = AFSR0_EL1.get();
+    r.afsr1 = AFSR1_EL1.get();
+    r.par = PAR_EL1.get();
+    r.cntkctl = CNTKCTL_EL1.get();
+    r.csselr = CSSELR_EL1.get();
+    r.mdscr = MDSCR_EL1.get();
+}
+
 fn restore_el1(r: &El1SysRegs) {
     SCTLR_EL1.set(r.sctlr);
     ACTLR_EL1.set(r.actlr);
@@ -332,7 +379,7 @@ pub fn run(ctx: &mut VcpuContext) -> i64 {
     // Host out.
     cpu.host_elr = ELR_EL2.get();
     cpu.host_spsr = SPSR_EL2.get();
-    save_el1(&mut cpu.host_el1);
+    save_host_el1(cpu);
     cpu.host_sp_el0 = SP_EL0.get();
 
     // Guest in.

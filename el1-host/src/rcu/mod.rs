@@ -154,10 +154,22 @@ impl CpuState {
     /// read-side sections is still in use: check it, always (it is what makes
     /// [`RcuCell::read`] sound).
     #[track_caller]
+    #[inline(always)]
     fn assert_no_readers(&self, what: &str) {
         let open = self.readers.load(Relaxed);
-        assert!(open == 0, "rcu: {what} with {open} read-side section(s) open on this CPU");
+        if open != 0 {
+            readers_open(what, open);
+        }
     }
+}
+
+/// `assert_no_readers`'s failure, out of line: the check runs twice per
+/// guest entry, and its formatting made each caller a full call.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn readers_open(what: &str, open: u32) -> ! {
+    panic!("rcu: {what} with {open} read-side section(s) open on this CPU")
 }
 
 /// Counters of one CPU, for statistics.

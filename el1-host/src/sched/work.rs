@@ -278,6 +278,8 @@ impl VcpuEntry {
     fn stop_guest_time(&self, now: u64) {
         self.in_guest_time.store(false, Relaxed);
         let since = self.guest_since.load(Relaxed);
+        // Only the vCPU's own loop writes it (others read): a plain
+        // load and store, not a read-modify-write loop (no LSE).
         self.guest_time.fetch_add(now.saturating_sub(since), Relaxed);
     }
 }
@@ -355,7 +357,9 @@ pub fn run<V: GuestVcpu, H: EntryHw>(
         entry.stop_guest_time(hw.now());
         hw.enable_irqs();
 
-        entry.exits.fetch_add(1, Relaxed);
+        // The loop is its only writer: a plain load and store, not a
+        // read-modify-write loop (the host is built without LSE).
+        entry.exits.store(entry.exits.load(Relaxed) + 1, Relaxed);
         if let Flow::Done(d) = vcpu.handle_exit(exit) {
             return RunOutcome::Done(d);
         }

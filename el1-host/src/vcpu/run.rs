@@ -107,15 +107,25 @@ impl Runner<'_> {
 
     /// Resets the context to the entry point of a `CPU_ON` that started this
     /// vCPU, if one did since it last looked.
+    #[inline(always)]
     fn take_start(&mut self) -> bool {
         let Some((pc, context_id)) = self.vcpu.power.take_start() else { return false };
+        self.start_at(pc, context_id);
+        true
+    }
+
+    /// The reset itself, out of line: `prepare` looks for a start at every
+    /// entry, and inlined or called whole the context's reset made each
+    /// look pay for its stack frame.
+    #[cold]
+    #[inline(never)]
+    fn start_at(&mut self, pc: u64, context_id: u64) {
         let vm = self.vm;
         let ctx = self.ctx();
         let config = ctx.config;
         let counters = ctx.counters;
         *ctx = VcpuContext::reset(pc, context_id, config, vm.cntvoff);
         ctx.counters = counters;
-        true
     }
 
     /// WFI with nothing to take while other vCPUs want CPUs: sleep until an

@@ -574,7 +574,10 @@ impl Vgic {
     /// sat in a list register moves to its new vCPU there). Cleared on read;
     /// call after `sync`.
     pub fn take_kicks(&self) -> Kicks {
-        if !self.deferred.swap(false, Ordering::Acquire) {
+        // A plain load first: nearly every exit owes nothing, and the swap
+        // is a load-exclusive/store-exclusive loop (no LSE). A flag set
+        // after the load is taken at the next exit, as after a swap.
+        if !self.deferred.load(Ordering::Relaxed) || !self.deferred.swap(false, Ordering::Acquire) {
             return Kicks::default();
         }
         core::mem::take(&mut self.state.lock().deferred)
