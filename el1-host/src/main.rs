@@ -129,14 +129,21 @@ mod host {
         cpu::set_current(index);
         // The guests' virtual timer is off until one runs here.
         timer::vtimer_off();
-        let mut ppis =
-            [ids::SGI_PING, ids::SGI_EL2_POST, ids::timer_intid(), ids::vtimer_intid(), gic::maintenance_intid(), 0];
+        let mut ppis = [
+            ids::SGI_PING,
+            ids::SGI_TICK,
+            ids::SGI_EL2_POST,
+            ids::timer_intid(),
+            ids::vtimer_intid(),
+            gic::maintenance_intid(),
+            0,
+        ];
         let n = match ids::pmu_intid() {
             Some(p) => {
-                ppis[5] = p;
-                6
+                ppis[6] = p;
+                7
             }
-            None => 5,
+            None => 6,
         };
         gic::init_cpu(index, &ppis[..n]);
         timer::arm_in_us(ids::TICK_US);

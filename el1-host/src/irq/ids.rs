@@ -4,8 +4,13 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-/// SGI the self-check (and later the kick protocol) sends between CPUs.
+/// SGI the self-check and the kick protocol send between CPUs.
 pub const SGI_PING: u32 = 1;
+/// SGI a CPU sends the tickless ones when what their timers must do may
+/// have changed (`sched::cpus`: vCPUs came to outnumber CPUs, a sleeper's
+/// deadline came earlier): they settle their timers again. A kick
+/// (`SGI_PING`) does not, so an IPI to a vCPU pays nothing for the tick.
+pub const SGI_TICK: u32 = 3;
 /// SGI el2 sends a CPU when it posted a guest SGI for the vCPU running
 /// there (`ferrovisor_shared::sgi`); el2 ends it, or the host when the vCPU
 /// had left.

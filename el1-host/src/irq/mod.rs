@@ -39,6 +39,7 @@ fn dispatch(ack: gic::Ack) -> bool {
     let me = smp::this_cpu();
     if intid == SGI_PING {
         me.sgis.fetch_add(1, Ordering::Relaxed);
+    } else if intid == SGI_TICK {
         crate::sched::sgi_taken();
     } else if intid == SGI_EL2_POST {
         // For a vCPU that left guest mode before it came: the host takes

@@ -136,14 +136,14 @@ fn tickless_cpus_look_again() {
     let me = cpu::current();
     for (c, t) in TIMERS.iter().enumerate() {
         if c != me && smp::CPUS[c].online.load(Ordering::Acquire) && t.tick.tickless() {
-            gic::send_sgi(ids::SGI_PING, c);
+            gic::send_sgi(ids::SGI_TICK, c);
         }
     }
     settle_here();
 }
 
-/// From the SGI handler: whoever sent it may have changed what this CPU's
-/// timer must do.
+/// From the `SGI_TICK` handler: whoever sent it may have changed what this
+/// CPU's timer must do.
 pub fn sgi_taken() {
     settle_here();
 }
