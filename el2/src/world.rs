@@ -229,6 +229,14 @@ fn guest_hcr(flags: u64, pauth: bool) -> u64 {
 const CNTHCTL_GUEST: u64 = 1 << 0;
 
 fn save_el1(r: &mut El1SysRegs) {
+    save_el1_boot_constant(r);
+    save_el1_per_run(r);
+}
+
+/// The registers `crate::hostregs` lists: the host writes them only while
+/// it brings a CPU up.
+#[inline(always)]
+fn save_el1_boot_constant(r: &mut El1SysRegs) {
     r.sctlr = SCTLR_EL1.get();
     r.actlr = ACTLR_EL1.get();
     r.cpacr = CPACR_EL1.get();
@@ -238,8 +246,12 @@ fn save_el1(r: &mut El1SysRegs) {
     r.mair = MAIR_EL1.get();
     r.amair = AMAIR_EL1.get();
     r.vbar = VBAR_EL1.get();
-    r.contextidr = CONTEXTIDR_EL1.get();
     r.tpidr_el1 = TPIDR_EL1.get();
+}
+
+#[inline(always)]
+fn save_el1_per_run(r: &mut El1SysRegs) {
+    r.contextidr = CONTEXTIDR_EL1.get();
     r.tpidr_el0 = TPIDR_EL0.get();
     r.tpidrro_el0 = TPIDRRO_EL0.get();
     r.sp_el1 = SP_EL1.get();
@@ -267,33 +279,13 @@ fn save_host_el1(cpu: &mut El2Cpu) {
         cpu.host_consts_saved = true;
         return;
     }
-    debug_assert!(
-        r.sctlr == SCTLR_EL1.get()
-            && r.actlr == ACTLR_EL1.get()
-            && r.cpacr == CPACR_EL1.get()
-            && r.ttbr0 == TTBR0_EL1.get()
-            && r.ttbr1 == TTBR1_EL1.get()
-            && r.tcr == TCR_EL1.get()
-            && r.mair == MAIR_EL1.get()
-            && r.amair == AMAIR_EL1.get()
-            && r.vbar == VBAR_EL1.get()
-            && r.tpidr_el1 == TPIDR_EL1.get(),
-        "the host changed a boot-constant EL1 register"
-    );
-    r.contextidr = CONTEXTIDR_EL1.get();
-    r.tpidr_el0 = TPIDR_EL0.get();
-    r.tpidrro_el0 = TPIDRRO_EL0.get();
-    r.sp_el1 = SP_EL1.get();
-    r.elr_el1 = ELR_EL1.get();
-    r.spsr_el1 = SPSR_EL1.get();
-    r.esr_el1 = ESR_EL1.get();
-    r.far_el1 = FAR_EL1.get();
-    r.afsr0 = AFSR0_EL1.get();
-    r.afsr1 = AFSR1_EL1.get();
-    r.par = PAR_EL1.get();
-    r.cntkctl = CNTKCTL_EL1.get();
-    r.csselr = CSSELR_EL1.get();
-    r.mdscr = MDSCR_EL1.get();
+    #[cfg(debug_assertions)]
+    {
+        let mut now = *r;
+        save_el1_boot_constant(&mut now);
+        debug_assert!(now == *r, "the host changed a boot-constant EL1 register");
+    }
+    save_el1_per_run(r);
 }
 
 fn restore_el1(r: &El1SysRegs) {
